@@ -1,0 +1,74 @@
+CREATE TABLE "session_events" (
+	"session_id" uuid NOT NULL,
+	"seq" bigint NOT NULL,
+	"type" text NOT NULL,
+	"payload" jsonb NOT NULL,
+	"at" timestamp with time zone NOT NULL,
+	CONSTRAINT "session_events_pkey" PRIMARY KEY("session_id","seq")
+);
+--> statement-breakpoint
+CREATE TABLE "session_snapshots" (
+	"id" uuid PRIMARY KEY NOT NULL,
+	"session_id" uuid NOT NULL,
+	"version" integer NOT NULL,
+	"data" jsonb NOT NULL,
+	"created_at" timestamp with time zone NOT NULL
+);
+--> statement-breakpoint
+CREATE TABLE "session_transitions" (
+	"id" bigserial PRIMARY KEY NOT NULL,
+	"session_id" uuid NOT NULL,
+	"from_state" text,
+	"to_state" text NOT NULL,
+	"reason" text,
+	"actor" text NOT NULL,
+	"version" integer NOT NULL,
+	"at" timestamp with time zone NOT NULL
+);
+--> statement-breakpoint
+CREATE TABLE "sessions" (
+	"id" uuid PRIMARY KEY NOT NULL,
+	"owner" text,
+	"state" text NOT NULL,
+	"version" integer DEFAULT 1 NOT NULL,
+	"title" text,
+	"workdir" text NOT NULL,
+	"model" text,
+	"agent_session_id" uuid,
+	"idle_timeout_seconds" integer NOT NULL,
+	"ttl_seconds" integer NOT NULL,
+	"expires_at" timestamp with time zone NOT NULL,
+	"idle_deadline_at" timestamp with time zone,
+	"last_activity_at" timestamp with time zone,
+	"last_heartbeat_at" timestamp with time zone,
+	"busy" boolean DEFAULT false NOT NULL,
+	"active_ms" bigint DEFAULT 0 NOT NULL,
+	"active_since" timestamp with time zone,
+	"input_tokens" bigint DEFAULT 0 NOT NULL,
+	"output_tokens" bigint DEFAULT 0 NOT NULL,
+	"cache_read_tokens" bigint DEFAULT 0 NOT NULL,
+	"cache_creation_tokens" bigint DEFAULT 0 NOT NULL,
+	"cost_usd" double precision DEFAULT 0 NOT NULL,
+	"conversation_cost_usd" double precision DEFAULT 0 NOT NULL,
+	"turns" integer DEFAULT 0 NOT NULL,
+	"transition_count" integer DEFAULT 0 NOT NULL,
+	"last_error" text,
+	"state_changed_at" timestamp with time zone NOT NULL,
+	"started_at" timestamp with time zone,
+	"ended_at" timestamp with time zone,
+	"created_at" timestamp with time zone NOT NULL,
+	"updated_at" timestamp with time zone NOT NULL,
+	"deleted_at" timestamp with time zone,
+	CONSTRAINT "sessions_state_check" CHECK (state in ('pending', 'active', 'suspended', 'paused', 'completed', 'failed', 'expired')),
+	CONSTRAINT "sessions_version_check" CHECK (version > 0)
+);
+--> statement-breakpoint
+ALTER TABLE "session_events" ADD CONSTRAINT "session_events_session_id_sessions_id_fk" FOREIGN KEY ("session_id") REFERENCES "public"."sessions"("id") ON DELETE cascade ON UPDATE no action;--> statement-breakpoint
+ALTER TABLE "session_snapshots" ADD CONSTRAINT "session_snapshots_session_id_sessions_id_fk" FOREIGN KEY ("session_id") REFERENCES "public"."sessions"("id") ON DELETE cascade ON UPDATE no action;--> statement-breakpoint
+ALTER TABLE "session_transitions" ADD CONSTRAINT "session_transitions_session_id_sessions_id_fk" FOREIGN KEY ("session_id") REFERENCES "public"."sessions"("id") ON DELETE cascade ON UPDATE no action;--> statement-breakpoint
+CREATE INDEX "session_snapshots_session_idx" ON "session_snapshots" USING btree ("session_id","created_at" DESC NULLS LAST,"id" DESC NULLS LAST);--> statement-breakpoint
+CREATE INDEX "session_transitions_session_idx" ON "session_transitions" USING btree ("session_id","id");--> statement-breakpoint
+CREATE INDEX "sessions_expiry_idx" ON "sessions" USING btree ("expires_at") WHERE state in ('pending', 'active', 'suspended', 'paused');--> statement-breakpoint
+CREATE INDEX "sessions_idle_idx" ON "sessions" USING btree ("idle_deadline_at") WHERE state = 'active';--> statement-breakpoint
+CREATE INDEX "sessions_list_idx" ON "sessions" USING btree ("created_at" DESC NULLS LAST,"id" DESC NULLS LAST) WHERE deleted_at is null;--> statement-breakpoint
+CREATE INDEX "sessions_state_list_idx" ON "sessions" USING btree ("state","created_at" DESC NULLS LAST,"id" DESC NULLS LAST) WHERE deleted_at is null;

@@ -1,0 +1,74 @@
+import { readFileSync } from 'node:fs'
+import websocket from '@fastify/websocket'
+import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
+import Fastify from 'fastify'
+import type { Logger } from 'pino'
+import type { Config } from './config.js'
+import database from './plugins/database.js'
+import errorHandler from './plugins/error-handler.js'
+import openapi from './plugins/openapi.js'
+import sessions from './plugins/sessions.js'
+import healthRoutes from './routes/health.js'
+import sessionActionRoutes from './routes/session-actions.js'
+import sessionRecordRoutes from './routes/session-records.js'
+import sessionRoutes from './routes/sessions.js'
+
+const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }
+
+export interface BuildAppOptions {
+  config: Config
+  logger: Logger
+  clock?: () => Date
+  /** false: the timeout worker does not start on its own */
+  startWorker?: boolean
+}
+
+/**
+ * The whole service as a Fastify instance, without listening: the launcher, the tests and the
+ * OpenAPI generator all build it the same way.
+ */
+export async function buildApp (opts: BuildAppOptions) {
+  const { config } = opts
+  const app = Fastify({
+    loggerInstance: opts.logger,
+    bodyLimit: config.limits.bodyBytes,
+    // Clients retry over flaky mobile links; never let one hang a socket forever
+    requestTimeout: 30_000,
+    ajv: { customOptions: { removeAdditional: false, coerceTypes: 'array', allErrors: true } },
+    forceCloseConnections: 'idle'
+  }).withTypeProvider<TypeBoxTypeProvider>()
+
+  // A POST without a body (pause, resume, heartbeat) is common from mobile clients even when they
+  // send a JSON content type: treat an empty JSON body as no body.
+  const parseJson = app.getDefaultJsonParser('error', 'error')
+  app.addContentTypeParser('application/json', { parseAs: 'string' }, (request, body, done) => {
+    if (body === '' || (typeof body === 'string' && body.trim() === '')) return done(null, undefined)
+    return parseJson(request, body as string, done)
+  })
+
+  // Every body in this API is an object with optional members, or has required members that are
+  // better reported by name than as "body must be object"
+  app.addHook('preValidation', async (request) => {
+    if (request.body === undefined || request.body === null) request.body = {}
+  })
+
+  // database first: Fastify runs onClose hooks in reverse, so it closes last
+  await app.register(database, { config })
+  await app.register(errorHandler)
+  await app.register(openapi, { version: pkg.version })
+  await app.register(websocket, { options: { maxPayload: config.limits.wsFrameBytes } })
+  await app.register(sessions, {
+    config,
+    ...(opts.clock ? { clock: opts.clock } : {}),
+    ...(opts.startWorker === undefined ? {} : { startWorker: opts.startWorker })
+  })
+  await app.register(healthRoutes)
+  await app.register(async (v1) => {
+    await v1.register(sessionRoutes)
+    await v1.register(sessionActionRoutes)
+    await v1.register(sessionRecordRoutes)
+  }, { prefix: '/v1' })
+  return app
+}
+
+export type App = Awaited<ReturnType<typeof buildApp>>

@@ -1,0 +1,78 @@
+import { mkdir } from 'node:fs/promises'
+import { fileURLToPath } from 'node:url'
+import { PGlite } from '@electric-sql/pglite'
+import { drizzle as drizzlePglite } from 'drizzle-orm/pglite'
+import { migrate as migratePglite } from 'drizzle-orm/pglite/migrator'
+import { drizzle as drizzlePostgres } from 'drizzle-orm/postgres-js'
+import { migrate as migratePostgres } from 'drizzle-orm/postgres-js/migrator'
+import { sql } from 'drizzle-orm'
+import type { PgDatabase, PgQueryResultHKT } from 'drizzle-orm/pg-core'
+import postgres from 'postgres'
+import * as schema from './schema.js'
+
+export type Database = PgDatabase<PgQueryResultHKT, typeof schema>
+
+export interface DatabaseHandle {
+  readonly db: Database
+  readonly driver: 'postgres' | 'pglite'
+  ping (): Promise<void>
+  close (): Promise<void>
+}
+
+export interface OpenDatabaseOptions {
+  /** postgres:// URL; when absent the embedded PGlite is used */
+  url?: string | undefined
+  /** PGlite data directory; `memory://` keeps it in memory (tests) */
+  pgliteDir: string
+  /** postgres.js pool size */
+  poolSize?: number
+}
+
+export const MIGRATIONS_FOLDER = fileURLToPath(new URL('../../drizzle', import.meta.url))
+
+/** Opens the database for either driver and applies every pending migration before returning. */
+export async function openDatabase (opts: OpenDatabaseOptions): Promise<DatabaseHandle> {
+  if (opts.url) return openPostgres(opts.url, opts.poolSize ?? 10)
+  return openPglite(opts.pgliteDir)
+}
+
+async function openPostgres (url: string, max: number): Promise<DatabaseHandle> {
+  const client = postgres(url, {
+    max,
+    onnotice: () => {},
+    // Sessions are written under optimistic locking; nothing here needs a long-idle connection.
+    idle_timeout: 60,
+    connection: { application_name: 'mobvibe-session-service' }
+  })
+  const db = drizzlePostgres(client, { schema }) as unknown as Database
+  try {
+    await migratePostgres(db as never, { migrationsFolder: MIGRATIONS_FOLDER })
+  } catch (err) {
+    await client.end({ timeout: 1 })
+    throw err
+  }
+  return {
+    db,
+    driver: 'postgres',
+    ping: async () => { await db.execute(sql`select 1`) },
+    close: async () => { await client.end({ timeout: 5 }) }
+  }
+}
+
+async function openPglite (dir: string): Promise<DatabaseHandle> {
+  if (!dir.startsWith('memory://')) await mkdir(dir, { recursive: true })
+  const client = await PGlite.create(dir)
+  const db = drizzlePglite(client, { schema }) as unknown as Database
+  try {
+    await migratePglite(db as never, { migrationsFolder: MIGRATIONS_FOLDER })
+  } catch (err) {
+    await client.close()
+    throw err
+  }
+  return {
+    db,
+    driver: 'pglite',
+    ping: async () => { await db.execute(sql`select 1`) },
+    close: async () => { if (!client.closed) await client.close() }
+  }
+}

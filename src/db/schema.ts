@@ -1,0 +1,108 @@
+import { sql } from 'drizzle-orm'
+import {
+  bigint,
+  check,
+  bigserial,
+  boolean,
+  doublePrecision,
+  index,
+  integer,
+  jsonb,
+  pgTable,
+  primaryKey,
+  text,
+  timestamp,
+  uuid
+} from 'drizzle-orm/pg-core'
+
+const tstz = (name: string) => timestamp(name, { withTimezone: true, mode: 'date' })
+
+// Terminal states never appear in the sweep indexes: the partial predicates keep them small
+// however many finished sessions accumulate.
+const LIVE_STATES_SQL = sql`state in ('pending', 'active', 'suspended', 'paused')`
+
+export const sessions = pgTable('sessions', {
+  id: uuid('id').primaryKey(),
+  owner: text('owner'),
+  state: text('state', {
+    enum: ['pending', 'active', 'suspended', 'paused', 'completed', 'failed', 'expired']
+  }).notNull(),
+  version: integer('version').notNull().default(1),
+  title: text('title'),
+  workdir: text('workdir').notNull(),
+  model: text('model'),
+  agentSessionId: uuid('agent_session_id'),
+  idleTimeoutSeconds: integer('idle_timeout_seconds').notNull(),
+  ttlSeconds: integer('ttl_seconds').notNull(),
+  expiresAt: tstz('expires_at').notNull(),
+  // Maintained on every write that affects it so the idle sweep is an index range scan;
+  // null while the session is not active or while a turn runs.
+  idleDeadlineAt: tstz('idle_deadline_at'),
+  lastActivityAt: tstz('last_activity_at'),
+  lastHeartbeatAt: tstz('last_heartbeat_at'),
+  busy: boolean('busy').notNull().default(false),
+  activeMs: bigint('active_ms', { mode: 'number' }).notNull().default(0),
+  activeSince: tstz('active_since'),
+  inputTokens: bigint('input_tokens', { mode: 'number' }).notNull().default(0),
+  outputTokens: bigint('output_tokens', { mode: 'number' }).notNull().default(0),
+  cacheReadTokens: bigint('cache_read_tokens', { mode: 'number' }).notNull().default(0),
+  cacheCreationTokens: bigint('cache_creation_tokens', { mode: 'number' }).notNull().default(0),
+  costUsd: doublePrecision('cost_usd').notNull().default(0),
+  // total_cost_usd of the CLI is cumulative per conversation: keep the current conversation's
+  // latest figure apart so a new one replaces it instead of being added twice.
+  conversationCostUsd: doublePrecision('conversation_cost_usd').notNull().default(0),
+  turns: integer('turns').notNull().default(0),
+  transitionCount: integer('transition_count').notNull().default(0),
+  lastError: text('last_error'),
+  stateChangedAt: tstz('state_changed_at').notNull(),
+  startedAt: tstz('started_at'),
+  endedAt: tstz('ended_at'),
+  createdAt: tstz('created_at').notNull(),
+  updatedAt: tstz('updated_at').notNull(),
+  deletedAt: tstz('deleted_at')
+}, (t) => [
+  check('sessions_state_check', sql`state in ('pending', 'active', 'suspended', 'paused', 'completed', 'failed', 'expired')`),
+  check('sessions_version_check', sql`version > 0`),
+  index('sessions_expiry_idx').on(t.expiresAt).where(LIVE_STATES_SQL),
+  index('sessions_idle_idx').on(t.idleDeadlineAt).where(sql`state = 'active'`),
+  index('sessions_list_idx').on(t.createdAt.desc(), t.id.desc()).where(sql`deleted_at is null`),
+  index('sessions_state_list_idx').on(t.state, t.createdAt.desc(), t.id.desc()).where(sql`deleted_at is null`)
+])
+
+export const sessionTransitions = pgTable('session_transitions', {
+  id: bigserial('id', { mode: 'number' }).primaryKey(),
+  sessionId: uuid('session_id').notNull().references(() => sessions.id, { onDelete: 'cascade' }),
+  fromState: text('from_state'),
+  toState: text('to_state').notNull(),
+  reason: text('reason'),
+  actor: text('actor', { enum: ['user', 'system'] }).notNull(),
+  version: integer('version').notNull(),
+  at: tstz('at').notNull()
+}, (t) => [
+  index('session_transitions_session_idx').on(t.sessionId, t.id)
+])
+
+export const sessionSnapshots = pgTable('session_snapshots', {
+  id: uuid('id').primaryKey(),
+  sessionId: uuid('session_id').notNull().references(() => sessions.id, { onDelete: 'cascade' }),
+  version: integer('version').notNull(),
+  data: jsonb('data').notNull(),
+  createdAt: tstz('created_at').notNull()
+}, (t) => [
+  index('session_snapshots_session_idx').on(t.sessionId, t.createdAt.desc(), t.id.desc())
+])
+
+export const sessionEvents = pgTable('session_events', {
+  sessionId: uuid('session_id').notNull().references(() => sessions.id, { onDelete: 'cascade' }),
+  seq: bigint('seq', { mode: 'number' }).notNull(),
+  type: text('type').notNull(),
+  payload: jsonb('payload').notNull(),
+  at: tstz('at').notNull()
+}, (t) => [
+  primaryKey({ name: 'session_events_pkey', columns: [t.sessionId, t.seq] })
+])
+
+export type SessionRow = typeof sessions.$inferSelect
+export type NewSessionRow = typeof sessions.$inferInsert
+export type TransitionRow = typeof sessionTransitions.$inferSelect
+export type SnapshotRow = typeof sessionSnapshots.$inferSelect

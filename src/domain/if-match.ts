@@ -1,0 +1,26 @@
+/**
+ * If-Match parsing and matching (RFC 9110 §13.1.1) for ETags of the form `"<version>"`. Strong
+ * comparison: weak tags never match. A bare number is accepted too, as some clients send it.
+ */
+export type IfMatch = '*' | number[]
+
+export function parseIfMatch (header: string | undefined): IfMatch | undefined | null {
+  if (header === undefined) return undefined
+  const value = header.trim()
+  if (value === '*') return '*'
+  const versions: number[] = []
+  for (const part of value.split(',')) {
+    const tag = part.trim()
+    const m = /^(W\/)?"(\d{1,10})"$/.exec(tag) ?? /^()(\d{1,10})$/.exec(tag)
+    if (!m) return null
+    if (!m[1]) versions.push(Number(m[2]))
+    // a weak tag is well-formed but can never match: keep parsing, add nothing
+  }
+  return versions
+}
+
+export function ifMatchAccepts (ifMatch: IfMatch | undefined, version: number): boolean {
+  return ifMatch === undefined || ifMatch === '*' || ifMatch.includes(version)
+}
+
+export const etagOf = (version: number): string => `"${version}"`

@@ -1,0 +1,45 @@
+import swagger from '@fastify/swagger'
+import swaggerUi from '@fastify/swagger-ui'
+import type { FastifyInstance } from 'fastify'
+import fp from 'fastify-plugin'
+import { Problem } from '../schemas/common.js'
+import { SHARED_SCHEMAS } from '../schemas/session.js'
+
+/** Registers the shared schemas by $id and serves the OpenAPI 3.1 document built from the routes. */
+export default fp(async function openapi (app: FastifyInstance, opts: { version: string }) {
+  for (const schema of [Problem, ...SHARED_SCHEMAS]) app.addSchema(schema)
+  await app.register(swagger, {
+    openapi: {
+      openapi: '3.1.0',
+      info: {
+        title: 'MobVibe session service',
+        version: opts.version,
+        description: 'Coding sessions with a Claude Code agent, for the MobVibe mobile app. ' +
+          'Every session response carries `ETag: "<version>"`; mutations honour `If-Match`. ' +
+          'Errors are `application/problem+json` (RFC 9457) with a stable `code`.'
+      },
+      servers: [{ url: '/' }],
+      tags: [
+        { name: 'sessions', description: 'Session resources and their lifecycle' },
+        { name: 'health', description: 'Liveness and readiness' }
+      ]
+    },
+    // Fastify always gives a route with a body schema a body (at least {}), so swagger marks every
+    // request body required; ours are optional unless their schema requires a member
+    transformObject: (documentObject) => {
+      const { openapiObject } = documentObject as { openapiObject: { paths?: Record<string, object> } }
+      for (const path of Object.values(openapiObject.paths ?? {})) {
+        for (const op of Object.values(path ?? {}) as { requestBody?: { required?: boolean, content?: Record<string, { schema?: { required?: string[] } }> } }[]) {
+          const schema = op?.requestBody?.content?.['application/json']?.schema
+          if (op.requestBody && schema && !schema.required?.length) op.requestBody.required = false
+        }
+      }
+      return openapiObject as never
+    },
+    refResolver: {
+      buildLocalReference: (json, _baseUri, _fragment, i) => String(json.$id ?? `def-${i}`)
+    }
+  })
+  await app.register(swaggerUi, { routePrefix: '/docs' })
+  app.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger())
+}, { name: 'openapi' })

@@ -1,0 +1,48 @@
+import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
+import { decodeSeqCursor, encodeSeqCursor } from '../domain/cursor.js'
+import { InvalidCursor } from '../errors.js'
+import { problems, ref } from '../schemas/common.js'
+import { HistoryQuery, HistorySchema, SessionParams, SnapshotListSchema } from '../schemas/session.js'
+import { toSnapshotView, toTransitionView } from '../sessions/session-view.js'
+
+/** What a session leaves behind: its transition history and its snapshots. */
+const sessionRecordRoutes: FastifyPluginAsyncTypebox = async (app) => {
+  const sessions = app.sessions
+
+  app.get('/sessions/:id/history', {
+    schema: {
+      tags: ['sessions'],
+      operationId: 'getSessionHistory',
+      summary: 'The state-transition history, oldest first, from creation on',
+      params: SessionParams,
+      querystring: HistoryQuery,
+      response: { 200: ref(HistorySchema), ...problems(400, 404) }
+    }
+  }, async (request) => {
+    const { limit, cursor } = request.query
+    const after = cursor === undefined ? 0 : decodeSeqCursor(cursor)
+    if (after === null) throw new InvalidCursor()
+    const rows = await sessions.history(request.params.id, after, limit + 1)
+    const page = rows.slice(0, limit)
+    const last = page[page.length - 1]
+    return {
+      items: page.map(toTransitionView),
+      nextCursor: rows.length > limit && last ? encodeSeqCursor(last.id) : null
+    }
+  })
+
+  app.get('/sessions/:id/snapshots', {
+    schema: {
+      tags: ['sessions'],
+      operationId: 'listSessionSnapshots',
+      summary: 'The snapshots taken at pauses, newest first',
+      params: SessionParams,
+      response: { 200: ref(SnapshotListSchema), ...problems(400, 404) }
+    }
+  }, async (request) => {
+    const rows = await sessions.snapshots(request.params.id)
+    return { items: rows.map(toSnapshotView) }
+  })
+}
+
+export default sessionRecordRoutes

@@ -1,0 +1,152 @@
+import { Type, type Static } from 'typebox'
+import { SESSION_STATES } from '../domain/state-machine.js'
+import { DateTime, Nullable, Uuid, ref } from './common.js'
+
+export const SessionStateSchema = Type.Enum([...SESSION_STATES], {
+  $id: 'SessionState',
+  description: 'pending → active → completed | failed, plus paused, suspended, expired'
+})
+const StateRef = ref(SessionStateSchema)
+
+export const UsageSchema = Type.Object({
+  activeMs: Type.Integer({ description: 'Wall time spent in `active`, including the running stretch' }),
+  inputTokens: Type.Integer(),
+  outputTokens: Type.Integer(),
+  cacheReadTokens: Type.Integer(),
+  cacheCreationTokens: Type.Integer(),
+  costUsd: Type.Number(),
+  turns: Type.Integer()
+}, { $id: 'Usage' })
+
+export const SessionSchema = Type.Object({
+  id: Uuid,
+  state: StateRef,
+  version: Type.Integer({ minimum: 1, description: 'Bumped by every change of state or settings; the ETag' }),
+  title: Nullable(Type.String()),
+  workdir: Type.String({ description: 'Absolute working directory of the agent' }),
+  model: Nullable(Type.String()),
+  idleTimeoutSeconds: Type.Integer(),
+  ttlSeconds: Type.Integer(),
+  expiresAt: DateTime,
+  busy: Type.Boolean({ description: 'A turn of the agent is running' }),
+  agentSessionId: Nullable(Uuid),
+  lastError: Nullable(Type.String()),
+  transitionCount: Type.Integer(),
+  createdAt: DateTime,
+  updatedAt: DateTime,
+  stateChangedAt: DateTime,
+  startedAt: Nullable(DateTime),
+  endedAt: Nullable(DateTime),
+  lastActivityAt: Nullable(DateTime),
+  lastHeartbeatAt: Nullable(DateTime),
+  usage: ref(UsageSchema)
+}, { $id: 'Session' })
+export type SessionView = Static<typeof SessionSchema>
+export const SessionRef = ref(SessionSchema)
+
+export const SessionListSchema = Type.Object({
+  items: Type.Array(SessionRef),
+  nextCursor: Nullable(Type.String())
+}, { $id: 'SessionList' })
+
+export const TransitionSchema = Type.Object({
+  id: Type.Integer(),
+  from: Nullable(StateRef),
+  to: StateRef,
+  reason: Nullable(Type.String()),
+  actor: Type.Union([Type.Literal('user'), Type.Literal('system')]),
+  version: Type.Integer({ description: 'The session version this transition produced' }),
+  at: DateTime
+}, { $id: 'Transition' })
+export type TransitionView = Static<typeof TransitionSchema>
+
+export const HistorySchema = Type.Object({
+  items: Type.Array(ref(TransitionSchema)),
+  nextCursor: Nullable(Type.String())
+}, { $id: 'History' })
+
+export const SnapshotSchema = Type.Object({
+  id: Uuid,
+  sessionId: Uuid,
+  version: Type.Integer({ description: 'The session version at the moment of the snapshot' }),
+  createdAt: DateTime,
+  data: Type.Object({
+    state: StateRef,
+    title: Nullable(Type.String()),
+    workdir: Type.String(),
+    model: Nullable(Type.String()),
+    idleTimeoutSeconds: Type.Integer(),
+    ttlSeconds: Type.Integer(),
+    agentSessionId: Nullable(Uuid),
+    busy: Type.Boolean(),
+    lastError: Nullable(Type.String()),
+    lastActivityAt: Nullable(DateTime),
+    usage: ref(UsageSchema)
+  }, { description: 'The complete session state that resume needs, taken at pause' })
+}, { $id: 'Snapshot' })
+export type SnapshotView = Static<typeof SnapshotSchema>
+
+export const SnapshotListSchema = Type.Object({
+  items: Type.Array(ref(SnapshotSchema))
+}, { $id: 'SnapshotList' })
+
+export const HeartbeatSchema = Type.Object({
+  state: StateRef,
+  version: Type.Integer(),
+  expiresAt: DateTime,
+  serverTime: DateTime
+}, { $id: 'Heartbeat' })
+
+const Title = Type.String({ maxLength: 200, description: 'Free text shown in session lists' })
+const IdleTimeout = Type.Integer({ description: 'Seconds without activity before the agent is suspended; range from IDLE_TIMEOUT_MIN_SECONDS..IDLE_TIMEOUT_MAX_SECONDS' })
+const Ttl = Type.Integer({ description: 'Seconds without heartbeat or activity before the session expires; range from SESSION_TTL_MIN_SECONDS..SESSION_TTL_MAX_SECONDS' })
+
+export const CreateSessionBody = Type.Object({
+  title: Type.Optional(Title),
+  workdir: Type.Optional(Type.String({ minLength: 1, maxLength: 1024, description: 'Relative to the workspace root (or absolute inside it); created if missing' })),
+  model: Type.Optional(Type.String({ minLength: 1, maxLength: 200 })),
+  idleTimeoutSeconds: Type.Optional(IdleTimeout),
+  ttlSeconds: Type.Optional(Ttl)
+}, { additionalProperties: false })
+export type CreateSessionInput = Static<typeof CreateSessionBody>
+
+export const PatchSessionBody = Type.Object({
+  title: Type.Optional(Nullable(Title)),
+  idleTimeoutSeconds: Type.Optional(IdleTimeout),
+  ttlSeconds: Type.Optional(Ttl)
+}, { additionalProperties: false, minProperties: 1 })
+export type PatchSessionInput = Static<typeof PatchSessionBody>
+
+const Reason = Type.String({ minLength: 1, maxLength: 500 })
+
+export const TransitionBody = Type.Object({
+  to: StateRef,
+  reason: Type.Optional(Reason)
+}, { additionalProperties: false })
+
+export const PauseBody = Type.Object({
+  reason: Type.Optional(Reason)
+}, { additionalProperties: false })
+
+export const ResumeBody = Type.Object({
+  snapshotId: Type.Optional(Uuid),
+  reason: Type.Optional(Reason)
+}, { additionalProperties: false })
+
+export const ListQuery = Type.Object({
+  state: Type.Optional(Type.Array(Type.Enum([...SESSION_STATES]), { description: 'Only sessions in these states (repeat the parameter for several)' })),
+  limit: Type.Integer({ minimum: 1, maximum: 200, default: 50 }),
+  cursor: Type.Optional(Type.String({ minLength: 1, maxLength: 200 }))
+}, { additionalProperties: false })
+
+export const HistoryQuery = Type.Object({
+  limit: Type.Integer({ minimum: 1, maximum: 1000, default: 100 }),
+  cursor: Type.Optional(Type.String({ minLength: 1, maxLength: 200 }))
+}, { additionalProperties: false })
+
+export const SessionParams = Type.Object({ id: Uuid })
+
+export const SHARED_SCHEMAS = [
+  SessionStateSchema, UsageSchema, SessionSchema, SessionListSchema, TransitionSchema, HistorySchema,
+  SnapshotSchema, SnapshotListSchema, HeartbeatSchema
+]

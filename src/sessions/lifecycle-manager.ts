@@ -1,0 +1,362 @@
+import { randomUUID } from 'node:crypto'
+import { EventEmitter } from 'node:events'
+import type { FastifyBaseLogger as Logger } from 'fastify'
+import type { Config } from '../config.js'
+import type { SessionRow, SnapshotRow, TransitionRow } from '../db/schema.js'
+import { type KeysetCursor } from '../domain/cursor.js'
+import { ifMatchAccepts, type IfMatch } from '../domain/if-match.js'
+import {
+  allowedTargets,
+  canTransition,
+  isTerminal,
+  type Actor,
+  type SessionState
+} from '../domain/state-machine.js'
+import { addSeconds, planHeartbeat } from '../domain/timers.js'
+import {
+  NoSnapshot,
+  SessionNotFound,
+  SnapshotNotFound,
+  WriteContention,
+  invalidTransition,
+  outOfRange,
+  sessionTerminal,
+  versionConflict
+} from '../errors.js'
+import type { CreateSessionInput, PatchSessionInput } from '../schemas/session.js'
+import { LivenessCache } from './liveness-cache.js'
+import type { SessionRepository, SweepHit, TransitionWrite } from './session-repository.js'
+import { snapshotDataOf, type SnapshotData } from './session-view.js'
+import { prepareWorkdir } from './workspace.js'
+
+/** Why a session's process is being stopped; the first reason is the one recorded. */
+export type StopReason = 'idle' | 'pause' | 'shutdown' | 'crash' | 'expired' | 'completed' | 'deleted' | 'user'
+
+/**
+ * What the lifecycle asks of whoever runs the agents (the supervisor). The manager stays the one
+ * writer of state; these hooks only act on processes and resources.
+ */
+export interface SessionProcessHooks {
+  stopProcess (sessionId: string, reason: StopReason): Promise<void> | void
+  /** an expired or deleted session's runtime resources; never its working directory */
+  releaseResources (sessionId: string): Promise<void> | void
+}
+
+export interface TransitionEvent {
+  session: SessionRow
+  from: SessionState
+  to: SessionState
+  actor: Actor
+  reason: string | null
+}
+
+export interface LifecycleEvents {
+  transition: [TransitionEvent]
+}
+
+export interface MutationOptions {
+  ifMatch?: IfMatch | undefined
+  reason?: string | undefined
+}
+
+export interface TransitionOptions extends MutationOptions {
+  actor?: Actor
+  /** recorded as the session's lastError (system transitions after a failure) */
+  lastError?: string | null | undefined
+}
+
+export interface HeartbeatResult {
+  state: SessionState
+  version: number
+  expiresAt: Date
+  serverTime: Date
+}
+
+export interface LifecycleManagerOptions {
+  repo: SessionRepository
+  config: Pick<Config, 'workspaceRoot' | 'idleTimeout' | 'ttl' | 'heartbeatCoalesceFraction'>
+  logger: Logger
+  clock?: () => Date
+  hooks?: Partial<SessionProcessHooks>
+}
+
+/** A write that lost a race is re-read and re-checked this many times before giving up. */
+const MAX_CAS_ATTEMPTS = 8
+
+const STOP_REASON: Partial<Record<SessionState, StopReason>> = {
+  paused: 'pause', suspended: 'idle', completed: 'completed', failed: 'crash', expired: 'expired'
+}
+
+/**
+ * The one writer of session state. Every change is a versioned compare-and-set checked against the
+ * transition table; a caller that sent If-Match gets 412 when it lost, one that did not is
+ * re-checked against the state that won.
+ */
+export class SessionLifecycleManager extends EventEmitter<LifecycleEvents> {
+  readonly #repo: SessionRepository
+  readonly #config: LifecycleManagerOptions['config']
+  readonly #log: Logger
+  readonly #clock: () => Date
+  readonly #hooks: SessionProcessHooks
+  readonly #liveness = new LivenessCache()
+
+  constructor (opts: LifecycleManagerOptions) {
+    super()
+    this.#repo = opts.repo
+    this.#config = opts.config
+    this.#log = opts.logger
+    this.#clock = opts.clock ?? (() => new Date())
+    this.#hooks = {
+      stopProcess: opts.hooks?.stopProcess ?? (() => {}),
+      releaseResources: opts.hooks?.releaseResources ?? (() => {})
+    }
+  }
+
+  now (): Date {
+    return this.#clock()
+  }
+
+  /** Lets the agent supervisor plug in once it exists; the manager works without it. */
+  setHooks (hooks: Partial<SessionProcessHooks>): void {
+    Object.assign(this.#hooks, hooks)
+  }
+
+  async create (input: CreateSessionInput): Promise<SessionRow> {
+    const idle = input.idleTimeoutSeconds ?? this.#config.idleTimeout.defaultSeconds
+    const ttl = input.ttlSeconds ?? this.#config.ttl.defaultSeconds
+    this.#checkRanges({ idleTimeoutSeconds: idle, ttlSeconds: ttl })
+    const id = randomUUID()
+    const workdir = await prepareWorkdir(this.#config.workspaceRoot, input.workdir ?? id)
+    const now = this.#clock()
+    return this.#repo.insert({
+      id,
+      state: 'pending',
+      version: 1,
+      title: input.title ?? null,
+      workdir,
+      model: input.model ?? null,
+      idleTimeoutSeconds: idle,
+      ttlSeconds: ttl,
+      expiresAt: addSeconds(now, ttl),
+      stateChangedAt: now,
+      createdAt: now,
+      updatedAt: now
+    })
+  }
+
+  async get (id: string): Promise<SessionRow> {
+    const row = await this.#repo.findById(id)
+    if (!row) throw new SessionNotFound(id)
+    return row
+  }
+
+  async list (q: { states?: SessionState[] | undefined, cursor?: KeysetCursor | undefined, limit: number }): Promise<SessionRow[]> {
+    return this.#repo.list(q)
+  }
+
+  async history (id: string, after: number, limit: number): Promise<TransitionRow[]> {
+    await this.get(id)
+    return this.#repo.history(id, after, limit)
+  }
+
+  async snapshots (id: string): Promise<SnapshotRow[]> {
+    await this.get(id)
+    return this.#repo.snapshots(id)
+  }
+
+  async update (id: string, patch: PatchSessionInput, opts: MutationOptions = {}): Promise<SessionRow> {
+    this.#checkRanges(patch)
+    return this.#compareAndSet(id, opts, async (row) => {
+      if (isTerminal(row.state)) throw sessionTerminal(row.state, row.version)
+      return this.#repo.updateSettings({
+        id,
+        version: row.version,
+        now: this.#clock(),
+        title: patch.title,
+        idleTimeoutSeconds: patch.idleTimeoutSeconds,
+        ttlSeconds: patch.ttlSeconds
+      })
+    })
+  }
+
+  /** Stops the session's process (a live session is completed first, in the history) and archives it. */
+  async remove (id: string, opts: MutationOptions = {}): Promise<SessionRow> {
+    const archived = await this.#compareAndSet(id, opts, async (row) => {
+      const now = this.#clock()
+      if (isTerminal(row.state)) return this.#repo.archiveTerminal({ id, version: row.version, now })
+      return this.#write(row, { to: 'completed', actor: 'user', reason: opts.reason ?? 'deleted', archive: true, now })
+    })
+    // leaving `active` already stopped the process (#write); only resources remain
+    await this.#hooks.releaseResources(id)
+    return archived
+  }
+
+  /**
+   * The single entry point for state changes. `paused` takes a snapshot (as POST /pause) and
+   * `active` from `paused` restores the latest one (as POST /resume).
+   */
+  async transitionState (id: string, to: SessionState, opts: TransitionOptions = {}): Promise<SessionRow> {
+    const actor = opts.actor ?? 'user'
+    if (to === 'paused' && actor === 'user') return (await this.pauseSession(id, opts)).session
+    return this.#compareAndSet(id, opts, async (row) => {
+      this.#assertEdge(row, to, actor)
+      if (row.state === 'paused' && to === 'active') return this.#resumeWrite(row, undefined, opts)
+      return this.#write(row, { to, actor, reason: opts.reason ?? null, lastError: opts.lastError, now: this.#clock() })
+    })
+  }
+
+  /** Snapshot + pause, in one statement. Returns the snapshot with the paused session. */
+  async pauseSession (id: string, opts: MutationOptions = {}): Promise<{ session: SessionRow, snapshot: SnapshotRow }> {
+    let snapshot: SnapshotRow | undefined
+    const session = await this.#compareAndSet(id, opts, async (row) => {
+      this.#assertEdge(row, 'paused', 'user')
+      const now = this.#clock()
+      const data = snapshotDataOf(row, now)
+      const snapshotId = randomUUID()
+      const written = await this.#write(row, {
+        to: 'paused', actor: 'user', reason: opts.reason ?? 'paused by user', now, snapshot: { id: snapshotId, data }
+      })
+      if (written) snapshot = { id: snapshotId, sessionId: id, version: row.version, data, createdAt: now }
+      return written
+    })
+    return { session, snapshot: snapshot! }
+  }
+
+  /** Resumes a paused session from its latest snapshot, or from the one named. */
+  async resumeSession (id: string, opts: MutationOptions & { snapshotId?: string | undefined } = {}): Promise<SessionRow> {
+    return this.#compareAndSet(id, opts, async (row) => {
+      this.#assertEdge(row, 'active', 'user')
+      return this.#resumeWrite(row, opts.snapshotId, opts)
+    })
+  }
+
+  async heartbeat (id: string, ifMatch?: IfMatch): Promise<HeartbeatResult> {
+    const now = this.#clock()
+    const cached = this.#liveness.get(id, now.getTime())
+    if (cached && ifMatchAccepts(ifMatch, cached.version)) {
+      const plan = planHeartbeat({ now, expiresAt: cached.expiresAt, ttlSeconds: cached.ttlSeconds, coalesceFraction: this.#config.heartbeatCoalesceFraction })
+      if (!plan.write) return { state: cached.state, version: cached.version, expiresAt: cached.expiresAt, serverTime: now }
+    }
+    const row = await this.get(id)
+    if (isTerminal(row.state)) throw sessionTerminal(row.state, row.version)
+    if (!ifMatchAccepts(ifMatch, row.version)) throw versionConflict(formatIfMatch(ifMatch), row)
+    const plan = planHeartbeat({ now, expiresAt: row.expiresAt, ttlSeconds: row.ttlSeconds, coalesceFraction: this.#config.heartbeatCoalesceFraction })
+    let result = { state: row.state, version: row.version, expiresAt: row.expiresAt }
+    if (plan.write) {
+      const written = await this.#repo.heartbeat({ id, now, expiresAt: plan.expiresAt })
+      // null: the session ended between the read and the write
+      if (!written) return this.heartbeat(id, ifMatch)
+      result = written
+    }
+    this.#liveness.set(id, { ...result, ttlSeconds: row.ttlSeconds, cachedAt: now.getTime() })
+    return { ...result, serverTime: now }
+  }
+
+  /** Expires every live session past its deadline; returns their ids. */
+  async checkExpiration (now: Date = this.#clock()): Promise<string[]> {
+    const hits = await this.#repo.expireDue(now)
+    await this.#afterSweep(hits, 'expired', 'ttl')
+    for (const hit of hits) await this.#hooks.releaseResources(hit.id)
+    return hits.map((h) => h.id)
+  }
+
+  /** Suspends every active, not busy session idle past its timeout; returns their ids. */
+  async suspendIdle (now: Date = this.#clock()): Promise<string[]> {
+    const hits = await this.#repo.suspendIdle(now)
+    await this.#afterSweep(hits, 'suspended', 'idle')
+    return hits.map((h) => h.id)
+  }
+
+  async #afterSweep (hits: SweepHit[], to: SessionState, reason: string): Promise<void> {
+    if (hits.length === 0) return
+    this.#log.info({ count: hits.length, to, reason }, 'sessions swept')
+    for (const hit of hits) {
+      this.#liveness.delete(hit.id)
+      if (hit.from === 'active') await this.#stop(hit.id, to === 'expired' ? 'expired' : 'idle')
+      if (this.listenerCount('transition') > 0) {
+        const session = await this.#repo.findById(hit.id)
+        if (session) this.emit('transition', { session, from: hit.from, to, actor: 'system', reason })
+      }
+    }
+  }
+
+  async #resumeWrite (row: SessionRow, snapshotId: string | undefined, opts: MutationOptions): Promise<SessionRow | null> {
+    const snapshot = await this.#repo.findSnapshot(row.id, snapshotId)
+    if (!snapshot) throw snapshotId ? new SnapshotNotFound(snapshotId, row.id) : new NoSnapshot(row.id)
+    const data = snapshot.data as SnapshotData
+    return this.#write(row, {
+      to: 'active',
+      actor: 'user',
+      reason: opts.reason ?? `resumed from snapshot ${snapshot.id}`,
+      now: this.#clock(),
+      restore: {
+        title: data.title,
+        workdir: data.workdir,
+        model: data.model,
+        idleTimeoutSeconds: data.idleTimeoutSeconds,
+        ttlSeconds: data.ttlSeconds,
+        agentSessionId: data.agentSessionId
+      },
+      lastError: data.lastError
+    })
+  }
+
+  async #write (row: SessionRow, w: Omit<TransitionWrite, 'id' | 'version' | 'from'>): Promise<SessionRow | null> {
+    const written = await this.#repo.transition({ ...w, id: row.id, version: row.version, from: row.state })
+    if (written && written.state !== row.state) {
+      if (row.state === 'active') await this.#stop(row.id, STOP_REASON[written.state] ?? 'user')
+      this.emit('transition', { session: written, from: row.state, to: written.state, actor: w.actor, reason: w.reason })
+    }
+    return written
+  }
+
+  async #stop (id: string, reason: StopReason): Promise<void> {
+    try {
+      await this.#hooks.stopProcess(id, reason)
+    } catch (err) {
+      this.#log.error({ err, sessionId: id, reason }, 'stopping the agent process failed')
+    }
+  }
+
+  #assertEdge (row: SessionRow, to: SessionState, actor: Actor): void {
+    if (!canTransition(row.state, to, actor)) {
+      throw invalidTransition(row.state, to, allowedTargets(row.state, 'user'), row.version)
+    }
+  }
+
+  #checkRanges (v: { idleTimeoutSeconds?: number | undefined, ttlSeconds?: number | undefined }): void {
+    const { idleTimeout, ttl } = this.#config
+    if (v.idleTimeoutSeconds !== undefined && (v.idleTimeoutSeconds < idleTimeout.minSeconds || v.idleTimeoutSeconds > idleTimeout.maxSeconds)) {
+      throw outOfRange('idleTimeoutSeconds', idleTimeout.minSeconds, idleTimeout.maxSeconds)
+    }
+    if (v.ttlSeconds !== undefined && (v.ttlSeconds < ttl.minSeconds || v.ttlSeconds > ttl.maxSeconds)) {
+      throw outOfRange('ttlSeconds', ttl.minSeconds, ttl.maxSeconds)
+    }
+  }
+
+  /**
+   * Read, check, write with the version read. A lost race with If-Match is a 412; without it the
+   * attempt starts over on the winner's state, where `attempt` may now refuse (409).
+   */
+  async #compareAndSet (id: string, opts: MutationOptions, attempt: (row: SessionRow) => Promise<SessionRow | null>): Promise<SessionRow> {
+    for (let i = 0; i < MAX_CAS_ATTEMPTS; i++) {
+      const row = await this.get(id)
+      if (!ifMatchAccepts(opts.ifMatch, row.version)) throw versionConflict(formatIfMatch(opts.ifMatch), row)
+      const written = await attempt(row)
+      if (written) {
+        this.#liveness.delete(id)
+        return written
+      }
+      if (opts.ifMatch !== undefined && opts.ifMatch !== '*') {
+        const current = await this.get(id)
+        throw versionConflict(formatIfMatch(opts.ifMatch), current)
+      }
+    }
+    throw new WriteContention()
+  }
+}
+
+function formatIfMatch (ifMatch: IfMatch | undefined): string {
+  if (ifMatch === undefined || ifMatch === '*') return String(ifMatch ?? '')
+  return ifMatch.map((v) => `"${v}"`).join(', ')
+}

@@ -1,0 +1,351 @@
+import { and, asc, desc, eq, gt, isNull, sql, type SQL } from 'drizzle-orm'
+import type { Database } from '../db/database.js'
+import { prepareSql, rowMapper } from '../db/prepared-sql.js'
+import {
+  sessionSnapshots,
+  sessionTransitions,
+  sessions,
+  type NewSessionRow,
+  type SessionRow,
+  type SnapshotRow,
+  type TransitionRow
+} from '../db/schema.js'
+import type { Actor, SessionState } from '../domain/state-machine.js'
+
+const p = sql.placeholder
+const ts = (name: string) => sql`${p(name)}::timestamptz`
+
+/** Settings a resume restores from a snapshot. */
+export interface RestoredSettings {
+  title: string | null
+  workdir: string
+  model: string | null
+  idleTimeoutSeconds: number
+  ttlSeconds: number
+  agentSessionId: string | null
+}
+
+export interface TransitionWrite {
+  id: string
+  /** the version the caller read: the compare-and-set fails if the row moved on */
+  version: number
+  from: SessionState
+  to: SessionState
+  actor: Actor
+  reason: string | null
+  now: Date
+  restore?: RestoredSettings | undefined
+  snapshot?: { id: string, data: unknown } | undefined
+  /** undefined leaves lastError as it is; null clears it */
+  lastError?: string | null | undefined
+  archive?: boolean | undefined
+}
+
+export interface SettingsWrite {
+  id: string
+  version: number
+  now: Date
+  title?: string | null | undefined
+  idleTimeoutSeconds?: number | undefined
+  ttlSeconds?: number | undefined
+}
+
+export interface TurnUsage {
+  inputTokens: number
+  outputTokens: number
+  cacheReadTokens: number
+  cacheCreationTokens: number
+  /** the CLI's cumulative cost of the current conversation */
+  totalCostUsd: number
+  at: Date
+}
+
+export interface SweepHit {
+  id: string
+  from: SessionState
+}
+
+export interface SessionCursor {
+  createdAt: Date
+  id: string
+}
+
+const LIVE = sql.raw('(\'pending\', \'active\', \'suspended\', \'paused\')')
+const TERMINAL = sql.raw('(\'completed\', \'failed\', \'expired\')')
+
+export function createSessionRepository (db: Database) {
+  const toSession = rowMapper(sessions)
+  const notDeleted = isNull(sessions.deletedAt)
+
+  const byId = db.select().from(sessions)
+    .where(and(eq(sessions.id, p('id')), notDeleted))
+    .prepare('session_by_id')
+
+  // One statement: the compare-and-set, its history row and (for a pause) the snapshot commit or
+  // fail together, in one round trip.
+  const transitionStmt = prepareSql(db, 'session_transition', sql`
+    with moved as (
+      update sessions set
+        state = ${p('to')}::text,
+        version = version + 1,
+        transition_count = transition_count + 1,
+        state_changed_at = ${ts('now')},
+        updated_at = ${ts('now')},
+        active_ms = active_ms + case when state = 'active' and active_since is not null
+          then greatest(0, floor(extract(epoch from (${ts('now')} - active_since)) * 1000))::bigint else 0 end,
+        active_since = case when ${p('to')}::text = 'active' then ${ts('now')} end,
+        started_at = case when ${p('to')}::text = 'active' then coalesce(started_at, ${ts('now')}) else started_at end,
+        ended_at = case when ${p('to')}::text in ${TERMINAL} then ${ts('now')} else ended_at end,
+        busy = false,
+        idle_deadline_at = case when ${p('to')}::text = 'active'
+          then ${ts('now')} + make_interval(secs => coalesce(${p('rIdle')}::int, idle_timeout_seconds)) end,
+        expires_at = case when ${p('actor')}::text = 'user' and ${p('to')}::text not in ${TERMINAL}
+          then greatest(expires_at, ${ts('now')} + make_interval(secs => coalesce(${p('rTtl')}::int, ttl_seconds)))
+          else expires_at end,
+        title = case when ${p('restore')}::boolean then ${p('rTitle')}::text else title end,
+        workdir = case when ${p('restore')}::boolean then ${p('rWorkdir')}::text else workdir end,
+        model = case when ${p('restore')}::boolean then ${p('rModel')}::text else model end,
+        idle_timeout_seconds = coalesce(${p('rIdle')}::int, idle_timeout_seconds),
+        ttl_seconds = coalesce(${p('rTtl')}::int, ttl_seconds),
+        agent_session_id = case when ${p('restore')}::boolean then ${p('rAgent')}::uuid else agent_session_id end,
+        last_error = case when ${p('setError')}::boolean then ${p('lastError')}::text else last_error end,
+        deleted_at = case when ${p('archive')}::boolean then ${ts('now')} else deleted_at end
+      where id = ${p('id')}::uuid and version = ${p('version')}::int and deleted_at is null
+      returning *
+    ), logged as (
+      insert into session_transitions (session_id, from_state, to_state, reason, actor, version, at)
+      select id, ${p('from')}::text, state, ${p('reason')}::text, ${p('actor')}::text, version, state_changed_at from moved
+    ), snap as (
+      insert into session_snapshots (id, session_id, version, data, created_at)
+      select ${p('snapshotId')}::uuid, id, ${p('version')}::int, ${p('snapshotData')}::jsonb, ${ts('now')}
+      from moved where ${p('snapshotId')}::uuid is not null
+    )
+    select * from moved`)
+
+  const heartbeatStmt = db.update(sessions)
+    .set({
+      lastHeartbeatAt: sql`${ts('now')}`,
+      expiresAt: sql`greatest(${sessions.expiresAt}, ${ts('expiresAt')})`
+    })
+    .where(and(eq(sessions.id, p('id')), notDeleted, sql`${sessions.state} in ${LIVE}`))
+    .returning({ state: sessions.state, version: sessions.version, expiresAt: sessions.expiresAt })
+    .prepare('session_heartbeat')
+
+  const settingsStmt = prepareSql(db, 'session_settings', sql`
+    update sessions set
+      version = version + 1,
+      updated_at = ${ts('now')},
+      title = case when ${p('setTitle')}::boolean then ${p('title')}::text else title end,
+      idle_timeout_seconds = coalesce(${p('idle')}::int, idle_timeout_seconds),
+      -- activity is not versioned, so deadlines that depend on it are computed here, atomically
+      idle_deadline_at = case when state = 'active' and not busy
+        then greatest(active_since, last_activity_at) + make_interval(secs => coalesce(${p('idle')}::int, idle_timeout_seconds))
+        else idle_deadline_at end,
+      ttl_seconds = coalesce(${p('ttl')}::int, ttl_seconds),
+      expires_at = case when ${p('ttl')}::int is not null
+        then greatest(created_at, last_heartbeat_at, last_activity_at) + make_interval(secs => ${p('ttl')}::int)
+        else expires_at end
+    where id = ${p('id')}::uuid and version = ${p('version')}::int and deleted_at is null
+      and state not in ${TERMINAL}
+    returning *`)
+
+  const archiveTerminalStmt = prepareSql(db, 'session_archive', sql`
+    update sessions set deleted_at = ${ts('now')}, updated_at = ${ts('now')}, version = version + 1
+    where id = ${p('id')}::uuid and version = ${p('version')}::int and deleted_at is null
+    returning *`)
+
+  const usageStmt = prepareSql(db, 'session_turn_usage', sql`
+    update sessions set
+      input_tokens = input_tokens + ${p('input')}::bigint,
+      output_tokens = output_tokens + ${p('output')}::bigint,
+      cache_read_tokens = cache_read_tokens + ${p('cacheRead')}::bigint,
+      cache_creation_tokens = cache_creation_tokens + ${p('cacheCreation')}::bigint,
+      cost_usd = cost_usd - conversation_cost_usd + ${p('cost')}::float8,
+      conversation_cost_usd = ${p('cost')}::float8,
+      turns = turns + 1,
+      last_activity_at = greatest(last_activity_at, ${ts('at')}),
+      expires_at = case when state in ${LIVE}
+        then greatest(expires_at, ${ts('at')} + make_interval(secs => ttl_seconds)) else expires_at end,
+      idle_deadline_at = case when state = 'active' and not busy
+        then greatest(idle_deadline_at, ${ts('at')} + make_interval(secs => idle_timeout_seconds)) else idle_deadline_at end
+    where id = ${p('id')}::uuid
+    returning *`)
+
+  // Set-based sweeps: one statement however many sessions are due. SKIP LOCKED lets several
+  // instances sweep side by side without waiting on (or double-processing) each other's rows.
+  const sweep = (name: string, due: SQL, to: SessionState, reason: string) => prepareSql(db, name, sql`
+    with due as (
+      select id, state from sessions where ${due}
+      for update skip locked
+    ), moved as (
+      update sessions s set
+        state = ${sql.raw(`'${to}'`)},
+        version = s.version + 1,
+        transition_count = s.transition_count + 1,
+        state_changed_at = ${ts('now')},
+        updated_at = ${ts('now')},
+        ended_at = ${to === 'expired' ? ts('now') : sql`s.ended_at`},
+        active_ms = s.active_ms + case when s.state = 'active' and s.active_since is not null
+          then greatest(0, floor(extract(epoch from (${ts('now')} - s.active_since)) * 1000))::bigint else 0 end,
+        active_since = null,
+        busy = false,
+        idle_deadline_at = null
+      from due where s.id = due.id
+      returning s.id, due.state as from_state, s.version
+    ), logged as (
+      insert into session_transitions (session_id, from_state, to_state, reason, actor, version, at)
+      select id, from_state, ${sql.raw(`'${to}'`)}, ${sql.raw(`'${reason}'`)}, 'system', version, ${ts('now')} from moved
+    )
+    select id, from_state from moved`)
+
+  const expireStmt = sweep('sessions_expire_due',
+    sql`state in ${LIVE} and expires_at <= ${ts('now')}`, 'expired', 'ttl')
+  const idleStmt = sweep('sessions_suspend_idle',
+    sql`state = 'active' and idle_deadline_at <= ${ts('now')} and not busy`, 'suspended', 'idle')
+
+  const listStmts = new Map<string, { execute: (v: Record<string, unknown>) => Promise<SessionRow[]> }>()
+  function listStmt (withStates: boolean, withCursor: boolean) {
+    const key = `${withStates}:${withCursor}`
+    let stmt = listStmts.get(key)
+    if (!stmt) {
+      const conditions: SQL[] = [sql`${sessions.deletedAt} is null`]
+      if (withStates) conditions.push(sql`${sessions.state} = any(${p('states')}::text[])`)
+      if (withCursor) conditions.push(sql`(${sessions.createdAt}, ${sessions.id}) < (${ts('cAt')}, ${p('cId')}::uuid)`)
+      stmt = db.select().from(sessions)
+        .where(and(...conditions))
+        .orderBy(desc(sessions.createdAt), desc(sessions.id))
+        .limit(p('limit'))
+        .prepare(`sessions_list_${withStates ? 's' : ''}${withCursor ? 'c' : ''}`)
+      listStmts.set(key, stmt)
+    }
+    return stmt
+  }
+
+  const historyStmt = db.select().from(sessionTransitions)
+    .where(and(eq(sessionTransitions.sessionId, p('id')), gt(sessionTransitions.id, p('after'))))
+    .orderBy(asc(sessionTransitions.id))
+    .limit(p('limit'))
+    .prepare('session_history')
+
+  const sweepHits = (rows: Record<string, unknown>[]): SweepHit[] =>
+    rows.map((r) => ({ id: String(r.id), from: r.from_state as SessionState }))
+
+  return {
+    async insert (row: NewSessionRow & { id: string, createdAt: Date }): Promise<SessionRow> {
+      return db.transaction(async (tx) => {
+        const [created] = await tx.insert(sessions).values(row).returning()
+        await tx.insert(sessionTransitions).values({
+          sessionId: row.id, fromState: null, toState: row.state, reason: 'created', actor: 'user', version: 1, at: row.createdAt
+        })
+        return created!
+      })
+    },
+
+    async findById (id: string): Promise<SessionRow | null> {
+      const [row] = await byId.execute({ id })
+      return row ?? null
+    },
+
+    /** The compare-and-set: null when the version moved on (someone else won). */
+    async transition (w: TransitionWrite): Promise<SessionRow | null> {
+      const r = w.restore
+      const rows = await transitionStmt.execute({
+        id: w.id,
+        version: w.version,
+        from: w.from,
+        to: w.to,
+        actor: w.actor,
+        reason: w.reason,
+        now: w.now.toISOString(),
+        restore: r !== undefined,
+        rTitle: r?.title ?? null,
+        rWorkdir: r?.workdir ?? null,
+        rModel: r?.model ?? null,
+        rIdle: r?.idleTimeoutSeconds ?? null,
+        rTtl: r?.ttlSeconds ?? null,
+        rAgent: r?.agentSessionId ?? null,
+        setError: w.lastError !== undefined,
+        lastError: w.lastError ?? null,
+        archive: w.archive === true,
+        snapshotId: w.snapshot?.id ?? null,
+        snapshotData: w.snapshot ? JSON.stringify(w.snapshot.data) : null
+      })
+      return rows[0] ? toSession(rows[0]) : null
+    },
+
+    async updateSettings (w: SettingsWrite): Promise<SessionRow | null> {
+      const rows = await settingsStmt.execute({
+        id: w.id,
+        version: w.version,
+        now: w.now.toISOString(),
+        setTitle: w.title !== undefined,
+        title: w.title ?? null,
+        idle: w.idleTimeoutSeconds ?? null,
+        ttl: w.ttlSeconds ?? null
+      })
+      return rows[0] ? toSession(rows[0]) : null
+    },
+
+    async archiveTerminal (w: { id: string, version: number, now: Date }): Promise<SessionRow | null> {
+      const rows = await archiveTerminalStmt.execute({ id: w.id, version: w.version, now: w.now.toISOString() })
+      return rows[0] ? toSession(rows[0]) : null
+    },
+
+    /** Liveness only: no version bump, and the deadline never moves earlier. */
+    async heartbeat (w: { id: string, now: Date, expiresAt: Date }) {
+      const [row] = await heartbeatStmt.execute({ id: w.id, now: w.now.toISOString(), expiresAt: w.expiresAt.toISOString() })
+      return row ?? null
+    },
+
+    /** A finished turn: adds its usage, counts as activity. Called by the agent supervisor. */
+    async addTurnUsage (id: string, u: TurnUsage): Promise<SessionRow | null> {
+      const rows = await usageStmt.execute({
+        id,
+        input: u.inputTokens,
+        output: u.outputTokens,
+        cacheRead: u.cacheReadTokens,
+        cacheCreation: u.cacheCreationTokens,
+        cost: u.totalCostUsd,
+        at: u.at.toISOString()
+      })
+      return rows[0] ? toSession(rows[0]) : null
+    },
+
+    async expireDue (now: Date): Promise<SweepHit[]> {
+      return sweepHits(await expireStmt.execute({ now: now.toISOString() }))
+    },
+
+    async suspendIdle (now: Date): Promise<SweepHit[]> {
+      return sweepHits(await idleStmt.execute({ now: now.toISOString() }))
+    },
+
+    async list (q: { states?: SessionState[] | undefined, cursor?: SessionCursor | undefined, limit: number }): Promise<SessionRow[]> {
+      const withStates = q.states !== undefined && q.states.length > 0
+      return listStmt(withStates, q.cursor !== undefined).execute({
+        limit: q.limit,
+        ...(withStates ? { states: q.states } : {}),
+        ...(q.cursor ? { cAt: q.cursor.createdAt.toISOString(), cId: q.cursor.id } : {})
+      })
+    },
+
+    async history (id: string, after: number, limit: number): Promise<TransitionRow[]> {
+      return historyStmt.execute({ id, after, limit })
+    },
+
+    async snapshots (sessionId: string): Promise<SnapshotRow[]> {
+      return db.select().from(sessionSnapshots)
+        .where(eq(sessionSnapshots.sessionId, sessionId))
+        .orderBy(desc(sessionSnapshots.createdAt), desc(sessionSnapshots.id))
+    },
+
+    async findSnapshot (sessionId: string, snapshotId?: string): Promise<SnapshotRow | null> {
+      const [row] = await db.select().from(sessionSnapshots)
+        .where(and(eq(sessionSnapshots.sessionId, sessionId), snapshotId ? eq(sessionSnapshots.id, snapshotId) : undefined))
+        .orderBy(desc(sessionSnapshots.createdAt), desc(sessionSnapshots.id))
+        .limit(1)
+      return row ?? null
+    }
+  }
+}
+
+export type SessionRepository = ReturnType<typeof createSessionRepository>

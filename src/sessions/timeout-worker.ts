@@ -1,0 +1,70 @@
+import { EventEmitter } from 'node:events'
+import type { FastifyBaseLogger as Logger } from 'fastify'
+import type { SessionLifecycleManager } from './lifecycle-manager.js'
+
+export interface SweepResult {
+  at: Date
+  expired: string[]
+  suspended: string[]
+}
+
+export interface TimeoutWorkerEvents {
+  sweep: [SweepResult]
+  error: [Error]
+}
+
+/**
+ * Enforces TTL expiry and idle suspension with one set-based statement each per sweep. Sweeps never
+ * overlap: the next one is scheduled when the previous one ends, so the interval bounds precision.
+ */
+export class SessionTimeoutWorker extends EventEmitter<TimeoutWorkerEvents> {
+  readonly #manager: SessionLifecycleManager
+  readonly #intervalMs: number
+  readonly #log: Logger
+  #timer: NodeJS.Timeout | undefined
+  #running: Promise<void> | undefined
+  #started = false
+
+  constructor (opts: { manager: SessionLifecycleManager, intervalMs: number, logger: Logger }) {
+    super()
+    this.#manager = opts.manager
+    this.#intervalMs = opts.intervalMs
+    this.#log = opts.logger
+  }
+
+  /** Starts sweeping; the first sweep runs at once (whatever fell due while the service was down). */
+  start (): void {
+    if (this.#started) return
+    this.#started = true
+    this.#schedule(0)
+  }
+
+  /** Stops sweeping and waits for a sweep in progress to finish. */
+  async stop (): Promise<void> {
+    this.#started = false
+    clearTimeout(this.#timer)
+    this.#timer = undefined
+    await this.#running
+  }
+
+  /** One sweep now (also what the timer runs). */
+  async sweep (now: Date = this.#manager.now()): Promise<SweepResult> {
+    const expired = await this.#manager.checkExpiration(now)
+    const suspended = await this.#manager.suspendIdle(now)
+    const result = { at: now, expired, suspended }
+    this.emit('sweep', result)
+    return result
+  }
+
+  #schedule (delay: number): void {
+    this.#timer = setTimeout(() => {
+      this.#running = this.sweep().then(() => {}, (err: Error) => {
+        this.#log.error({ err }, 'timeout sweep failed')
+        if (this.listenerCount('error') > 0) this.emit('error', err)
+      }).finally(() => {
+        this.#running = undefined
+        if (this.#started) this.#schedule(this.#intervalMs)
+      })
+    }, delay)
+  }
+}

@@ -1,0 +1,43 @@
+import type { App } from '../../src/app.js'
+import type { SessionView } from '../../src/schemas/session.js'
+
+type Method = 'GET' | 'POST' | 'PATCH' | 'DELETE'
+
+export interface ApiResponse<T = any> {
+  status: number
+  headers: Record<string, string | string[] | number | undefined>
+  body: T
+  contentType: string
+}
+
+/** Thin inject wrapper: JSON in, parsed JSON out. */
+export async function call<T = any> (app: App, method: Method, url: string, body?: unknown, headers: Record<string, string> = {}): Promise<ApiResponse<T>> {
+  const res = await app.inject({
+    method,
+    url,
+    headers: body === undefined ? headers : { 'content-type': 'application/json', ...headers },
+    ...(body === undefined ? {} : { payload: JSON.stringify(body) })
+  })
+  return {
+    status: res.statusCode,
+    headers: res.headers,
+    body: res.body === '' ? undefined as T : JSON.parse(res.body) as T,
+    contentType: String(res.headers['content-type'] ?? '')
+  }
+}
+
+export async function createSession (app: App, body: Record<string, unknown> = {}): Promise<SessionView> {
+  const res = await call<SessionView>(app, 'POST', '/v1/sessions', body)
+  if (res.status !== 201) throw new Error(`create failed: ${res.status} ${JSON.stringify(res.body)}`)
+  return res.body
+}
+
+export async function getSession (app: App, id: string): Promise<SessionView> {
+  const res = await call<SessionView>(app, 'GET', `/v1/sessions/${id}`)
+  if (res.status !== 200) throw new Error(`get failed: ${res.status} ${JSON.stringify(res.body)}`)
+  return res.body
+}
+
+export async function transition (app: App, id: string, to: string, headers: Record<string, string> = {}) {
+  return call<SessionView>(app, 'POST', `/v1/sessions/${id}/transitions`, { to }, headers)
+}
