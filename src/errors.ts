@@ -38,8 +38,10 @@ export function versionConflict (ifMatch: string, current: { version: number, st
   })
 }
 
-export function invalidTransition (from: SessionState, to: SessionState, allowed: SessionState[], version: number): Error {
-  return withDetails(new InvalidTransition(from, to), { state: from, allowedTargets: allowed, currentVersion: version })
+export function invalidTransition (from: SessionState, to: SessionState, allowed: SessionState[], version: number, why?: string): Error {
+  const err = new InvalidTransition(from, to)
+  if (why) err.message += `: ${why}`
+  return withDetails(err, { state: from, allowedTargets: allowed, currentVersion: version })
 }
 
 export function sessionTerminal (state: SessionState, version: number): Error {

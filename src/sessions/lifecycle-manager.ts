@@ -225,7 +225,8 @@ export class SessionLifecycleManager extends EventEmitter<LifecycleEvents> {
   /** Resumes a paused session from its latest snapshot, or from the one named. */
   async resumeSession (id: string, opts: MutationOptions & { snapshotId?: string | undefined } = {}): Promise<SessionRow> {
     return this.#compareAndSet(id, opts, async (row) => {
-      this.#assertEdge(row, 'active', 'user')
+      // Resume means "from a snapshot": only a pause leaves one that describes the session now
+      if (row.state !== 'paused') throw invalidTransition(row.state, 'active', allowedTargets(row.state, 'user'), row.version, 'only a paused session can be resumed')
       return this.#resumeWrite(row, opts.snapshotId, opts)
     })
   }

@@ -22,7 +22,7 @@ export async function call<T = any> (app: App, method: Method, url: string, body
     status: res.statusCode,
     headers: res.headers,
     body: res.body === '' ? undefined as T : JSON.parse(res.body) as T,
-    contentType: String(res.headers['content-type'] ?? '')
+    contentType: String(res.headers['content-type'] ?? '').split(';')[0]!.trim()
   }
 }
 

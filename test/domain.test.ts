@@ -1,0 +1,105 @@
+import t from 'tap'
+import { ConfigError, loadConfig } from '../src/config.js'
+import { decodeCursor, decodeSeqCursor, encodeCursor, encodeSeqCursor } from '../src/domain/cursor.js'
+import { etagOf, ifMatchAccepts, parseIfMatch } from '../src/domain/if-match.js'
+import { activeMsAt, addSeconds, planHeartbeat } from '../src/domain/timers.js'
+import { LivenessCache } from '../src/sessions/liveness-cache.js'
+
+const T0 = new Date('2030-01-01T00:00:00.000Z')
+
+t.test('planHeartbeat: pushes out, never earlier, coalesces small moves', async (t) => {
+  const ttl = 100
+  const plan = (nowOffsetS: number, expiresOffsetS: number, fraction?: number) => planHeartbeat({
+    now: addSeconds(T0, nowOffsetS), expiresAt: addSeconds(T0, expiresOffsetS), ttlSeconds: ttl, ...(fraction === undefined ? {} : { coalesceFraction: fraction })
+  })
+  t.same(plan(10, 100), { write: true, expiresAt: addSeconds(T0, 110) }, 'a gain of 10% is written')
+  t.same(plan(4.999, 100), { write: false, expiresAt: addSeconds(T0, 100) }, 'below 5% is coalesced')
+  t.same(plan(5, 100), { write: true, expiresAt: addSeconds(T0, 105) }, 'exactly 5% is written')
+  t.same(plan(0, 200), { write: false, expiresAt: addSeconds(T0, 200) }, 'a later deadline is never moved earlier')
+  t.same(plan(0.001, 100, 0), { write: true, expiresAt: addSeconds(T0, 100.001) }, 'fraction 0 writes every gain')
+  t.same(plan(0, 100, 0), { write: false, expiresAt: addSeconds(T0, 100) }, 'but never a zero move')
+})
+
+t.test('activeMsAt counts the running stretch', async (t) => {
+  t.equal(activeMsAt({ activeMs: 500, activeSince: null, now: T0 }), 500)
+  t.equal(activeMsAt({ activeMs: 500, activeSince: T0, now: addSeconds(T0, 2) }), 2500)
+  t.equal(activeMsAt({ activeMs: 0, activeSince: addSeconds(T0, 5), now: T0 }), 0, 'clock skew never makes it negative')
+})
+
+t.test('If-Match parsing and strong comparison', async (t) => {
+  t.equal(parseIfMatch(undefined), undefined)
+  t.equal(parseIfMatch('*'), '*')
+  t.same(parseIfMatch('"3"'), [3])
+  t.same(parseIfMatch('"3", "5"'), [3, 5])
+  t.same(parseIfMatch('7'), [7], 'a bare number is accepted')
+  t.same(parseIfMatch('W/"3"'), [], 'a weak tag never matches')
+  for (const bad of ['abc', '"3', '"-1"', '""', '"3",,', '"1e3"', '"99999999999"']) t.equal(parseIfMatch(bad), null, `${bad} is malformed`)
+  t.ok(ifMatchAccepts(undefined, 4))
+  t.ok(ifMatchAccepts('*', 4))
+  t.ok(ifMatchAccepts([3, 4], 4))
+  t.notOk(ifMatchAccepts([3], 4))
+  t.notOk(ifMatchAccepts([], 4))
+  t.equal(etagOf(12), '"12"')
+})
+
+t.test('cursors round-trip and reject forgeries', async (t) => {
+  const c = { createdAt: new Date('2030-01-02T03:04:05.678Z'), id: '0b5c9c3e-5f8a-4c52-9a39-1d7f0f3e2a10' }
+  t.same(decodeCursor(encodeCursor(c)), c)
+  for (const bad of ['', 'not-base64!', Buffer.from('[1,2]').toString('base64url'), Buffer.from('["2030-01-01T00:00:00.000Z","x"]').toString('base64url'),
+    Buffer.from('["yesterday","0b5c9c3e-5f8a-4c52-9a39-1d7f0f3e2a10"]').toString('base64url'), Buffer.from('{}').toString('base64url')]) {
+    t.equal(decodeCursor(bad), null, `rejects ${JSON.stringify(bad)}`)
+  }
+  t.equal(decodeSeqCursor(encodeSeqCursor(42)), 42)
+  t.equal(decodeSeqCursor(Buffer.from('-1').toString('base64url')), null)
+  t.equal(decodeSeqCursor(Buffer.from('1.5').toString('base64url')), null)
+})
+
+t.test('configuration: defaults, conversion, and errors naming the variable', async (t) => {
+  const c = loadConfig({})
+  t.equal(c.host, '127.0.0.1')
+  t.equal(c.port, 3000)
+  t.equal(c.databaseUrl, undefined)
+  t.equal(c.idleTimeout.defaultSeconds, 600)
+  t.same([c.idleTimeout.minSeconds, c.idleTimeout.maxSeconds], [60, 86400])
+  t.same([c.ttl.defaultSeconds, c.ttl.minSeconds, c.ttl.maxSeconds], [86400, 60, 2592000])
+  t.equal(c.sweepIntervalMs, 1000)
+  t.equal(c.agent.killGraceMs, 5000)
+  t.equal(c.agent.maxLive, 32)
+  t.same(c.agent.envPassthrough, ['ANTHROPIC_API_KEY', 'ANTHROPIC_BASE_URL'])
+  t.ok(c.agent.configDir.endsWith('/.data/claude'), 'agent state lives under the data directory')
+  t.equal(c.limits.bodyBytes, 1_048_576)
+  t.equal(c.limits.messageBytes, 262_144)
+  t.equal(loadConfig({ PORT: '8080', DATABASE_URL: 'postgres://u@h/db' }).port, 8080)
+  t.equal(loadConfig({ PORT: '' }).port, 3000, 'an empty variable is unset')
+
+  const cases: [Record<string, string>, RegExp][] = [
+    [{ PORT: 'abc' }, /PORT/],
+    [{ PORT: '70000' }, /PORT/],
+    [{ SWEEP_INTERVAL_MS: '0' }, /SWEEP_INTERVAL_MS/],
+    [{ DATABASE_URL: 'mysql://x' }, /DATABASE_URL/],
+    [{ LOG_LEVEL: 'loud' }, /LOG_LEVEL/],
+    [{ IDLE_TIMEOUT_DEFAULT_SECONDS: '5' }, /IDLE_TIMEOUT_DEFAULT_SECONDS/],
+    [{ IDLE_TIMEOUT_MIN_SECONDS: '100', IDLE_TIMEOUT_MAX_SECONDS: '50' }, /IDLE_TIMEOUT_MIN_SECONDS/],
+    [{ SESSION_TTL_SECONDS: '10' }, /SESSION_TTL_SECONDS/],
+    [{ HEARTBEAT_COALESCE_FRACTION: '2' }, /HEARTBEAT_COALESCE_FRACTION/]
+  ]
+  for (const [env, name] of cases) {
+    t.throws(() => loadConfig(env), { name: 'ConfigError', message: name }, `${JSON.stringify(env)} is refused by name`)
+  }
+  t.ok(new ConfigError('x') instanceof Error)
+})
+
+t.test('the liveness cache ages entries out and stays bounded', async (t) => {
+  const cache = new LivenessCache(2)
+  const entry = { state: 'active' as const, version: 1, expiresAt: T0, ttlSeconds: 60, cachedAt: 0 }
+  cache.set('a', entry)
+  t.same(cache.get('a', LivenessCache.MAX_AGE_MS), entry, 'fresh')
+  t.equal(cache.get('a', LivenessCache.MAX_AGE_MS + 1), undefined, 'too old: gone')
+  cache.set('a', entry)
+  cache.set('b', entry)
+  cache.set('c', entry)
+  t.equal(cache.size, 2, 'bounded')
+  t.equal(cache.get('a', 0), undefined, 'the oldest went first')
+  cache.delete('b')
+  t.equal(cache.get('b', 0), undefined)
+})
