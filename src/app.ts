@@ -41,6 +41,8 @@ export async function buildApp (opts: BuildAppOptions) {
   // A POST without a body (pause, resume, heartbeat) is common from mobile clients even when they
   // send a JSON content type: treat an empty JSON body as no body.
   const parseJson = app.getDefaultJsonParser('error', 'error')
+  // Every body of this API is JSON: anything else is a 415, not a confusing validation error
+  app.removeContentTypeParser('text/plain')
   app.addContentTypeParser('application/json', { parseAs: 'string' }, (request, body, done) => {
     if (body === '' || (typeof body === 'string' && body.trim() === '')) return done(null, undefined)
     return parseJson(request, body as string, done)

@@ -9,8 +9,7 @@ const FASTIFY_CODES: Record<string, string> = {
   FST_ERR_CTP_INVALID_CONTENT_LENGTH: 'INVALID_CONTENT_LENGTH',
   FST_ERR_CTP_EMPTY_JSON_BODY: 'INVALID_JSON',
   FST_ERR_CTP_INVALID_JSON_BODY: 'INVALID_JSON',
-  FST_ERR_BAD_URL: 'BAD_URL',
-  FST_ERR_ASYNC_CONSTRAINT: 'BAD_REQUEST'
+  FST_ERR_BAD_URL: 'BAD_URL'
 }
 
 const TITLES: Record<number, string> = {
@@ -72,9 +71,12 @@ export default fp(async function errorHandler (app: FastifyInstance) {
       })
     }
     request.log.info({ code: err.code, status }, err.message)
+    const code = (err.code && FASTIFY_CODES[err.code]) ?? err.code ?? 'BAD_REQUEST'
     return send(reply, request, status, {
-      code: (err.code && FASTIFY_CODES[err.code]) ?? err.code ?? 'BAD_REQUEST',
-      detail: err.message,
+      code,
+      detail: code === 'UNSUPPORTED_MEDIA_TYPE'
+        ? `Content-Type ${request.headers['content-type'] ?? '(none)'} is not supported: send application/json`
+        : err.message,
       ...detailsOf(err)
     })
   })

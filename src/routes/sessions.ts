@@ -81,7 +81,8 @@ const sessionRoutes: FastifyPluginAsyncTypebox = async (app) => {
     const etag = etagOf(row.version)
     const ifNoneMatch = request.headers['if-none-match']
     if (ifNoneMatch !== undefined && ifNoneMatch.split(',').some((t) => t.trim().replace(/^W\//, '') === etag || t.trim() === '*')) {
-      return reply.status(304).header('etag', etag).send(null)
+      // no body at all on a 304 (RFC 9110 §15.4.5): bypass the typed send
+      return (reply as FastifyReply).status(304).header('etag', etag).send()
     }
     return sendSession(reply, row, sessions.now())
   })

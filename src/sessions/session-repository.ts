@@ -143,7 +143,9 @@ export function createSessionRepository (db: Database) {
         else idle_deadline_at end,
       ttl_seconds = coalesce(${p('ttl')}::int, ttl_seconds),
       expires_at = case when ${p('ttl')}::int is not null
-        then greatest(created_at, last_heartbeat_at, last_activity_at) + make_interval(secs => ${p('ttl')}::int)
+        -- the PATCH is itself a sign of life: without it, lowering the TTL of a session kept alive
+        -- only by user requests could expire it on the spot
+        then greatest(created_at, last_heartbeat_at, last_activity_at, ${ts('now')}) + make_interval(secs => ${p('ttl')}::int)
         else expires_at end
     where id = ${p('id')}::uuid and version = ${p('version')}::int and deleted_at is null
       and state not in ${TERMINAL}

@@ -39,5 +39,5 @@ export async function getSession (app: App, id: string): Promise<SessionView> {
 }
 
 export async function transition (app: App, id: string, to: string, headers: Record<string, string> = {}) {
-  return call<SessionView>(app, 'POST', `/v1/sessions/${id}/transitions`, { to }, headers)
+  return call(app, 'POST', `/v1/sessions/${id}/transitions`, { to }, headers)
 }
