@@ -5,8 +5,11 @@ import Fastify from 'fastify'
 import type { Logger } from 'pino'
 import type { Config } from './config.js'
 import database from './plugins/database.js'
-import errorHandler from './plugins/error-handler.js'
+import errorHandler, { sendProblem } from './plugins/error-handler.js'
 import openapi from './plugins/openapi.js'
+import { createValidatorCompiler } from './plugins/validators.js'
+import { Problem } from './schemas/common.js'
+import { SHARED_SCHEMAS } from './schemas/session.js'
 import sessions from './plugins/sessions.js'
 import healthRoutes from './routes/health.js'
 import sessionActionRoutes from './routes/session-actions.js'
@@ -34,9 +37,14 @@ export async function buildApp (opts: BuildAppOptions) {
     bodyLimit: config.limits.bodyBytes,
     // Clients retry over flaky mobile links; never let one hang a socket forever
     requestTimeout: 30_000,
-    ajv: { customOptions: { removeAdditional: false, coerceTypes: 'array', allErrors: true } },
-    forceCloseConnections: 'idle'
+    forceCloseConnections: 'idle',
+    // errors Fastify raises before routing (a malformed URL) get the same problem+json
+    frameworkErrors: (err, request, reply) => sendProblem(reply, request, err.statusCode ?? 400, {
+      code: err.code === 'FST_ERR_BAD_URL' ? 'BAD_URL' : (err.code ?? 'BAD_REQUEST'),
+      detail: err.message
+    })
   }).withTypeProvider<TypeBoxTypeProvider>()
+  app.setValidatorCompiler(createValidatorCompiler([Problem, ...SHARED_SCHEMAS]))
 
   // A POST without a body (pause, resume, heartbeat) is common from mobile clients even when they
   // send a JSON content type: treat an empty JSON body as no body.

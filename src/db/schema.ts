@@ -12,6 +12,7 @@ import {
   primaryKey,
   text,
   timestamp,
+  uniqueIndex,
   uuid
 } from 'drizzle-orm/pg-core'
 
@@ -54,6 +55,11 @@ export const sessions = pgTable('sessions', {
   turns: integer('turns').notNull().default(0),
   transitionCount: integer('transition_count').notNull().default(0),
   lastError: text('last_error'),
+  // The session's event log: the last sequence number handed out, and the last user message the
+  // agent has taken up (confirmed by its turn's system/init). User events above deliveredSeq are
+  // the message queue: kept across crashes, failed resumes and restarts.
+  lastEventSeq: bigint('last_event_seq', { mode: 'number' }).notNull().default(0),
+  deliveredSeq: bigint('delivered_seq', { mode: 'number' }).notNull().default(0),
   stateChangedAt: tstz('state_changed_at').notNull(),
   startedAt: tstz('started_at'),
   endedAt: tstz('ended_at'),
@@ -97,9 +103,12 @@ export const sessionEvents = pgTable('session_events', {
   seq: bigint('seq', { mode: 'number' }).notNull(),
   type: text('type').notNull(),
   payload: jsonb('payload').notNull(),
-  at: tstz('at').notNull()
+  at: tstz('at').notNull(),
+  // makes a retried POST /messages from a phone idempotent
+  clientMessageId: text('client_message_id')
 }, (t) => [
-  primaryKey({ name: 'session_events_pkey', columns: [t.sessionId, t.seq] })
+  primaryKey({ name: 'session_events_pkey', columns: [t.sessionId, t.seq] }),
+  uniqueIndex('session_events_client_message_idx').on(t.sessionId, t.clientMessageId).where(sql`client_message_id is not null`)
 ])
 
 export type SessionRow = typeof sessions.$inferSelect

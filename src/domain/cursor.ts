@@ -18,7 +18,8 @@ export function decodeCursor (raw: string): KeysetCursor | null {
     const [at, id] = parsed as unknown[]
     if (typeof at !== 'string' || typeof id !== 'string' || !UUID.test(id)) return null
     const createdAt = new Date(at)
-    if (Number.isNaN(createdAt.getTime()) || createdAt.toISOString() !== at) return null
+    // only plain four-digit years: extended years round-trip in JS but not in Postgres
+    if (!/^[1-9]\d{3}-/.test(at) || Number.isNaN(createdAt.getTime()) || createdAt.toISOString() !== at) return null
     return { createdAt, id }
   } catch {
     return null

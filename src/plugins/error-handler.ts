@@ -37,7 +37,7 @@ function fieldOf (context: string | undefined, issue: ValidationIssue): string {
   return [context ?? 'body', ...path].join('.')
 }
 
-function send (reply: FastifyReply, request: FastifyRequest, status: number, body: Record<string, unknown>): FastifyReply {
+export function sendProblem (reply: FastifyReply, request: FastifyRequest, status: number, body: Record<string, unknown>): FastifyReply {
   return reply.status(status).type('application/problem+json').send({
     type: `https://mobvibe.dev/problems/${String(body.code).toLowerCase().replaceAll('_', '-')}`,
     title: TITLES[status] ?? 'Error',
@@ -56,7 +56,7 @@ export default fp(async function errorHandler (app: FastifyInstance) {
         message: issue.message ?? 'is invalid'
       }))
       const first = errors[0]
-      return send(reply, request, 400, {
+      return sendProblem(reply, request, 400, {
         code: 'VALIDATION_FAILED',
         detail: first ? `${first.field} ${first.message}` : err.message,
         errors
@@ -65,14 +65,14 @@ export default fp(async function errorHandler (app: FastifyInstance) {
     const status = err.statusCode && err.statusCode >= 400 && err.statusCode < 600 ? err.statusCode : 500
     if (status >= 500) {
       request.log.error({ err }, 'request failed')
-      return send(reply, request, status, {
+      return sendProblem(reply, request, status, {
         code: status === 503 ? (err.code ?? 'SERVICE_UNAVAILABLE') : 'INTERNAL_ERROR',
         detail: status === 503 ? err.message : 'The service failed to handle this request; it has been logged'
       })
     }
     request.log.info({ code: err.code, status }, err.message)
     const code = (err.code && FASTIFY_CODES[err.code]) ?? err.code ?? 'BAD_REQUEST'
-    return send(reply, request, status, {
+    return sendProblem(reply, request, status, {
       code,
       detail: code === 'UNSUPPORTED_MEDIA_TYPE'
         ? `Content-Type ${request.headers['content-type'] ?? '(none)'} is not supported: send application/json`
@@ -81,7 +81,7 @@ export default fp(async function errorHandler (app: FastifyInstance) {
     })
   })
 
-  app.setNotFoundHandler((request, reply) => send(reply, request, 404, {
+  app.setNotFoundHandler((request, reply) => sendProblem(reply, request, 404, {
     code: 'ROUTE_NOT_FOUND',
     detail: `No route for ${request.method} ${request.url.split('?')[0]}`
   }))

@@ -1,6 +1,10 @@
 import { Type, type Static, type TSchema } from 'typebox'
 
-export const Uuid = Type.String({ format: 'uuid', description: 'A UUID' })
+// A plain pattern as well as the format: ajv's uuid format also accepts `urn:uuid:…`, which
+// Postgres refuses
+export const Uuid = Type.String({ format: 'uuid', pattern: '^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$', description: 'A UUID' })
+/** Postgres text cannot hold NUL: refuse it at the door instead of failing in the database */
+export const NO_NUL = '^[^\\u0000]*$'
 export const DateTime = Type.String({ format: 'date-time' })
 export const Nullable = <T extends TSchema>(schema: T) => Type.Union([schema, Type.Null()])
 

@@ -1,6 +1,6 @@
 import { Type, type Static } from 'typebox'
 import { SESSION_STATES } from '../domain/state-machine.js'
-import { DateTime, Nullable, Uuid, ref } from './common.js'
+import { DateTime, NO_NUL, Nullable, Uuid, ref } from './common.js'
 
 export const SessionStateSchema = Type.Enum([...SESSION_STATES], {
   $id: 'SessionState',
@@ -97,14 +97,14 @@ export const HeartbeatSchema = Type.Object({
   serverTime: DateTime
 }, { $id: 'Heartbeat' })
 
-const Title = Type.String({ maxLength: 200, description: 'Free text shown in session lists' })
+const Title = Type.String({ maxLength: 200, pattern: NO_NUL, description: 'Free text shown in session lists' })
 const IdleTimeout = Type.Integer({ description: 'Seconds without activity before the agent is suspended; range from IDLE_TIMEOUT_MIN_SECONDS..IDLE_TIMEOUT_MAX_SECONDS' })
 const Ttl = Type.Integer({ description: 'Seconds without heartbeat or activity before the session expires; range from SESSION_TTL_MIN_SECONDS..SESSION_TTL_MAX_SECONDS' })
 
 export const CreateSessionBody = Type.Object({
   title: Type.Optional(Title),
-  workdir: Type.Optional(Type.String({ minLength: 1, maxLength: 1024, description: 'Relative to the workspace root (or absolute inside it); created if missing' })),
-  model: Type.Optional(Type.String({ minLength: 1, maxLength: 200 })),
+  workdir: Type.Optional(Type.String({ minLength: 1, maxLength: 1024, pattern: NO_NUL, description: 'Relative to the workspace root (or absolute inside it); created if missing' })),
+  model: Type.Optional(Type.String({ minLength: 1, maxLength: 200, pattern: NO_NUL })),
   idleTimeoutSeconds: Type.Optional(IdleTimeout),
   ttlSeconds: Type.Optional(Ttl)
 }, { additionalProperties: false })
@@ -117,7 +117,7 @@ export const PatchSessionBody = Type.Object({
 }, { additionalProperties: false, minProperties: 1 })
 export type PatchSessionInput = Static<typeof PatchSessionBody>
 
-const Reason = Type.String({ minLength: 1, maxLength: 500 })
+const Reason = Type.String({ minLength: 1, maxLength: 500, pattern: NO_NUL })
 
 export const TransitionBody = Type.Object({
   to: StateRef,
