@@ -37,6 +37,8 @@ export const EnvSchema = Type.Object({
 
 export type Env = Static<typeof EnvSchema>
 
+const SECRET_VARIABLES = new Set(['DATABASE_URL'])
+
 export interface Config {
   host: string
   port: number
@@ -79,7 +81,9 @@ export function loadConfig (env: NodeJS.ProcessEnv = process.env): Config {
   if (errors.length > 0) {
     const lines = errors.map((e) => {
       const name = e.instancePath.replace(/^\//, '') || String((e.params as { requiredProperties?: string[] }).requiredProperties ?? '')
-      return `${name}=${JSON.stringify(raw[name] ?? null)}: ${e.message}`
+      // a URL may carry a password: name the variable, never echo its value
+      const shown = SECRET_VARIABLES.has(name) ? '(value hidden)' : JSON.stringify(raw[name] ?? null)
+      return `${name}=${shown}: ${e.message}`
     })
     throw new ConfigError(`invalid configuration: ${[...new Set(lines)].join('; ')}`)
   }

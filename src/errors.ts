@@ -29,6 +29,8 @@ export const InvalidCursor = createError('INVALID_CURSOR', 'The cursor is malfor
 export const WorkdirOutsideRoot = createError('WORKDIR_OUTSIDE_ROOT', 'workdir %s lies outside the workspace root', 400)
 export const WorkdirUnusable = createError('WORKDIR_UNUSABLE', 'workdir %s cannot be used: %s', 400)
 export const OutOfRange = createError('VALUE_OUT_OF_RANGE', '%s must be between %s and %s', 400)
+export const MessageNotAccepted = createError('SESSION_NOT_ACCEPTING_MESSAGES', 'Session %s does not take messages now: %s', 409)
+export const MessageTooLarge = createError('MESSAGE_TOO_LARGE', 'The message is %s bytes; at most %s are accepted', 413)
 export const ServiceUnavailable = createError('SERVICE_UNAVAILABLE', '%s', 503)
 
 export function versionConflict (ifMatch: string, current: { version: number, state: SessionState }): Error {

@@ -1,5 +1,6 @@
 import { open, readFile, unlink } from 'node:fs/promises'
 import { join } from 'node:path'
+import { processStartTime } from '../system/proc.js'
 
 /**
  * One service per data directory: a lock file holding the holder's pid and process start time. A
@@ -16,19 +17,6 @@ export class DataDirLocked extends Error {
 }
 
 interface LockRecord { pid: number, startTime: string | null }
-
-/** The kernel's start time of a process (clock ticks since boot): distinguishes a reused pid. */
-export async function processStartTime (pid: number): Promise<string | null> {
-  try {
-    const stat = await readFile(`/proc/${pid}/stat`, 'utf8')
-    // the command name may contain spaces and parentheses: fields count from the last ')'
-    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
-    if (fields[0] === 'Z' || fields[0] === 'X') return null
-    return fields[19] ?? null
-  } catch {
-    return null
-  }
-}
 
 async function holderAlive (rec: LockRecord): Promise<boolean> {
   if (rec.pid === process.pid) return false

@@ -81,7 +81,7 @@ const sessionActionRoutes: FastifyPluginAsyncTypebox = async (app) => {
       summary: 'Keep-alive: pushes the expiry deadline out (never earlier); does not change the version',
       params: SessionParams,
       headers: IfMatchHeaders,
-      response: { 200: ref(HeartbeatSchema), ...problems(400, 404, 409, 412) }
+      response: { 200: ref(HeartbeatSchema), ...problems(400, 404, 409, 412, 413, 415) }
     }
   }, async (request, reply) => {
     const beat = await sessions.heartbeat(request.params.id, ifMatchOf(request))

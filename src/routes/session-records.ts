@@ -19,7 +19,7 @@ const sessionRecordRoutes: FastifyPluginAsyncTypebox = async (app) => {
       response: { 200: ref(HistorySchema), ...problems(400, 404) }
     }
   }, async (request) => {
-    const { limit, cursor } = request.query
+    const { limit = 100, cursor } = request.query
     const after = cursor === undefined ? 0 : decodeSeqCursor(cursor)
     if (after === null) throw new InvalidCursor()
     const rows = await sessions.history(request.params.id, after, limit + 1)

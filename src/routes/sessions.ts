@@ -53,7 +53,7 @@ const sessionRoutes: FastifyPluginAsyncTypebox = async (app) => {
       response: { 200: ref(SessionListSchema), ...problems(400) }
     }
   }, async (request) => {
-    const { state, limit, cursor: rawCursor } = request.query
+    const { state, limit = 50, cursor: rawCursor } = request.query
     const cursor = rawCursor === undefined ? undefined : decodeCursor(rawCursor)
     if (cursor === null) throw new InvalidCursor()
     // one row more than asked tells whether another page exists without a count
@@ -109,7 +109,7 @@ const sessionRoutes: FastifyPluginAsyncTypebox = async (app) => {
       summary: 'Stop the session\'s agent and archive it (any state); it is gone from the API afterwards',
       params: SessionParams,
       headers: IfMatchHeaders,
-      response: { 204: Type.Null({ description: 'Deleted' }), ...problems(400, 404, 412) }
+      response: { 204: Type.Null({ description: 'Deleted' }), ...problems(400, 404, 412, 413, 415) }
     }
   }, async (request, reply) => {
     await sessions.remove(request.params.id, { ifMatch: ifMatchOf(request) })

@@ -2,6 +2,7 @@ import { randomUUID } from 'node:crypto'
 import { EventEmitter } from 'node:events'
 import type { FastifyBaseLogger as Logger } from 'fastify'
 import type { Config } from '../config.js'
+import type { StopReason } from '../agents/agent-process.js'
 import type { SessionRow, SnapshotRow, TransitionRow } from '../db/schema.js'
 import { type KeysetCursor } from '../domain/cursor.js'
 import { ifMatchAccepts, type IfMatch } from '../domain/if-match.js'
@@ -30,7 +31,7 @@ import { snapshotDataOf, type SnapshotData } from './session-view.js'
 import { prepareWorkdir } from './workspace.js'
 
 /** Why a session's process is being stopped; the first reason is the one recorded. */
-export type StopReason = 'idle' | 'pause' | 'shutdown' | 'crash' | 'expired' | 'completed' | 'deleted' | 'user'
+export type { StopReason }
 
 /**
  * What the lifecycle asks of whoever runs the agents (the supervisor). The manager stays the one
@@ -43,7 +44,8 @@ export interface SessionProcessHooks {
 }
 
 export interface TransitionEvent {
-  session: SessionRow
+  sessionId: string
+  version: number
   from: SessionState
   to: SessionState
   actor: Actor
@@ -273,12 +275,16 @@ export class SessionLifecycleManager extends EventEmitter<LifecycleEvents> {
     this.#log.info({ count: hits.length, to, reason }, 'sessions swept')
     for (const hit of hits) {
       this.#liveness.delete(hit.id)
-      if (hit.from === 'active') await this.#stop(hit.id, to === 'expired' ? 'expired' : 'idle')
-      if (this.listenerCount('transition') > 0) {
-        const session = await this.#repo.findById(hit.id)
-        if (session) this.emit('transition', { session, from: hit.from, to, actor: 'system', reason })
-      }
+      if (hit.from === 'active') await this.#stop(hit.id, to === 'expired' ? 'expired' : reason === 'restart' ? 'restart' : 'idle')
+      this.emit('transition', { sessionId: hit.id, version: hit.version, from: hit.from, to, actor: 'system', reason })
     }
+  }
+
+  /** Start-up: nothing runs yet, so every session that says active is suspended. */
+  async suspendAllActive (now: Date = this.#clock()): Promise<string[]> {
+    const hits = await this.#repo.suspendAllActive(now)
+    await this.#afterSweep(hits, 'suspended', 'restart')
+    return hits.map((h) => h.id)
   }
 
   async #resumeWrite (row: SessionRow, snapshotId: string | undefined, opts: MutationOptions): Promise<SessionRow | null> {
@@ -306,7 +312,7 @@ export class SessionLifecycleManager extends EventEmitter<LifecycleEvents> {
     const written = await this.#repo.transition({ ...w, id: row.id, version: row.version, from: row.state })
     if (written && written.state !== row.state) {
       if (row.state === 'active') await this.#stop(row.id, STOP_REASON[written.state] ?? 'user')
-      this.emit('transition', { session: written, from: row.state, to: written.state, actor: w.actor, reason: w.reason })
+      this.emit('transition', { sessionId: row.id, version: written.version, from: row.state, to: written.state, actor: w.actor, reason: w.reason })
     }
     return written
   }

@@ -63,6 +63,7 @@ export interface TurnUsage {
 export interface SweepHit {
   id: string
   from: SessionState
+  version: number
 }
 
 export interface SessionCursor {
@@ -162,16 +163,70 @@ export function createSessionRepository (db: Database) {
       output_tokens = output_tokens + ${p('output')}::bigint,
       cache_read_tokens = cache_read_tokens + ${p('cacheRead')}::bigint,
       cache_creation_tokens = cache_creation_tokens + ${p('cacheCreation')}::bigint,
-      cost_usd = cost_usd - conversation_cost_usd + ${p('cost')}::float8,
-      conversation_cost_usd = ${p('cost')}::float8,
+      -- total_cost_usd is cumulative within a conversation and never shrinks: a lower or missing
+      -- figure (a failed resume reports 0) must not take back what was counted
+      cost_usd = cost_usd + greatest(0, coalesce(${p('cost')}::float8, 0) - conversation_cost_usd),
+      conversation_cost_usd = greatest(conversation_cost_usd, coalesce(${p('cost')}::float8, 0)),
       turns = turns + 1,
       last_activity_at = greatest(last_activity_at, ${ts('at')}),
       expires_at = case when state in ${LIVE}
         then greatest(expires_at, ${ts('at')} + make_interval(secs => ttl_seconds)) else expires_at end,
-      idle_deadline_at = case when state = 'active' and not busy
-        then greatest(idle_deadline_at, ${ts('at')} + make_interval(secs => idle_timeout_seconds)) else idle_deadline_at end
+      -- the turn is over: the idle timer starts now
+      busy = false,
+      idle_deadline_at = case when state = 'active'
+        then ${ts('at')} + make_interval(secs => idle_timeout_seconds) end
     where id = ${p('id')}::uuid
     returning *`)
+
+  // A turn starts: the session is busy (never idle-suspended) and the message counts as activity.
+  // Only an active session can be claimed; anything else means the state moved on.
+  const claimStmt = prepareSql(db, 'session_claim_busy', sql`
+    update sessions set
+      busy = true,
+      idle_deadline_at = null,
+      last_activity_at = greatest(last_activity_at, ${ts('at')}),
+      expires_at = greatest(expires_at, ${ts('at')} + make_interval(secs => ttl_seconds))
+    where id = ${p('id')}::uuid and state = 'active' and deleted_at is null
+    returning id`)
+
+  const releaseStmt = prepareSql(db, 'session_release_busy', sql`
+    update sessions set
+      busy = false,
+      idle_deadline_at = case when state = 'active'
+        then greatest(active_since, last_activity_at, ${ts('at')}) + make_interval(secs => idle_timeout_seconds) end
+    where id = ${p('id')}::uuid and busy
+    returning id`)
+
+  const deliveredStmt = prepareSql(db, 'session_delivered', sql`
+    update sessions set
+      delivered_seq = greatest(delivered_seq, ${p('seq')}::bigint),
+      agent_session_id = ${p('agent')}::uuid,
+      last_error = null
+    where id = ${p('id')}::uuid
+    returning id`)
+
+  const activityStmt = prepareSql(db, 'session_activity', sql`
+    update sessions set
+      last_activity_at = greatest(last_activity_at, ${ts('at')}),
+      expires_at = case when state in ${LIVE}
+        then greatest(expires_at, ${ts('at')} + make_interval(secs => ttl_seconds)) else expires_at end
+    where id = ${p('id')}::uuid`)
+
+  // The message queue is the event log: user events the agent has not taken up yet, in order
+  const nextMessageStmt = prepareSql(db, 'session_next_message', sql`
+    select e.seq, e.payload from session_events e
+    where e.session_id = ${p('id')}::uuid and e.type = 'user'
+      and e.seq > (select delivered_seq from sessions where id = ${p('id')}::uuid)
+    order by e.seq limit 1`)
+
+  const countQueuedStmt = prepareSql(db, 'session_count_queued', sql`
+    select count(*)::int as n from session_events e
+    where e.session_id = ${p('id')}::uuid and e.type = 'user'
+      and e.seq > (select delivered_seq from sessions where id = ${p('id')}::uuid)`)
+
+  const newConversationStmt = prepareSql(db, 'session_new_conversation', sql`
+    update sessions set agent_session_id = null, conversation_cost_usd = 0, last_error = null
+    where id = ${p('id')}::uuid`)
 
   // Set-based sweeps: one statement however many sessions are due. SKIP LOCKED lets several
   // instances sweep side by side without waiting on (or double-processing) each other's rows.
@@ -198,12 +253,14 @@ export function createSessionRepository (db: Database) {
       insert into session_transitions (session_id, from_state, to_state, reason, actor, version, at)
       select id, from_state, ${sql.raw(`'${to}'`)}, ${sql.raw(`'${reason}'`)}, 'system', version, ${ts('now')} from moved
     )
-    select id, from_state from moved`)
+    select id, from_state, version from moved`)
 
   const expireStmt = sweep('sessions_expire_due',
     sql`state in ${LIVE} and expires_at <= ${ts('now')}`, 'expired', 'ttl')
   const idleStmt = sweep('sessions_suspend_idle',
     sql`state = 'active' and idle_deadline_at <= ${ts('now')} and not busy`, 'suspended', 'idle')
+  // At start-up nothing runs yet: whatever says active (or busy) is left over from the last run
+  const restartStmt = sweep('sessions_suspend_after_restart', sql`state = 'active'`, 'suspended', 'restart')
 
   const listStmts = new Map<string, { execute: (v: Record<string, unknown>) => Promise<SessionRow[]> }>()
   function listStmt (withStates: boolean, withCursor: boolean) {
@@ -230,7 +287,7 @@ export function createSessionRepository (db: Database) {
     .prepare('session_history')
 
   const sweepHits = (rows: Record<string, unknown>[]): SweepHit[] =>
-    rows.map((r) => ({ id: String(r.id), from: r.from_state as SessionState }))
+    rows.map((r) => ({ id: String(r.id), from: r.from_state as SessionState, version: Number(r.version) }))
 
   return {
     async insert (row: NewSessionRow & { id: string, createdAt: Date }): Promise<SessionRow> {
@@ -299,7 +356,7 @@ export function createSessionRepository (db: Database) {
       return row ?? null
     },
 
-    /** A finished turn: adds its usage, counts as activity. Called by the agent supervisor. */
+    /** A finished turn: adds its usage, counts as activity, ends busy. Called by the agent supervisor. */
     async addTurnUsage (id: string, u: TurnUsage): Promise<SessionRow | null> {
       const rows = await usageStmt.execute({
         id,
@@ -311,6 +368,46 @@ export function createSessionRepository (db: Database) {
         at: u.at.toISOString()
       })
       return rows[0] ? toSession(rows[0]) : null
+    },
+
+    /** A turn starts; false when the session is no longer active. */
+    async claimBusy (id: string, at: Date): Promise<boolean> {
+      return (await claimStmt.execute({ id, at: at.toISOString() })).length > 0
+    },
+
+    /** A turn ended without a result (crash, failed start): busy off, the idle timer runs again. */
+    async releaseBusy (id: string, at: Date): Promise<void> {
+      await releaseStmt.execute({ id, at: at.toISOString() })
+    },
+
+    /** The agent took up message `seq` (its turn's system/init arrived) in conversation `agent`. */
+    async markDelivered (id: string, seq: number, agentSessionId: string): Promise<void> {
+      await deliveredStmt.execute({ id, seq, agent: agentSessionId })
+    },
+
+    async recordActivity (id: string, at: Date): Promise<void> {
+      await activityStmt.execute({ id, at: at.toISOString() })
+    },
+
+    async nextQueuedMessage (id: string): Promise<{ seq: number, text: string } | null> {
+      const [row] = await nextMessageStmt.execute({ id })
+      if (!row) return null
+      const payload = (typeof row.payload === 'string' ? JSON.parse(row.payload) : row.payload) as { text: string }
+      return { seq: Number(row.seq), text: payload.text }
+    },
+
+    async countQueuedMessages (id: string): Promise<number> {
+      const [row] = await countQueuedStmt.execute({ id })
+      return Number(row?.n ?? 0)
+    },
+
+    /** Forget the conversation: the next start is a fresh one, its cost counted anew. */
+    async startNewConversation (id: string): Promise<void> {
+      await newConversationStmt.execute({ id })
+    },
+
+    async suspendAllActive (now: Date): Promise<SweepHit[]> {
+      return sweepHits(await restartStmt.execute({ now: now.toISOString() }))
     },
 
     async expireDue (now: Date): Promise<SweepHit[]> {

@@ -1,0 +1,283 @@
+// `npm run bench`: the service under autocannon on PGlite and on Postgres, next to its anchors
+// (bare Fastify, raw postgres.js, pgbench), with the targets of the performance issue.
+// Knobs: BENCH_DURATION_S, BENCH_WARMUP_S, BENCH_CONNECTIONS, BENCH_ONLY=postgres|pglite,
+// BENCH_DATABASE_URL, BENCH_SESSIONS, BENCH_SWEEP_SESSIONS, DATABASE_POOL_SIZE, BENCH_LOG_LEVEL.
+import { mkdtemp, rm } from 'node:fs/promises'
+import { cpus, loadavg, tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { bareServer, listen, pgbenchHeartbeat, rawPostgresServer } from './anchors.js'
+import { LoadDriver, combine, type LoadRequest, type LoadSummary } from './load.js'
+import { Report, fmt, type Db } from './report.js'
+import { ID_PREFIX, createDatabase, expirySweep, requests, seedSessions, startService } from './scenarios.js'
+
+type Service = Awaited<ReturnType<typeof startService>>
+
+const env = process.env
+const num = (name: string, def: number) => {
+  const v = env[name]
+  if (v === undefined || v === '') return def
+  const n = Number(v)
+  if (!Number.isFinite(n) || n <= 0) throw new Error(`${name} must be a positive number, got ${JSON.stringify(v)}`)
+  return n
+}
+
+const settings = {
+  durationS: num('BENCH_DURATION_S', 5),
+  warmupS: num('BENCH_WARMUP_S', 1),
+  connections: Math.round(num('BENCH_CONNECTIONS', 50)),
+  poolSize: Math.round(num('DATABASE_POOL_SIZE', 10)),
+  sessions: Math.round(num('BENCH_SESSIONS', 10_000)),
+  sweepSessions: Math.round(num('BENCH_SWEEP_SESSIONS', 100_000)),
+  pgbenchClients: 10,
+  coalescedSessions: 5,
+  logLevel: env.BENCH_LOG_LEVEL ?? 'warn',
+  pgBase: env.BENCH_DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/test',
+  only: env.BENCH_ONLY
+}
+if (settings.only !== undefined && settings.only !== 'postgres' && settings.only !== 'pglite') {
+  throw new Error(`BENCH_ONLY must be postgres or pglite, got ${JSON.stringify(settings.only)}`)
+}
+
+/** autocannon drops its sockets at the end of a run; let the requests still in the server finish */
+const settle = () => sleep(500)
+
+const report = new Report()
+const driver = new LoadDriver()
+
+async function load (url: string, reqs: LoadRequest[][]): Promise<LoadSummary> {
+  return driver.run({ url, requests: reqs, connections: settings.connections, durationS: settings.durationS, warmupS: settings.warmupS })
+}
+
+/**
+ * A figure and its anchor measured A B B A, each side combined: drift on a shared machine then
+ * weighs on both sides alike.
+ */
+async function abba (what: string, anchor: [string, LoadRequest[][]], service: [string, LoadRequest[][]]): Promise<[LoadSummary, LoadSummary]> {
+  const a1 = await load(...anchor)
+  const b1 = await load(...service)
+  const b2 = await load(...service)
+  const a2 = await load(...anchor)
+  console.log(`  (${what}, req/s in run order: ${fmt.int(a1.rps)}, service ${fmt.int(b1.rps)}, service ${fmt.int(b2.rps)}, ${fmt.int(a2.rps)})`)
+  return [combine(a1, a2), combine(b1, b2)]
+}
+
+const check = (ratio: number, min: number, anchor: string) => ({
+  target: `${fmt.ratio(ratio)} ${anchor} (≥ ${min}×)`,
+  pass: ratio >= min
+})
+
+/** Things started in a section, closed in reverse order whatever happens (each at most once). */
+class Closers {
+  readonly #fns: (() => Promise<void>)[] = []
+  /** registers `fn` and returns it, wrapped so that closing it early is not repeated at the end */
+  push (fn: () => Promise<void>): () => Promise<void> {
+    let done: Promise<void> | undefined
+    const once = () => (done ??= fn())
+    this.#fns.push(once)
+    return once
+  }
+
+  async closeAll () {
+    for (const fn of this.#fns.reverse()) {
+      try {
+        await fn()
+      } catch (err) {
+        console.error('  (cleanup failed)', err)
+      }
+    }
+    this.#fns.length = 0
+  }
+}
+
+const BARE: LoadRequest[][] = [[{ method: 'GET', path: '/' }]]
+
+/** The bare Fastify anchor: measured once at the start of a section, kept up for A B B A runs. */
+async function startBare (db: Db, closers: Closers): Promise<{ url: string, rps: number }> {
+  const bare = await bareServer()
+  closers.push(() => bare.close())
+  const url = await listen(bare)
+  const s = await load(url, BARE)
+  report.load('bare Fastify GET (anchor)', db, s, s.rps)
+  return { url, rps: s.rps }
+}
+
+/** A figure whose target is a share of bare Fastify, measured A B B A against it. */
+async function versusBare (what: string, db: Db, bareUrl: string, url: string, reqs: LoadRequest[][], min: number) {
+  const [bare, s] = await abba(`${what} vs bare Fastify`, [bareUrl, BARE], [url, reqs])
+  report.load(what, db, s, bare.rps, check(s.rps / bare.rps, min, 'bare Fastify'))
+}
+
+/**
+ * Postgres: GET session and the heartbeat that writes, each measured A B B A against the same SQL
+ * through raw postgres.js, with pgbench in between. Returns pgbench's tps (NaN if it failed).
+ */
+async function versusAnchors (databaseUrl: string, writes: Service, bareRps: number, closers: Closers): Promise<number> {
+  const db: Db = 'postgres'
+  const C = settings.connections
+  const N = settings.sessions
+  let pgbenchTps = NaN
+  const raw = await rawPostgresServer(databaseUrl, writes.config)
+  const closeRaw = closers.push(() => raw.close())
+  const rawUrl = await listen(raw)
+
+  const [rawGet, get] = await abba('GET session vs raw postgres.js', [rawUrl, requests.get(C, N, '/raw')], [writes.url, requests.get(C, N)])
+  report.load('raw postgres.js GET session route (anchor)', db, rawGet, bareRps)
+  report.load('GET session', db, get, bareRps, check(get.rps / rawGet.rps, 0.9, 'raw postgres.js'))
+
+  try {
+    const pg = await pgbenchHeartbeat({
+      url: databaseUrl, clients: settings.pgbenchClients, durationS: settings.durationS, ids: N, idPrefix: ID_PREFIX, log: (l) => console.log(`  ${l}`)
+    })
+    pgbenchTps = pg.tps
+    report.add({
+      figure: `pgbench heartbeat UPDATE, ${settings.pgbenchClients} clients, -M prepared (anchor)`,
+      db,
+      value: `${fmt.int(pg.tps)} tps`,
+      xBare: pg.tps / bareRps,
+      target: `avg latency ${fmt.ms(pg.latencyMs)}`
+    })
+  } catch (err) {
+    // the figures compared with pgbench then fail; the others still mean something
+    console.error('  pgbench failed:', err)
+    report.add({ figure: 'pgbench heartbeat UPDATE (anchor)', db, value: 'failed', pass: false })
+  }
+
+  const [rawBeat, beat] = await abba(
+    'heartbeat that writes vs raw postgres.js',
+    [rawUrl, requests.heartbeat(C, N, '/raw/sessions/{id}/heartbeat')],
+    [writes.url, requests.heartbeat(C, N)]
+  )
+  report.load('raw postgres.js heartbeat route, read + UPDATE as the service (anchor)', db, rawBeat, bareRps)
+  const vsPgbench = beat.rps / pgbenchTps
+  report.load('heartbeat that writes (HEARTBEAT_COALESCE_FRACTION=0)', db, beat, bareRps, {
+    target: `${fmt.ratio(vsPgbench)} pgbench (≥ 0.5×); p99 ≤ 15 ms`,
+    pass: vsPgbench >= 0.5 && beat.p99 <= 15
+  })
+  const rawUpdate = await load(rawUrl, requests.heartbeat(C, N, '/raw/sessions/{id}/heartbeat-update'))
+  report.load('raw postgres.js heartbeat UPDATE alone, one statement (info)', db, rawUpdate, bareRps)
+  await settle()
+  await closeRaw()
+
+  for (const [path, service, anchor] of [['GET session', get, rawGet], ['heartbeat that writes', beat, rawBeat]] as const) {
+    const r = service.rps / anchor.rps
+    report.add({ figure: `hot path through drizzle vs raw postgres.js, same SQL: ${path}`, db, value: fmt.ratio(r), ...check(r, 0.9, 'raw postgres.js') })
+  }
+  return pgbenchTps
+}
+
+/** PGlite: GET session and the heartbeat that writes (no anchors but bare Fastify). */
+async function pgliteWrites (url: string, bare: { url: string, rps: number }): Promise<number> {
+  const db: Db = 'pglite'
+  const C = settings.connections
+  const N = settings.sessions
+  const get = await load(url, requests.get(C, N))
+  report.load('GET session', db, get, bare.rps)
+  await versusBare('heartbeat that writes (HEARTBEAT_COALESCE_FRACTION=0)', db, bare.url, url, requests.heartbeat(C, N), 0.02)
+  return NaN
+}
+
+async function section (db: Db): Promise<void> {
+  console.log(`\n## ${db}`)
+  const closers = new Closers()
+  const dir = await mkdtemp(join(tmpdir(), `mobvibe-bench-${db}-`))
+  closers.push(() => rm(dir, { recursive: true, force: true }))
+  try {
+    let databaseUrl: string | undefined
+    if (db === 'postgres') {
+      const created = await createDatabase(settings.pgBase)
+      databaseUrl = created.url
+      closers.push(created.drop)
+      console.log(`  (fresh database ${new URL(databaseUrl).pathname.slice(1)}, dropped at the end)`)
+    }
+    const bare = await startBare(db, closers)
+    const bareRps = bare.rps
+    const C = settings.connections
+    const N = settings.sessions
+
+    // Heartbeats that write, GET, list, transitions: HEARTBEAT_COALESCE_FRACTION=0
+    const writes = await startService({ dir, databaseUrl, poolSize: settings.poolSize, logLevel: settings.logLevel, coalesceFraction: 0 })
+    const closeWrites = closers.push(() => writes.app.close())
+    await seedSessions(writes.app, N)
+
+    const pgbenchTps = db === 'postgres'
+      ? await versusAnchors(databaseUrl!, writes, bareRps, closers)
+      : await pgliteWrites(writes.url, bare)
+
+    const list = await load(writes.url, requests.list())
+    report.load('list, GET /v1/sessions?limit=50', db, list, bareRps)
+
+    const pair = await load(writes.url, requests.pair(C, N))
+    const pairCheck = db === 'postgres' ? check(pair.rps / pgbenchTps, 0.2, 'pgbench') : undefined
+    report.load('transition pair: pause + resume, 2xx transitions/s', db, pair, bareRps, pairCheck)
+
+    await settle()
+    await closeWrites()
+
+    // Coalesced heartbeats and the sweep: default configuration
+    const coalescing = await startService({ dir, databaseUrl, poolSize: settings.poolSize, logLevel: settings.logLevel })
+    closers.push(() => coalescing.app.close())
+    await versusBare(`heartbeat coalesced (default fraction, ${settings.coalescedSessions} sessions)`, db, bare.url,
+      coalescing.url, requests.coalesced(settings.coalescedSessions), 0.3)
+
+    await settle()
+    const sweep = await expirySweep(coalescing.app, settings.sweepSessions)
+    const limitMs = db === 'postgres' ? 1000 : 2500
+    const complete = sweep.returned === settings.sweepSessions && sweep.distinct === settings.sweepSessions
+    report.add({
+      figure: `expiry sweep, ${fmt.int(settings.sweepSessions)} due, one checkExpiration()`,
+      db,
+      value: `${fmt.int(sweep.sweepMs)} ms, ${fmt.int(sweep.returned)} ids`,
+      target: `≤ ${limitMs / 1000} s, all ${fmt.int(settings.sweepSessions)} returned${complete ? '' : ` (got ${sweep.returned}, ${sweep.distinct} distinct)`}`,
+      pass: sweep.sweepMs <= limitMs && complete
+    })
+    console.log(`  (bulk insert of the due sessions + analyze: ${fmt.int(sweep.insertMs)} ms)`)
+  } finally {
+    await closers.closeAll()
+  }
+}
+
+const loadAverage = () => loadavg().map((n) => n.toFixed(2)).join(' ')
+
+async function main (): Promise<number> {
+  const { durationS, warmupS, connections, poolSize } = settings
+  console.log('# MobVibe session service benchmark')
+  console.log(`${cpus().length} cores, Node ${process.version}; autocannon ${connections} connections, ${durationS} s per figure ` +
+    `(+${warmupS} s warm-up), DATABASE_POOL_SIZE=${poolSize}, ${fmt.int(settings.sessions)} seeded sessions`)
+  console.log(`load average at start: ${loadAverage()} (other work on the machine skews every figure)`)
+  let crashed = false
+  try {
+    for (const db of ['pglite', 'postgres'] as const) {
+      if (settings.only !== undefined && settings.only !== db) continue
+      try {
+        await section(db)
+      } catch (err) {
+        crashed = true
+        console.error(`\n${db} section failed:`, err)
+      }
+    }
+  } finally {
+    await driver.close()
+  }
+  console.log(`\nload average at the end: ${loadAverage()}`)
+  console.log('\n## Results\n')
+  console.log(report.markdown())
+  const failed = report.failed
+  console.log(failed.length === 0
+    ? '\nAll targets met.'
+    : `\nFAIL: ${failed.length} target(s) missed: ${failed.map((r) => `${r.figure} [${r.db}]`).join('; ')}`)
+  // a missed target is a finding, not an error; a crashed section is
+  return crashed ? 1 : 0
+}
+
+main().then((code) => {
+  process.exitCode = code
+  // everything is closed by now; should a handle linger anyway, do not hang
+  setTimeout(() => {
+    console.error('bench: handles still open after the run; exiting')
+    process.exit(code)
+  }, 5000).unref()
+}, (err: unknown) => {
+  console.error(err)
+  process.exit(1)
+})

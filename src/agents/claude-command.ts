@@ -1,0 +1,51 @@
+import type { Config } from '../config.js'
+
+/** Names the session in every agent's environment, to find its descendants that escaped. */
+export const AGENT_MARKER = 'MOBVIBE_AGENT_SESSION'
+
+export interface ClaudeCommand {
+  bin: string
+  args: string[]
+  env: Record<string, string>
+}
+
+export type Conversation = { mode: 'new', agentSessionId: string } | { mode: 'resume', agentSessionId: string }
+
+/**
+ * The CLI's command line and environment for one session: stream-json both ways, a new
+ * conversation or a resumed one. The environment is an allow-list, so the service's own settings
+ * and secrets (DATABASE_URL…) never reach the agent.
+ */
+export function claudeCommand (opts: {
+  agent: Config['agent']
+  sessionId: string
+  model: string | null
+  conversation: Conversation
+  parentEnv: NodeJS.ProcessEnv
+  tmpDir: string
+}): ClaudeCommand {
+  const { agent, conversation } = opts
+  const args = [
+    '-p',
+    '--input-format', 'stream-json',
+    '--output-format', 'stream-json',
+    '--verbose',
+    conversation.mode === 'new' ? '--session-id' : '--resume', conversation.agentSessionId
+  ]
+  const model = opts.model ?? agent.model
+  if (model) args.push('--model', model)
+  if (agent.permissionMode) args.push('--permission-mode', agent.permissionMode)
+  args.push(...agent.extraArgs)
+
+  const env: Record<string, string> = {}
+  for (const name of ['PATH', 'HOME', 'LANG', ...agent.envPassthrough]) {
+    const value = opts.parentEnv[name]
+    if (value !== undefined) env[name] = value
+  }
+  env.CLAUDE_CONFIG_DIR = agent.configDir
+  env.CLAUDE_CODE_TMPDIR = opts.tmpDir
+  env.CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC = '1'
+  env.DISABLE_AUTOUPDATER = '1'
+  env[AGENT_MARKER] = opts.sessionId
+  return { bin: agent.bin, args, env }
+}

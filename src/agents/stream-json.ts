@@ -1,0 +1,40 @@
+/**
+ * What the supervisor needs to know of a stdout line of the CLI (stream-json): the start of a turn
+ * (`system/init`), its end (`result`), or anything else. Pure; unknown types are tolerated.
+ */
+export type AgentLine =
+  | { kind: 'init', json: string, message: Record<string, unknown> }
+  | { kind: 'result', json: string, message: Record<string, unknown> }
+  | { kind: 'other', json: string }
+
+export function parseAgentLine (line: string): AgentLine {
+  let message: unknown
+  try {
+    message = JSON.parse(line)
+  } catch {
+    // not JSON: stored all the same (nothing the agent printed is lost), wrapped to stay valid JSON
+    return { kind: 'other', json: JSON.stringify({ type: 'unparsed', line }) }
+  }
+  if (message === null || typeof message !== 'object' || Array.isArray(message)) {
+    return { kind: 'other', json: JSON.stringify({ type: 'unparsed', line }) }
+  }
+  const m = message as Record<string, unknown>
+  if (m.type === 'system' && m.subtype === 'init') return { kind: 'init', json: line, message: m }
+  if (m.type === 'result') return { kind: 'result', json: line, message: m }
+  return { kind: 'other', json: line }
+}
+
+const count = (v: unknown): number => (typeof v === 'number' && Number.isFinite(v) && v >= 0 ? Math.floor(v) : 0)
+
+/** A result's token usage (this turn) and total_cost_usd (cumulative for the conversation). */
+export function turnUsage (result: Record<string, unknown>) {
+  const usage = (typeof result.usage === 'object' && result.usage !== null ? result.usage : {}) as Record<string, unknown>
+  const cost = result.total_cost_usd
+  return {
+    inputTokens: count(usage.input_tokens),
+    outputTokens: count(usage.output_tokens),
+    cacheReadTokens: count(usage.cache_read_input_tokens),
+    cacheCreationTokens: count(usage.cache_creation_input_tokens),
+    totalCostUsd: typeof cost === 'number' && Number.isFinite(cost) && cost >= 0 ? cost : 0
+  }
+}

@@ -1,0 +1,300 @@
+/**
+ * The real launcher (src/server.ts) as a child process, as an operator runs it: configuration from
+ * the environment, pino JSON lines on stdout, graceful shutdown on SIGTERM/SIGINT, state kept
+ * across restarts, the data directory lock, and start-up refused on a bad configuration.
+ *
+ * Readiness and exit are events (the "Server listening" log line, the child's exit), never sleeps;
+ * every wait is bounded. Every child is killed in teardown.
+ */
+import { spawn, type ChildProcess } from 'node:child_process'
+import { existsSync } from 'node:fs'
+import { mkdtemp, readFile, rm } from 'node:fs/promises'
+import { createServer } from 'node:net'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import t, { type Test } from 'tap'
+import type { SessionView } from '../src/schemas/session.js'
+import { freshDatabaseUrl } from './helpers/build.js'
+
+const root = fileURLToPath(new URL('../', import.meta.url))
+/** generous: PGlite's first start on a busy 2-core machine takes seconds */
+const START_TIMEOUT_MS = 60_000
+const EXIT_TIMEOUT_MS = 30_000
+
+interface LogLine { level?: number, msg?: string, [key: string]: unknown }
+interface Exit { code: number | null, signal: NodeJS.Signals | null }
+
+class Service {
+  readonly lines: LogLine[] = []
+  output = ''
+  exit: Exit | undefined
+  readonly exited: Promise<Exit>
+  #stdoutRest = ''
+  #waiters = new Set<() => void>()
+
+  constructor (readonly name: string, readonly proc: ChildProcess) {
+    proc.stdout?.setEncoding('utf8').on('data', (chunk: string) => {
+      this.output += chunk
+      const parts = (this.#stdoutRest + chunk).split('\n')
+      this.#stdoutRest = parts.pop() ?? ''
+      for (const part of parts) {
+        try {
+          this.lines.push(JSON.parse(part) as LogLine)
+        } catch {
+          // not a log line (tsx or Node warnings): kept in output only
+        }
+      }
+      this.#wake()
+    })
+    proc.stderr?.setEncoding('utf8').on('data', (chunk: string) => { this.output += chunk })
+    this.exited = new Promise((resolve) => {
+      proc.once('exit', (code, signal) => {
+        this.exit = { code, signal }
+        this.#wake()
+        resolve(this.exit)
+      })
+    })
+  }
+
+  #wake (): void {
+    for (const w of this.#waiters) w()
+  }
+
+  /** Resolves with the first log line matching, rejects when the child exits first or on timeout. */
+  waitForLine (match: (line: LogLine) => boolean, what: string, timeoutMs = START_TIMEOUT_MS): Promise<LogLine> {
+    return new Promise((resolve, reject) => {
+      const check = () => {
+        const line = this.lines.find(match)
+        if (line) return done(() => resolve(line))
+        if (this.exit) {
+          return done(() => reject(new Error(`${this.name} exited (${JSON.stringify(this.exit)}) before ${what}:\n${this.output}`)))
+        }
+      }
+      const timer = setTimeout(() => done(() => reject(new Error(`${this.name}: no ${what} within ${timeoutMs} ms:\n${this.output}`))), timeoutMs)
+      const done = (settle: () => void) => {
+        clearTimeout(timer)
+        this.#waiters.delete(check)
+        settle()
+      }
+      this.#waiters.add(check)
+      check()
+    })
+  }
+
+  /** The base URL from the "Server listening at …" line: the real port, also with PORT=0. */
+  async ready (): Promise<string> {
+    const line = await this.waitForLine((l) => typeof l.msg === 'string' && l.msg.startsWith('Server listening at '), 'listening')
+    return String(line.msg).slice('Server listening at '.length)
+  }
+
+  async waitExit (timeoutMs = EXIT_TIMEOUT_MS): Promise<Exit> {
+    let timer: NodeJS.Timeout | undefined
+    const timeout = new Promise<never>((_resolve, reject) => {
+      timer = setTimeout(() => reject(new Error(`${this.name} did not exit within ${timeoutMs} ms:\n${this.output}`)), timeoutMs)
+    })
+    try {
+      return await Promise.race([this.exited, timeout])
+    } finally {
+      clearTimeout(timer)
+    }
+  }
+
+  async stop (signal: NodeJS.Signals): Promise<Exit> {
+    this.proc.kill(signal)
+    return this.waitExit()
+  }
+}
+
+const children = new Set<Service>()
+// the teardown of the test that started a child covers failures; this, a test process that dies
+process.once('exit', () => {
+  for (const child of children) if (!child.exit) child.proc.kill('SIGKILL')
+})
+
+/**
+ * Starts `node --import tsx src/server.ts` with only the environment given (plus PATH, HOME), and
+ * kills it in the teardown of `t` if it still runs then.
+ */
+function launch (t: Test, name: string, env: Record<string, string | undefined>): Service {
+  const clean: Record<string, string> = {}
+  for (const key of ['PATH', 'HOME', 'LANG', 'TMPDIR']) {
+    const value = process.env[key]
+    if (value !== undefined) clean[key] = value
+  }
+  for (const [key, value] of Object.entries(env)) if (value !== undefined) clean[key] = value
+  const proc = spawn(process.execPath, ['--import', 'tsx', 'src/server.ts'], {
+    cwd: root,
+    env: clean,
+    stdio: ['ignore', 'pipe', 'pipe']
+  })
+  const service = new Service(name, proc)
+  children.add(service)
+  t.teardown(async () => {
+    if (!service.exit) service.proc.kill('SIGKILL')
+    await service.exited
+  })
+  return service
+}
+
+/** A port nobody listens on right now. */
+async function freePort (): Promise<number> {
+  const server = createServer()
+  await new Promise<void>((resolve, reject) => server.once('error', reject).listen(0, '127.0.0.1', resolve))
+  const address = server.address()
+  await new Promise<void>((resolve) => server.close(() => resolve()))
+  if (!address || typeof address !== 'object') throw new Error('no port')
+  return address.port
+}
+
+async function json<T> (res: Response): Promise<T> {
+  return await res.json() as T
+}
+
+function shutdownLine (service: Service, signal: string): LogLine | undefined {
+  return service.lines.find((l) => l.msg === 'shutting down' && l.signal === signal)
+}
+
+t.test('the launcher, on one data directory across restarts', async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), 'mobvibe-proc-'))
+  t.teardown(() => rm(dir, { recursive: true, force: true }))
+  const dataDir = join(dir, 'data')
+  const lockFile = join(dataDir, 'service.lock')
+  // on Postgres every instance shares one database, as on PGlite they share the data directory
+  const databaseUrl = await freshDatabaseUrl(t)
+  const env = {
+    HOST: '127.0.0.1',
+    MOBVIBE_DATA_DIR: dataDir,
+    MOBVIBE_WORKSPACE_ROOT: join(dir, 'workspaces'),
+    LOG_LEVEL: 'info',
+    DATABASE_URL: databaseUrl
+  }
+  let session: SessionView | undefined
+  let running: Service | undefined
+  const parent = t
+
+  await t.test('starts on the configured port and exits 0 on SIGTERM, logging the shutdown', async (t) => {
+    const port = await freePort()
+    const first = launch(t, 'first', { ...env, PORT: String(port) })
+    const baseUrl = await first.ready()
+    t.equal(baseUrl, `http://127.0.0.1:${port}`, 'listens where PORT says')
+    t.ok(first.lines.some((l) => l.msg === 'database ready' && l.driver === (databaseUrl ? 'postgres' : 'pglite')), 'logged the database driver')
+    t.match(await json(await fetch(`${baseUrl}/readyz`)), { status: 'ready' })
+    const lock = JSON.parse(await readFile(lockFile, 'utf8')) as { pid: number }
+    t.equal(lock.pid, first.proc.pid, 'the running service holds the data directory lock')
+
+    const created = await fetch(`${baseUrl}/v1/sessions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ title: 'survives restarts' })
+    })
+    t.equal(created.status, 201)
+    const id = (await json<SessionView>(created)).id
+    const active = await fetch(`${baseUrl}/v1/sessions/${id}/transitions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', 'if-match': '"1"' },
+      body: JSON.stringify({ to: 'active' })
+    })
+    t.equal(active.status, 200)
+    // paused: a state that a restart leaves alone (a restart suspends what was active)
+    const paused = await fetch(`${baseUrl}/v1/sessions/${id}/pause`, { method: 'POST' })
+    t.equal(paused.status, 200)
+    const got = await fetch(`${baseUrl}/v1/sessions/${id}`)
+    session = await json<SessionView>(got)
+    t.match(session, { id, state: 'paused', version: 3 })
+
+    const exit = await first.stop('SIGTERM')
+    t.same(exit, { code: 0, signal: null }, 'exit code 0 after SIGTERM')
+    t.ok(shutdownLine(first, 'SIGTERM'), 'logged "shutting down" with the signal')
+    t.notOk(existsSync(lockFile), 'the lock is released on a clean shutdown')
+  })
+
+  await t.test('state survives a restart on the same data directory', async (t) => {
+    if (!session) return t.fail('no session from the first run')
+    // lives on into the next two tests: killed in the teardown of the enclosing test if need be
+    const second = launch(parent, 'second', { ...env, PORT: '0' })
+    running = second
+    const baseUrl = await second.ready()
+    const res = await fetch(`${baseUrl}/v1/sessions/${session.id}`)
+    t.equal(res.status, 200)
+    t.equal(res.headers.get('etag'), `"${session.version}"`)
+    const again = await json<SessionView>(res)
+    t.match(again, { id: session.id, state: 'paused', version: session.version, title: 'survives restarts' }, 'same state and version')
+    t.equal(again.createdAt, session.createdAt)
+    const snapshots = await json<{ items: unknown[] }>(await fetch(`${baseUrl}/v1/sessions/${session.id}/snapshots`))
+    t.equal(snapshots.items.length, 1, 'the snapshot taken at the pause is still there')
+  })
+
+  await t.test('a second service on the same data directory refuses to start', async (t) => {
+    if (!running) return t.fail('no running service')
+    const intruder = launch(t, 'intruder', { ...env, PORT: '0' })
+    const exit = await intruder.waitExit(START_TIMEOUT_MS)
+    t.not(exit.code, 0, `exits non-zero (${JSON.stringify(exit)})`)
+    t.notOk(intruder.lines.some((l) => String(l.msg).startsWith('Server listening')), 'never listened')
+    t.match(intruder.output, `data directory ${dataDir} is in use`, 'names the data directory in use')
+    t.match(intruder.output, `pid ${running.proc.pid}`, 'and the holder')
+    const lock = JSON.parse(await readFile(lockFile, 'utf8')) as { pid: number }
+    t.equal(lock.pid, running.proc.pid, 'the lock still belongs to the running service')
+    t.notOk(running.exit, 'the running service is unaffected')
+  })
+
+  await t.test('a lock left by a killed service is stale and taken over', async (t) => {
+    if (!running || !session) return t.fail('no running service')
+    const killed = await running.stop('SIGKILL')
+    t.same(killed, { code: null, signal: 'SIGKILL' })
+    const stale = JSON.parse(await readFile(lockFile, 'utf8')) as { pid: number }
+    t.equal(stale.pid, running.proc.pid, 'the dead holder left its lock behind')
+
+    const third = launch(t, 'third', { ...env, PORT: '0' })
+    const baseUrl = await third.ready()
+    const lock = JSON.parse(await readFile(lockFile, 'utf8')) as { pid: number }
+    t.equal(lock.pid, third.proc.pid, 'the new service took the lock over')
+    const again = await json<SessionView>(await fetch(`${baseUrl}/v1/sessions/${session.id}`))
+    t.match(again, { state: 'paused', version: session.version }, 'state survives the crash too')
+
+    const exit = await third.stop('SIGINT')
+    t.same(exit, { code: 0, signal: null }, 'exit code 0 after SIGINT')
+    t.ok(shutdownLine(third, 'SIGINT'), 'logged "shutting down" with the signal')
+    t.notOk(existsSync(lockFile), 'the lock is released')
+  })
+})
+
+t.test('a bad configuration value stops start-up, naming the variable', async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), 'mobvibe-proc-config-'))
+  t.teardown(() => rm(dir, { recursive: true, force: true }))
+  const cases: { name: string, env: Record<string, string>, names: string }[] = [
+    { name: 'PORT not a number', env: { PORT: 'abc' }, names: 'PORT' },
+    { name: 'idle timeout default below its minimum', env: { IDLE_TIMEOUT_DEFAULT_SECONDS: '5' }, names: 'IDLE_TIMEOUT_DEFAULT_SECONDS' },
+    { name: 'sweep interval of zero', env: { SWEEP_INTERVAL_MS: '0' }, names: 'SWEEP_INTERVAL_MS' },
+    { name: 'unknown log level', env: { LOG_LEVEL: 'loud' }, names: 'LOG_LEVEL' },
+    { name: 'a DATABASE_URL that is not postgres', env: { DATABASE_URL: 'mysql://app:s3cr3t-pw@db.example/app' }, names: 'DATABASE_URL' }
+  ]
+  // the children are cheap (no database is opened): run them side by side
+  const results = await Promise.all(cases.map(async (c, i) => {
+    const dataDir = join(dir, `data-${i}`)
+    const service = launch(t, `config ${c.name}`, {
+      HOST: '127.0.0.1',
+      PORT: '0',
+      MOBVIBE_DATA_DIR: dataDir,
+      MOBVIBE_WORKSPACE_ROOT: join(dir, `ws-${i}`),
+      LOG_LEVEL: 'info',
+      ...c.env
+    })
+    return { c, service, dataDir, exit: await service.waitExit(START_TIMEOUT_MS) }
+  }))
+  for (const { c, service, dataDir, exit } of results) {
+    t.test(c.name, async (t) => {
+      t.not(exit.code, 0, `exits non-zero (${JSON.stringify(exit)})`)
+      t.equal(exit.signal, null, 'on its own, not by a signal')
+      const fatal = service.lines.find((l) => l.level === 60)
+      t.ok(fatal, 'logs a fatal line')
+      t.match(String(fatal?.msg), /^invalid configuration: /)
+      t.match(String(fatal?.msg), c.names, `the message names ${c.names}`)
+      t.notOk(service.lines.some((l) => String(l.msg).startsWith('Server listening')), 'never listened')
+      t.notOk(existsSync(join(dataDir, 'service.lock')), 'took no lock')
+      if (c.env.DATABASE_URL) {
+        t.notMatch(service.output, 's3cr3t-pw', 'does not log the password of the rejected URL')
+      }
+    })
+  }
+})
