@@ -4,6 +4,7 @@ CREATE TABLE "session_events" (
 	"type" text NOT NULL,
 	"payload" jsonb NOT NULL,
 	"at" timestamp with time zone NOT NULL,
+	"client_message_id" text,
 	CONSTRAINT "session_events_pkey" PRIMARY KEY("session_id","seq")
 );
 --> statement-breakpoint
@@ -53,6 +54,8 @@ CREATE TABLE "sessions" (
 	"turns" integer DEFAULT 0 NOT NULL,
 	"transition_count" integer DEFAULT 0 NOT NULL,
 	"last_error" text,
+	"last_event_seq" bigint DEFAULT 0 NOT NULL,
+	"delivered_seq" bigint DEFAULT 0 NOT NULL,
 	"state_changed_at" timestamp with time zone NOT NULL,
 	"started_at" timestamp with time zone,
 	"ended_at" timestamp with time zone,
@@ -63,12 +66,11 @@ CREATE TABLE "sessions" (
 	CONSTRAINT "sessions_version_check" CHECK (version > 0)
 );
 --> statement-breakpoint
-ALTER TABLE "session_events" ADD CONSTRAINT "session_events_session_id_sessions_id_fk" FOREIGN KEY ("session_id") REFERENCES "public"."sessions"("id") ON DELETE cascade ON UPDATE no action;--> statement-breakpoint
 ALTER TABLE "session_snapshots" ADD CONSTRAINT "session_snapshots_session_id_sessions_id_fk" FOREIGN KEY ("session_id") REFERENCES "public"."sessions"("id") ON DELETE cascade ON UPDATE no action;--> statement-breakpoint
-ALTER TABLE "session_transitions" ADD CONSTRAINT "session_transitions_session_id_sessions_id_fk" FOREIGN KEY ("session_id") REFERENCES "public"."sessions"("id") ON DELETE cascade ON UPDATE no action;--> statement-breakpoint
-CREATE INDEX "session_snapshots_session_idx" ON "session_snapshots" USING btree ("session_id","created_at" DESC NULLS LAST,"id" DESC NULLS LAST);--> statement-breakpoint
+CREATE UNIQUE INDEX "session_events_client_message_idx" ON "session_events" USING btree ("session_id","client_message_id") WHERE client_message_id is not null;--> statement-breakpoint
+CREATE INDEX "session_snapshots_session_idx" ON "session_snapshots" USING btree ("session_id","created_at" DESC NULLS FIRST,"id" DESC NULLS FIRST);--> statement-breakpoint
 CREATE INDEX "session_transitions_session_idx" ON "session_transitions" USING btree ("session_id","id");--> statement-breakpoint
 CREATE INDEX "sessions_expiry_idx" ON "sessions" USING btree ("expires_at") WHERE state in ('pending', 'active', 'suspended', 'paused');--> statement-breakpoint
 CREATE INDEX "sessions_idle_idx" ON "sessions" USING btree ("idle_deadline_at") WHERE state = 'active';--> statement-breakpoint
-CREATE INDEX "sessions_list_idx" ON "sessions" USING btree ("created_at" DESC NULLS LAST,"id" DESC NULLS LAST) WHERE deleted_at is null;--> statement-breakpoint
-CREATE INDEX "sessions_state_list_idx" ON "sessions" USING btree ("state","created_at" DESC NULLS LAST,"id" DESC NULLS LAST) WHERE deleted_at is null;
+CREATE INDEX "sessions_list_idx" ON "sessions" USING btree ("created_at" DESC NULLS FIRST,"id" DESC NULLS FIRST) WHERE deleted_at is null;--> statement-breakpoint
+CREATE INDEX "sessions_live_list_idx" ON "sessions" USING btree ("state","created_at" DESC NULLS FIRST,"id" DESC NULLS FIRST) WHERE deleted_at is null and state in ('pending', 'active', 'suspended', 'paused');

@@ -33,6 +33,7 @@ t.test('If-Match parsing and strong comparison', async (t) => {
   t.same(parseIfMatch('"3", "5"'), [3, 5])
   t.same(parseIfMatch('7'), [7], 'a bare number is accepted')
   t.same(parseIfMatch('W/"3"'), [], 'a weak tag never matches')
+  t.same(parseIfMatch('"2147483648", "5"'), [5], 'nor does a version no integer column can hold')
   for (const bad of ['abc', '"3', '"-1"', '""', '"3",,', '"1e3"', '"99999999999"']) t.equal(parseIfMatch(bad), null, `${bad} is malformed`)
   t.ok(ifMatchAccepts(undefined, 4))
   t.ok(ifMatchAccepts('*', 4))

@@ -71,13 +71,20 @@ export const sessions = pgTable('sessions', {
   check('sessions_version_check', sql`version > 0`),
   index('sessions_expiry_idx').on(t.expiresAt).where(LIVE_STATES_SQL),
   index('sessions_idle_idx').on(t.idleDeadlineAt).where(sql`state = 'active'`),
-  index('sessions_list_idx').on(t.createdAt.desc(), t.id.desc()).where(sql`deleted_at is null`),
-  index('sessions_state_list_idx').on(t.state, t.createdAt.desc(), t.id.desc()).where(sql`deleted_at is null`)
+  // NULLS FIRST is what a plain ORDER BY … DESC means: with NULLS LAST the planner cannot use these
+  index('sessions_list_idx').on(t.createdAt.desc().nullsFirst(), t.id.desc().nullsFirst()).where(sql`deleted_at is null`),
+  // Only live states: a session that ends leaves this index instead of being rewritten in it, which
+  // keeps a sweep of many expiries cheap; lists of finished sessions use sessions_list_idx
+  index('sessions_live_list_idx').on(t.state, t.createdAt.desc().nullsFirst(), t.id.desc().nullsFirst())
+    .where(sql`deleted_at is null and ${LIVE_STATES_SQL}`)
 ])
 
+// The two append-only logs carry no foreign key: it costs a lookup per inserted row on the hottest
+// writes (a sweep of 100k expiries, an agent streaming thousands of lines a second), and sessions
+// are archived, never deleted, so there is nothing for it to protect.
 export const sessionTransitions = pgTable('session_transitions', {
   id: bigserial('id', { mode: 'number' }).primaryKey(),
-  sessionId: uuid('session_id').notNull().references(() => sessions.id, { onDelete: 'cascade' }),
+  sessionId: uuid('session_id').notNull(),
   fromState: text('from_state'),
   toState: text('to_state').notNull(),
   reason: text('reason'),
@@ -95,11 +102,11 @@ export const sessionSnapshots = pgTable('session_snapshots', {
   data: jsonb('data').notNull(),
   createdAt: tstz('created_at').notNull()
 }, (t) => [
-  index('session_snapshots_session_idx').on(t.sessionId, t.createdAt.desc(), t.id.desc())
+  index('session_snapshots_session_idx').on(t.sessionId, t.createdAt.desc().nullsFirst(), t.id.desc().nullsFirst())
 ])
 
 export const sessionEvents = pgTable('session_events', {
-  sessionId: uuid('session_id').notNull().references(() => sessions.id, { onDelete: 'cascade' }),
+  sessionId: uuid('session_id').notNull(),
   seq: bigint('seq', { mode: 'number' }).notNull(),
   type: text('type').notNull(),
   payload: jsonb('payload').notNull(),

@@ -4,6 +4,9 @@
  */
 export type IfMatch = '*' | number[]
 
+/** versions are Postgres integers */
+const MAX_VERSION = 2_147_483_647
+
 export function parseIfMatch (header: string | undefined): IfMatch | undefined | null {
   if (header === undefined) return undefined
   const value = header.trim()
@@ -13,8 +16,8 @@ export function parseIfMatch (header: string | undefined): IfMatch | undefined |
     const tag = part.trim()
     const m = /^(W\/)?"(\d{1,10})"$/.exec(tag) ?? /^()(\d{1,10})$/.exec(tag)
     if (!m) return null
-    if (!m[1]) versions.push(Number(m[2]))
-    // a weak tag is well-formed but can never match: keep parsing, add nothing
+    // a weak tag, or a version beyond what a version can be, is well-formed but never matches
+    if (!m[1] && Number(m[2]) <= MAX_VERSION) versions.push(Number(m[2]))
   }
   return versions
 }

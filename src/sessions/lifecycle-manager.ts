@@ -240,19 +240,19 @@ export class SessionLifecycleManager extends EventEmitter<LifecycleEvents> {
       const plan = planHeartbeat({ now, expiresAt: cached.expiresAt, ttlSeconds: cached.ttlSeconds, coalesceFraction: this.#config.heartbeatCoalesceFraction })
       if (!plan.write) return { state: cached.state, version: cached.version, expiresAt: cached.expiresAt, serverTime: now }
     }
+    // One statement decides and writes; only when it writes nothing is the row read to say why
+    const written = await this.#repo.heartbeat({
+      id, now, fraction: this.#config.heartbeatCoalesceFraction, versions: ifMatch === undefined || ifMatch === '*' ? null : ifMatch
+    })
+    if (written) {
+      this.#liveness.set(id, { ...written, cachedAt: now.getTime() })
+      return { state: written.state, version: written.version, expiresAt: written.expiresAt, serverTime: now }
+    }
     const row = await this.get(id)
     if (isTerminal(row.state)) throw sessionTerminal(row.state, row.version)
     if (!ifMatchAccepts(ifMatch, row.version)) throw versionConflict(formatIfMatch(ifMatch), row)
-    const plan = planHeartbeat({ now, expiresAt: row.expiresAt, ttlSeconds: row.ttlSeconds, coalesceFraction: this.#config.heartbeatCoalesceFraction })
-    let result = { state: row.state, version: row.version, expiresAt: row.expiresAt }
-    if (plan.write) {
-      const written = await this.#repo.heartbeat({ id, now, expiresAt: plan.expiresAt })
-      // null: the session ended between the read and the write
-      if (!written) return this.heartbeat(id, ifMatch)
-      result = written
-    }
-    this.#liveness.set(id, { ...result, ttlSeconds: row.ttlSeconds, cachedAt: now.getTime() })
-    return { ...result, serverTime: now }
+    this.#liveness.set(id, { state: row.state, version: row.version, expiresAt: row.expiresAt, ttlSeconds: row.ttlSeconds, cachedAt: now.getTime() })
+    return { state: row.state, version: row.version, expiresAt: row.expiresAt, serverTime: now }
   }
 
   /** Expires every live session past its deadline; returns their ids. */

@@ -10,7 +10,7 @@ import {
   type SnapshotRow,
   type TransitionRow
 } from '../db/schema.js'
-import type { Actor, SessionState } from '../domain/state-machine.js'
+import { LIVE_STATES, type Actor, type SessionState } from '../domain/state-machine.js'
 
 const p = sql.placeholder
 const ts = (name: string) => sql`${p(name)}::timestamptz`
@@ -123,14 +123,26 @@ export function createSessionRepository (db: Database) {
     )
     select * from moved`)
 
-  const heartbeatStmt = db.update(sessions)
-    .set({
-      lastHeartbeatAt: sql`${ts('now')}`,
-      expiresAt: sql`greatest(${sessions.expiresAt}, ${ts('expiresAt')})`
-    })
-    .where(and(eq(sessions.id, p('id')), notDeleted, sql`${sessions.state} in ${LIVE}`))
-    .returning({ state: sessions.state, version: sessions.version, expiresAt: sessions.expiresAt })
-    .prepare('session_heartbeat')
+  // One round trip: the deadline moves to now + TTL only when that gains at least `fraction` of
+  // the TTL (never earlier), and only on the version the client named, if it named one
+  const heartbeatStmt = prepareSql(db, 'session_heartbeat', sql`
+    update sessions set
+      last_heartbeat_at = ${ts('now')},
+      expires_at = ${ts('now')} + make_interval(secs => ttl_seconds)
+    where id = ${p('id')}::uuid and deleted_at is null and state in ${LIVE}
+      and (${p('versions')}::int[] is null or version = any(${p('versions')}::int[]))
+      and expires_at < ${ts('now')} + make_interval(secs => ttl_seconds)
+      and expires_at <= ${ts('now')} + make_interval(secs => ttl_seconds * (1 - ${p('fraction')}::float8))
+    returning state, version, expires_at, ttl_seconds`)
+
+  const latestSnapshotStmt = db.select().from(sessionSnapshots)
+    .where(eq(sessionSnapshots.sessionId, p('id')))
+    .orderBy(desc(sessionSnapshots.createdAt), desc(sessionSnapshots.id))
+    .limit(1)
+    .prepare('session_latest_snapshot')
+  const snapshotByIdStmt = db.select().from(sessionSnapshots)
+    .where(and(eq(sessionSnapshots.sessionId, p('id')), eq(sessionSnapshots.id, p('snapshotId'))))
+    .prepare('session_snapshot_by_id')
 
   const settingsStmt = prepareSql(db, 'session_settings', sql`
     update sessions set
@@ -263,18 +275,20 @@ export function createSessionRepository (db: Database) {
   const restartStmt = sweep('sessions_suspend_after_restart', sql`state = 'active'`, 'suspended', 'restart')
 
   const listStmts = new Map<string, { execute: (v: Record<string, unknown>) => Promise<SessionRow[]> }>()
-  function listStmt (withStates: boolean, withCursor: boolean) {
-    const key = `${withStates}:${withCursor}`
+  function listStmt (withStates: boolean, withCursor: boolean, liveOnly: boolean) {
+    const key = `${withStates}:${withCursor}:${liveOnly}`
     let stmt = listStmts.get(key)
     if (!stmt) {
       const conditions: SQL[] = [sql`${sessions.deletedAt} is null`]
       if (withStates) conditions.push(sql`${sessions.state} = any(${p('states')}::text[])`)
+      // spelled as in the partial index's predicate, so the planner can use sessions_live_list_idx
+      if (liveOnly) conditions.push(sql`state in ${LIVE}`)
       if (withCursor) conditions.push(sql`(${sessions.createdAt}, ${sessions.id}) < (${ts('cAt')}, ${p('cId')}::uuid)`)
       stmt = db.select().from(sessions)
         .where(and(...conditions))
         .orderBy(desc(sessions.createdAt), desc(sessions.id))
         .limit(p('limit'))
-        .prepare(`sessions_list_${withStates ? 's' : ''}${withCursor ? 'c' : ''}`)
+        .prepare(`sessions_list_${withStates ? 's' : ''}${withCursor ? 'c' : ''}${liveOnly ? 'l' : ''}`)
       listStmts.set(key, stmt)
     }
     return stmt
@@ -350,10 +364,19 @@ export function createSessionRepository (db: Database) {
       return rows[0] ? toSession(rows[0]) : null
     },
 
-    /** Liveness only: no version bump, and the deadline never moves earlier. */
-    async heartbeat (w: { id: string, now: Date, expiresAt: Date }) {
-      const [row] = await heartbeatStmt.execute({ id: w.id, now: w.now.toISOString(), expiresAt: w.expiresAt.toISOString() })
-      return row ?? null
+    /**
+     * Liveness only: no version bump, the deadline never moves earlier, small moves write nothing.
+     * Null when nothing was written (coalesced, version mismatch, terminal, or unknown).
+     */
+    async heartbeat (w: { id: string, now: Date, fraction: number, versions: number[] | null }) {
+      const [row] = await heartbeatStmt.execute({ id: w.id, now: w.now.toISOString(), fraction: w.fraction, versions: w.versions })
+      if (!row) return null
+      return {
+        state: row.state as SessionState,
+        version: Number(row.version),
+        expiresAt: sessions.expiresAt.mapFromDriverValue(row.expires_at as string) as Date,
+        ttlSeconds: Number(row.ttl_seconds)
+      }
     },
 
     /** A finished turn: adds its usage, counts as activity, ends busy. Called by the agent supervisor. */
@@ -420,7 +443,8 @@ export function createSessionRepository (db: Database) {
 
     async list (q: { states?: SessionState[] | undefined, cursor?: SessionCursor | undefined, limit: number }): Promise<SessionRow[]> {
       const withStates = q.states !== undefined && q.states.length > 0
-      return listStmt(withStates, q.cursor !== undefined).execute({
+      const liveOnly = withStates && q.states!.every((s) => LIVE_STATES.includes(s))
+      return listStmt(withStates, q.cursor !== undefined, liveOnly).execute({
         limit: q.limit,
         ...(withStates ? { states: q.states } : {}),
         ...(q.cursor ? { cAt: q.cursor.createdAt.toISOString(), cId: q.cursor.id } : {})
@@ -438,10 +462,9 @@ export function createSessionRepository (db: Database) {
     },
 
     async findSnapshot (sessionId: string, snapshotId?: string): Promise<SnapshotRow | null> {
-      const [row] = await db.select().from(sessionSnapshots)
-        .where(and(eq(sessionSnapshots.sessionId, sessionId), snapshotId ? eq(sessionSnapshots.id, snapshotId) : undefined))
-        .orderBy(desc(sessionSnapshots.createdAt), desc(sessionSnapshots.id))
-        .limit(1)
+      const [row] = snapshotId
+        ? await snapshotByIdStmt.execute({ id: sessionId, snapshotId })
+        : await latestSnapshotStmt.execute({ id: sessionId })
       return row ?? null
     }
   }
