@@ -17,20 +17,21 @@ CREATE TABLE "session_snapshots" (
 );
 --> statement-breakpoint
 CREATE TABLE "session_transitions" (
-	"id" bigserial PRIMARY KEY NOT NULL,
 	"session_id" uuid NOT NULL,
 	"from_state" text,
 	"to_state" text NOT NULL,
 	"reason" text,
 	"actor" text NOT NULL,
 	"version" integer NOT NULL,
-	"at" timestamp with time zone NOT NULL
+	"at" timestamp with time zone NOT NULL,
+	CONSTRAINT "session_transitions_pkey" PRIMARY KEY("session_id","version")
 );
 --> statement-breakpoint
 CREATE TABLE "sessions" (
 	"id" uuid PRIMARY KEY NOT NULL,
 	"owner" text,
 	"state" text NOT NULL,
+	"previous_state" text,
 	"version" integer DEFAULT 1 NOT NULL,
 	"title" text,
 	"workdir" text NOT NULL,
@@ -69,8 +70,9 @@ CREATE TABLE "sessions" (
 ALTER TABLE "session_snapshots" ADD CONSTRAINT "session_snapshots_session_id_sessions_id_fk" FOREIGN KEY ("session_id") REFERENCES "public"."sessions"("id") ON DELETE cascade ON UPDATE no action;--> statement-breakpoint
 CREATE UNIQUE INDEX "session_events_client_message_idx" ON "session_events" USING btree ("session_id","client_message_id") WHERE client_message_id is not null;--> statement-breakpoint
 CREATE INDEX "session_snapshots_session_idx" ON "session_snapshots" USING btree ("session_id","created_at" DESC NULLS FIRST,"id" DESC NULLS FIRST);--> statement-breakpoint
-CREATE INDEX "session_transitions_session_idx" ON "session_transitions" USING btree ("session_id","id");--> statement-breakpoint
 CREATE INDEX "sessions_expiry_idx" ON "sessions" USING btree ("expires_at") WHERE state in ('pending', 'active', 'suspended', 'paused');--> statement-breakpoint
 CREATE INDEX "sessions_idle_idx" ON "sessions" USING btree ("idle_deadline_at") WHERE state = 'active';--> statement-breakpoint
 CREATE INDEX "sessions_list_idx" ON "sessions" USING btree ("created_at" DESC NULLS FIRST,"id" DESC NULLS FIRST) WHERE deleted_at is null;--> statement-breakpoint
-CREATE INDEX "sessions_live_list_idx" ON "sessions" USING btree ("state","created_at" DESC NULLS FIRST,"id" DESC NULLS FIRST) WHERE deleted_at is null and state in ('pending', 'active', 'suspended', 'paused');
+CREATE INDEX "sessions_live_list_idx" ON "sessions" USING btree ("state","created_at" DESC NULLS FIRST,"id" DESC NULLS FIRST) WHERE deleted_at is null and state in ('pending', 'active', 'suspended', 'paused');--> statement-breakpoint
+-- room on each page for the new version of an updated row (heartbeats, transitions, sweeps)
+ALTER TABLE "sessions" SET (fillfactor = 80);

@@ -7,7 +7,7 @@ import type { SessionRow } from '../db/schema.js'
 import { isTerminal } from '../domain/state-machine.js'
 import { MessageNotAccepted, invalidTransition } from '../errors.js'
 import type { EventLog } from '../events/event-log.js'
-import type { SessionLifecycleManager } from '../sessions/lifecycle-manager.js'
+import type { SessionLifecycleManager, TransitionEvent } from '../sessions/lifecycle-manager.js'
 import type { SessionRepository } from '../sessions/session-repository.js'
 import { AgentProcess, type AgentExit, type StopReason } from './agent-process.js'
 import { AgentSlots } from './agent-slots.js'
@@ -77,10 +77,11 @@ export class AgentSupervisor {
     this.#slots = new AgentSlots(opts.config.agent.maxLive)
     opts.manager.setHooks({ stopProcess: (id, reason) => this.stopAgent(id, reason) })
     // Every state change is part of the session's story on the stream
-    opts.manager.on('transition', (e) => {
-      this.#o.events.append(e.sessionId, 'state', { from: e.from, to: e.to, reason: e.reason, actor: e.actor, version: e.version })
-        .catch((err: Error) => this.#log.error({ err, sessionId: e.sessionId }, 'state event not stored'))
+    const stateEvent = (e: TransitionEvent) => ({
+      sessionId: e.sessionId, type: 'state' as const, data: { from: e.from, to: e.to, reason: e.reason, actor: e.actor, version: e.version }
     })
+    opts.manager.on('transition', (e) => opts.events.appendMany([stateEvent(e)]))
+    opts.manager.on('transitions', (list) => opts.events.appendMany(list.map(stateEvent)))
   }
 
   get liveCount (): number { return this.#live.size }

@@ -2,7 +2,6 @@ import { sql } from 'drizzle-orm'
 import {
   bigint,
   check,
-  bigserial,
   boolean,
   doublePrecision,
   index,
@@ -28,6 +27,9 @@ export const sessions = pgTable('sessions', {
   state: text('state', {
     enum: ['pending', 'active', 'suspended', 'paused', 'completed', 'failed', 'expired']
   }).notNull(),
+  // the state before the last transition: lets a set-based UPDATE return where each row came from
+  // (RETURNING sees only new values before Postgres 18) without a self-join
+  previousState: text('previous_state'),
   version: integer('version').notNull().default(1),
   title: text('title'),
   workdir: text('workdir').notNull(),
@@ -83,7 +85,6 @@ export const sessions = pgTable('sessions', {
 // writes (a sweep of 100k expiries, an agent streaming thousands of lines a second), and sessions
 // are archived, never deleted, so there is nothing for it to protect.
 export const sessionTransitions = pgTable('session_transitions', {
-  id: bigserial('id', { mode: 'number' }).primaryKey(),
   sessionId: uuid('session_id').notNull(),
   fromState: text('from_state'),
   toState: text('to_state').notNull(),
@@ -92,7 +93,9 @@ export const sessionTransitions = pgTable('session_transitions', {
   version: integer('version').notNull(),
   at: tstz('at').notNull()
 }, (t) => [
-  index('session_transitions_session_idx').on(t.sessionId, t.id)
+  // every transition produces exactly one version of its session: that is the history's key, and
+  // its only index (a sweep of 100k expiries inserts 100k rows here)
+  primaryKey({ name: 'session_transitions_pkey', columns: [t.sessionId, t.version] })
 ])
 
 export const sessionSnapshots = pgTable('session_snapshots', {

@@ -59,17 +59,25 @@ export class EventLog {
     this.#log = opts.logger
     this.#clock = opts.clock ?? (() => new Date())
     const p = sql.placeholder
+    // One statement for a whole drain, every session in it: sequence numbers are handed out per
+    // session in batch order, in the same transaction as the rows
     this.#appendStmt = prepareSql(this.#db, 'events_append', sql`
-      with alloc as (
-        update sessions set last_event_seq = last_event_seq + ${p('n')}::int
-        where id = ${p('id')}::uuid
-        returning last_event_seq - ${p('n')}::int as base
+      with input as (
+        select (e.value->>'s')::uuid as sid, e.value->>'t' as type, e.value->'d' as payload,
+          (e.value->>'a')::timestamptz as at, e.ord
+        from jsonb_array_elements(${p('batch')}::jsonb) with ordinality as e(value, ord)
+      ), counts as (
+        select sid, count(*)::int as n from input group by sid
+      ), alloc as (
+        update sessions s set last_event_seq = s.last_event_seq + c.n
+        from counts c where s.id = c.sid
+        returning s.id, s.last_event_seq - c.n as base
       ), ins as (
         insert into session_events (session_id, seq, type, payload, at)
-        select ${p('id')}::uuid, alloc.base + e.ord, e.value->>'t', e.value->'d', (e.value->>'a')::timestamptz
-        from alloc, jsonb_array_elements(${p('batch')}::jsonb) with ordinality as e(value, ord)
+        select i.sid, a.base + row_number() over (partition by i.sid order by i.ord), i.type, i.payload, i.at
+        from input i join alloc a on a.id = i.sid
       )
-      select base from alloc`)
+      select id, base from alloc`)
     // A user message with a client id is stored once: a retried POST gets the first one's seq
     this.#userStmt = prepareSql(this.#db, 'events_append_user', sql`
       with existing as (
@@ -156,15 +164,36 @@ export class EventLog {
     })
   }
 
+  /** Appends many events without waiting for them (a sweep's state changes). */
+  appendMany (events: { sessionId: string, type: EventType, data: unknown }[]): void {
+    const at = this.#clock()
+    const ignore = () => {}
+    for (const e of events) {
+      let queue = this.#pending.get(e.sessionId)
+      if (!queue) {
+        queue = []
+        this.#pending.set(e.sessionId, queue)
+      }
+      queue.push({ type: e.type, at, json: JSON.stringify(e.data), resolve: ignore, reject: ignore })
+    }
+    this.#scheduleFlush()
+  }
+
   async #drain (): Promise<void> {
     // Let the events of the current tick gather into one batch
     await new Promise<void>((resolve) => setImmediate(resolve))
     const batch = this.#pending
     this.#pending = new Map()
-    await Promise.all([...batch].map(([sessionId, events]) => this.#write(sessionId, events)))
+    const plain: [string, Pending[]][] = []
+    const withClientIds: [string, Pending[]][] = []
+    for (const entry of batch) (entry[1].some((e) => e.clientMessageId !== undefined) ? withClientIds : plain).push(entry)
+    await Promise.all([
+      this.#settle(plain.flatMap(([, events]) => events), () => this.#writeRuns(plain)),
+      ...withClientIds.map(([sessionId, events]) => this.#write(sessionId, events))
+    ])
   }
 
-  /** One session's share of a drain, in order: runs of plain events in one statement each. */
+  /** A session whose batch holds an idempotent user message: in order, runs between them. */
   async #write (sessionId: string, events: Pending[]): Promise<void> {
     let run: Pending[] = []
     for (const e of events) {
@@ -172,11 +201,12 @@ export class EventLog {
         run.push(e)
         continue
       }
-      await this.#settle(run, () => this.#writeRun(sessionId, run))
+      const before = run
+      await this.#settle(before, () => this.#writeRuns([[sessionId, before]]))
       run = []
       await this.#settle([e], () => this.#writeUser(sessionId, e))
     }
-    await this.#settle(run, () => this.#writeRun(sessionId, run))
+    await this.#settle(run, () => this.#writeRuns([[sessionId, run]]))
   }
 
   async #settle (events: Pending[], write: () => Promise<void>): Promise<void> {
@@ -189,12 +219,22 @@ export class EventLog {
     }
   }
 
-  async #writeRun (sessionId: string, events: Pending[]): Promise<void> {
-    const payload = '[' + events.map((e) => `{"t":"${e.type}","a":"${e.at.toISOString()}","d":${e.json}}`).join(',') + ']'
-    const [row] = await this.#appendStmt.execute({ id: sessionId, n: events.length, batch: payload })
-    if (!row) throw new Error(`session ${sessionId} does not exist`)
-    const base = Number(row.base)
-    events.forEach((e, i) => this.#published(sessionId, e, base + i + 1, false))
+  async #writeRuns (runs: [string, Pending[]][]): Promise<void> {
+    const parts: string[] = []
+    for (const [sessionId, events] of runs) {
+      for (const e of events) parts.push(`{"s":"${sessionId}","t":"${e.type}","a":"${e.at.toISOString()}","d":${e.json}}`)
+    }
+    if (parts.length === 0) return
+    const rows = await this.#appendStmt.execute({ batch: `[${parts.join(',')}]` })
+    const bases = new Map(rows.map((r) => [String(r.id), Number(r.base)]))
+    for (const [sessionId, events] of runs) {
+      const base = bases.get(sessionId)
+      if (base === undefined) {
+        for (const e of events) e.reject(new Error(`session ${sessionId} does not exist`))
+        continue
+      }
+      events.forEach((e, i) => this.#published(sessionId, e, base + i + 1, false))
+    }
   }
 
   async #writeUser (sessionId: string, e: Pending): Promise<void> {

@@ -20,14 +20,16 @@ const sessionRecordRoutes: FastifyPluginAsyncTypebox = async (app) => {
     }
   }, async (request) => {
     const { limit = 100, cursor } = request.query
-    const after = cursor === undefined ? 0 : decodeSeqCursor(cursor)
-    if (after === null) throw new InvalidCursor()
+    const decoded = cursor === undefined ? 0 : decodeSeqCursor(cursor)
+    if (decoded === null) throw new InvalidCursor()
+    // versions are Postgres integers: a cursor beyond them is past the end
+    const after = Math.min(decoded, 2_147_483_647)
     const rows = await sessions.history(request.params.id, after, limit + 1)
     const page = rows.slice(0, limit)
     const last = page[page.length - 1]
     return {
       items: page.map(toTransitionView),
-      nextCursor: rows.length > limit && last ? encodeSeqCursor(last.id) : null
+      nextCursor: rows.length > limit && last ? encodeSeqCursor(last.version) : null
     }
   })
 

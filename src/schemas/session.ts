@@ -50,12 +50,11 @@ export const SessionListSchema = Type.Object({
 }, { $id: 'SessionList' })
 
 export const TransitionSchema = Type.Object({
-  id: Type.Integer(),
   from: Nullable(StateRef),
   to: StateRef,
   reason: Nullable(Type.String()),
   actor: Type.Union([Type.Literal('user'), Type.Literal('system')]),
-  version: Type.Integer({ description: 'The session version this transition produced' }),
+  version: Type.Integer({ description: 'The session version this transition produced (unique within the session)' }),
   at: DateTime
 }, { $id: 'Transition' })
 export type TransitionView = Static<typeof TransitionSchema>

@@ -53,7 +53,10 @@ export interface TransitionEvent {
 }
 
 export interface LifecycleEvents {
+  /** one change, by a user request or a system decision */
   transition: [TransitionEvent]
+  /** many at once (a sweep): one event for the lot */
+  transitions: [TransitionEvent[]]
 }
 
 export interface MutationOptions {
@@ -259,7 +262,10 @@ export class SessionLifecycleManager extends EventEmitter<LifecycleEvents> {
   async checkExpiration (now: Date = this.#clock()): Promise<string[]> {
     const hits = await this.#repo.expireDue(now)
     await this.#afterSweep(hits, 'expired', 'ttl')
-    for (const hit of hits) await this.#hooks.releaseResources(hit.id)
+    for (const hit of hits) {
+      const released = this.#hooks.releaseResources(hit.id)
+      if (released) await released
+    }
     return hits.map((h) => h.id)
   }
 
@@ -276,8 +282,8 @@ export class SessionLifecycleManager extends EventEmitter<LifecycleEvents> {
     for (const hit of hits) {
       this.#liveness.delete(hit.id)
       if (hit.from === 'active') await this.#stop(hit.id, to === 'expired' ? 'expired' : reason === 'restart' ? 'restart' : 'idle')
-      this.emit('transition', { sessionId: hit.id, version: hit.version, from: hit.from, to, actor: 'system', reason })
     }
+    this.emit('transitions', hits.map((hit) => ({ sessionId: hit.id, version: hit.version, from: hit.from, to, actor: 'system' as const, reason })))
   }
 
   /** Start-up: nothing runs yet, so every session that says active is suspended. */

@@ -11,6 +11,7 @@ import {
   type TransitionRow
 } from '../db/schema.js'
 import { LIVE_STATES, type Actor, type SessionState } from '../domain/state-machine.js'
+import { HeartbeatBatcher, type HeartbeatWrite } from './heartbeat-batcher.js'
 
 const p = sql.placeholder
 const ts = (name: string) => sql`${p(name)}::timestamptz`
@@ -87,6 +88,7 @@ export function createSessionRepository (db: Database) {
   const transitionStmt = prepareSql(db, 'session_transition', sql`
     with moved as (
       update sessions set
+        previous_state = state,
         state = ${p('to')}::text,
         version = version + 1,
         transition_count = transition_count + 1,
@@ -126,14 +128,27 @@ export function createSessionRepository (db: Database) {
   // One round trip: the deadline moves to now + TTL only when that gains at least `fraction` of
   // the TTL (never earlier), and only on the version the client named, if it named one
   const heartbeatStmt = prepareSql(db, 'session_heartbeat', sql`
-    update sessions set
+    update sessions s set
       last_heartbeat_at = ${ts('now')},
-      expires_at = ${ts('now')} + make_interval(secs => ttl_seconds)
-    where id = ${p('id')}::uuid and deleted_at is null and state in ${LIVE}
-      and (${p('versions')}::int[] is null or version = any(${p('versions')}::int[]))
-      and expires_at < ${ts('now')} + make_interval(secs => ttl_seconds)
-      and expires_at <= ${ts('now')} + make_interval(secs => ttl_seconds * (1 - ${p('fraction')}::float8))
-    returning state, version, expires_at, ttl_seconds`)
+      expires_at = ${ts('now')} + make_interval(secs => s.ttl_seconds)
+    from jsonb_to_recordset(${p('batch')}::jsonb) as r(id uuid, v int[])
+    where s.id = r.id and s.deleted_at is null and s.state in ${LIVE}
+      and (r.v is null or s.version = any(r.v))
+      and s.expires_at < ${ts('now')} + make_interval(secs => s.ttl_seconds)
+      and s.expires_at <= ${ts('now')} + make_interval(secs => s.ttl_seconds * (1 - ${p('fraction')}::float8))
+    returning s.id, s.state, s.version, s.expires_at, s.ttl_seconds`)
+
+  const heartbeats = (fraction: number) => new HeartbeatBatcher(async ({ now, items }) => {
+    const rows = await heartbeatStmt.execute({ now: now.toISOString(), fraction, batch: JSON.stringify(items) })
+    return rows.map((row) => ({
+      id: String(row.id),
+      state: row.state as SessionState,
+      version: Number(row.version),
+      expiresAt: sessions.expiresAt.mapFromDriverValue(row.expires_at as string) as Date,
+      ttlSeconds: Number(row.ttl_seconds)
+    }))
+  })
+  const batchers = new Map<number, HeartbeatBatcher>()
 
   const latestSnapshotStmt = db.select().from(sessionSnapshots)
     .where(eq(sessionSnapshots.sessionId, p('id')))
@@ -242,25 +257,25 @@ export function createSessionRepository (db: Database) {
 
   // Set-based sweeps: one statement however many sessions are due. SKIP LOCKED lets several
   // instances sweep side by side without waiting on (or double-processing) each other's rows.
+  // Set-based sweeps: one statement however many sessions are due. A concurrent sweep (another
+  // instance) blocks on a row and re-checks it, so no session is acted on twice.
   const sweep = (name: string, due: SQL, to: SessionState, reason: string) => prepareSql(db, name, sql`
-    with due as (
-      select id, state from sessions where ${due}
-      for update skip locked
-    ), moved as (
-      update sessions s set
+    with moved as (
+      update sessions set
+        previous_state = state,
         state = ${sql.raw(`'${to}'`)},
-        version = s.version + 1,
-        transition_count = s.transition_count + 1,
+        version = version + 1,
+        transition_count = transition_count + 1,
         state_changed_at = ${ts('now')},
         updated_at = ${ts('now')},
-        ended_at = ${to === 'expired' ? ts('now') : sql`s.ended_at`},
-        active_ms = s.active_ms + case when s.state = 'active' and s.active_since is not null
-          then greatest(0, floor(extract(epoch from (${ts('now')} - s.active_since)) * 1000))::bigint else 0 end,
+        ended_at = ${to === 'expired' ? ts('now') : sql`ended_at`},
+        active_ms = active_ms + case when state = 'active' and active_since is not null
+          then greatest(0, floor(extract(epoch from (${ts('now')} - active_since)) * 1000))::bigint else 0 end,
         active_since = null,
         busy = false,
         idle_deadline_at = null
-      from due where s.id = due.id
-      returning s.id, due.state as from_state, s.version
+      where ${due}
+      returning id, previous_state as from_state, version
     ), logged as (
       insert into session_transitions (session_id, from_state, to_state, reason, actor, version, at)
       select id, from_state, ${sql.raw(`'${to}'`)}, ${sql.raw(`'${reason}'`)}, 'system', version, ${ts('now')} from moved
@@ -295,8 +310,8 @@ export function createSessionRepository (db: Database) {
   }
 
   const historyStmt = db.select().from(sessionTransitions)
-    .where(and(eq(sessionTransitions.sessionId, p('id')), gt(sessionTransitions.id, p('after'))))
-    .orderBy(asc(sessionTransitions.id))
+    .where(and(eq(sessionTransitions.sessionId, p('id')), gt(sessionTransitions.version, p('after'))))
+    .orderBy(asc(sessionTransitions.version))
     .limit(p('limit'))
     .prepare('session_history')
 
@@ -368,15 +383,13 @@ export function createSessionRepository (db: Database) {
      * Liveness only: no version bump, the deadline never moves earlier, small moves write nothing.
      * Null when nothing was written (coalesced, version mismatch, terminal, or unknown).
      */
-    async heartbeat (w: { id: string, now: Date, fraction: number, versions: number[] | null }) {
-      const [row] = await heartbeatStmt.execute({ id: w.id, now: w.now.toISOString(), fraction: w.fraction, versions: w.versions })
-      if (!row) return null
-      return {
-        state: row.state as SessionState,
-        version: Number(row.version),
-        expiresAt: sessions.expiresAt.mapFromDriverValue(row.expires_at as string) as Date,
-        ttlSeconds: Number(row.ttl_seconds)
+    async heartbeat (w: { id: string, now: Date, fraction: number, versions: number[] | null }): Promise<HeartbeatWrite | null> {
+      let batcher = batchers.get(w.fraction)
+      if (!batcher) {
+        batcher = heartbeats(w.fraction)
+        batchers.set(w.fraction, batcher)
       }
+      return batcher.write({ id: w.id, now: w.now, versions: w.versions })
     },
 
     /** A finished turn: adds its usage, counts as activity, ends busy. Called by the agent supervisor. */

@@ -70,7 +70,6 @@ export function toSnapshotView (row: SnapshotRow): SnapshotView {
 
 export function toTransitionView (row: TransitionRow): TransitionView {
   return {
-    id: row.id,
     from: row.fromState as TransitionView['from'],
     to: row.toState as TransitionView['to'],
     reason: row.reason,
