@@ -4,16 +4,20 @@ import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
 import Fastify from 'fastify'
 import type { Logger } from 'pino'
 import type { Config } from './config.js'
+import agents from './plugins/agents.js'
 import database from './plugins/database.js'
 import errorHandler, { sendProblem } from './plugins/error-handler.js'
 import openapi from './plugins/openapi.js'
 import { createValidatorCompiler } from './plugins/validators.js'
 import { Problem } from './schemas/common.js'
+import { EVENT_SCHEMAS } from './schemas/events.js'
 import { SHARED_SCHEMAS } from './schemas/session.js'
 import sessions from './plugins/sessions.js'
 import healthRoutes from './routes/health.js'
 import sessionActionRoutes from './routes/session-actions.js'
 import sessionRecordRoutes from './routes/session-records.js'
+import sessionMessageRoutes from './routes/session-messages.js'
+import sessionStreamRoutes from './routes/session-stream.js'
 import sessionRoutes from './routes/sessions.js'
 
 const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }
@@ -44,7 +48,7 @@ export async function buildApp (opts: BuildAppOptions) {
       detail: err.message
     })
   }).withTypeProvider<TypeBoxTypeProvider>()
-  app.setValidatorCompiler(createValidatorCompiler([Problem, ...SHARED_SCHEMAS]))
+  app.setValidatorCompiler(createValidatorCompiler([Problem, ...SHARED_SCHEMAS, ...EVENT_SCHEMAS]))
 
   // A POST without a body (pause, resume, heartbeat) is common from mobile clients even when they
   // send a JSON content type: treat an empty JSON body as no body.
@@ -66,17 +70,27 @@ export async function buildApp (opts: BuildAppOptions) {
   await app.register(database, { config })
   await app.register(errorHandler)
   await app.register(openapi, { version: pkg.version })
-  await app.register(websocket, { options: { maxPayload: config.limits.wsFrameBytes } })
-  await app.register(sessions, {
-    config,
-    ...(opts.clock ? { clock: opts.clock } : {}),
-    ...(opts.startWorker === undefined ? {} : { startWorker: opts.startWorker })
+  await app.register(websocket, {
+    options: { maxPayload: config.limits.wsFrameBytes },
+    // the stream routes close their own clients with 1001 first; this ends the server
+    preClose: async function (this: { websocketServer: { close: () => void } }) { this.websocketServer.close() }
+  })
+  const clock = opts.clock ? { clock: opts.clock } : {}
+  await app.register(sessions, { config, startWorker: false, ...clock })
+  await app.register(agents, { config, ...clock })
+  // Start-up order: orphans of a previous run are ended and active sessions suspended before the
+  // first sweep or request
+  app.addHook('onReady', async () => {
+    await app.agents.start()
+    if (opts.startWorker !== false) app.timeoutWorker.start()
   })
   await app.register(healthRoutes)
   await app.register(async (v1) => {
     await v1.register(sessionRoutes)
     await v1.register(sessionActionRoutes)
     await v1.register(sessionRecordRoutes)
+    await v1.register(sessionMessageRoutes)
+    await v1.register(sessionStreamRoutes)
   }, { prefix: '/v1' })
   return app
 }

@@ -32,6 +32,7 @@ export const EnvSchema = Type.Object({
   BODY_LIMIT_BYTES: Type.Integer({ default: 1_048_576, minimum: 1024 }),
   MESSAGE_MAX_BYTES: Type.Integer({ default: 262_144, minimum: 1 }),
   WS_MAX_FRAME_BYTES: Type.Integer({ default: 1_048_576, minimum: 1024 }),
+  WS_PING_INTERVAL_MS: Type.Integer({ default: 30_000, minimum: 100, maximum: 600_000 }),
   LOG_LEVEL: Type.Enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], { default: 'info' })
 })
 
@@ -60,7 +61,7 @@ export interface Config {
   ttl: { defaultSeconds: number, minSeconds: number, maxSeconds: number }
   heartbeatCoalesceFraction: number
   sweepIntervalMs: number
-  limits: { bodyBytes: number, messageBytes: number, wsFrameBytes: number }
+  limits: { bodyBytes: number, messageBytes: number, wsFrameBytes: number, wsPingIntervalMs: number }
   logLevel: Env['LOG_LEVEL']
 }
 
@@ -112,7 +113,7 @@ export function loadConfig (env: NodeJS.ProcessEnv = process.env): Config {
     ttl: { defaultSeconds: e.SESSION_TTL_SECONDS, minSeconds: e.SESSION_TTL_MIN_SECONDS, maxSeconds: e.SESSION_TTL_MAX_SECONDS },
     heartbeatCoalesceFraction: e.HEARTBEAT_COALESCE_FRACTION,
     sweepIntervalMs: e.SWEEP_INTERVAL_MS,
-    limits: { bodyBytes: e.BODY_LIMIT_BYTES, messageBytes: e.MESSAGE_MAX_BYTES, wsFrameBytes: e.WS_MAX_FRAME_BYTES },
+    limits: { bodyBytes: e.BODY_LIMIT_BYTES, messageBytes: e.MESSAGE_MAX_BYTES, wsFrameBytes: e.WS_MAX_FRAME_BYTES, wsPingIntervalMs: e.WS_PING_INTERVAL_MS },
     logLevel: e.LOG_LEVEL
   }
 }

@@ -104,3 +104,18 @@ t.test('the liveness cache ages entries out and stays bounded', async (t) => {
   cache.delete('b')
   t.equal(cache.get('b', 0), undefined)
 })
+
+t.test('uuid ranges cover the whole id space without overlap', async (t) => {
+  const { uuidRanges } = await import('../src/sessions/session-repository.js')
+  t.same(uuidRanges(1), [['00000000-0000-0000-0000-000000000000', 'ffffffff-ffff-ffff-ffff-ffffffffffff']])
+  t.same(uuidRanges(2), [
+    ['00000000-0000-0000-0000-000000000000', '7fffffff-ffff-ffff-ffff-ffffffffffff'],
+    ['80000000-0000-0000-0000-000000000000', 'ffffffff-ffff-ffff-ffff-ffffffffffff']
+  ])
+  const four = uuidRanges(4)
+  for (let i = 1; i < four.length; i++) {
+    const prevHi = BigInt('0x' + four[i - 1]![1].replaceAll('-', ''))
+    const lo = BigInt('0x' + four[i]![0].replaceAll('-', ''))
+    t.equal(lo, prevHi + 1n, `range ${i} starts right after range ${i - 1}`)
+  }
+})

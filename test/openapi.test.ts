@@ -70,7 +70,8 @@ const operations = operationsOf(committed)
 /** A body each operation accepts, so that a probe reaches the handler (default `{}`). */
 const VALID_BODIES: Record<string, unknown> = {
   transitionSession: { to: 'completed' },
-  updateSession: { title: 'changed' }
+  updateSession: { title: 'changed' },
+  sendMessage: { text: 'hello' }
 }
 
 t.test('the committed openapi.yaml', async (t) => {

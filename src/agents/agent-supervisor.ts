@@ -81,7 +81,8 @@ export class AgentSupervisor {
       sessionId: e.sessionId, type: 'state' as const, data: { from: e.from, to: e.to, reason: e.reason, actor: e.actor, version: e.version }
     })
     opts.manager.on('transition', (e) => opts.events.appendMany([stateEvent(e)]))
-    opts.manager.on('transitions', (list) => opts.events.appendMany(list.map(stateEvent)))
+    // a sweep's many changes are recorded after it returns, off the sweep's critical path
+    opts.manager.on('transitions', (list) => setImmediate(() => opts.events.appendMany(list.map(stateEvent))))
   }
 
   get liveCount (): number { return this.#live.size }

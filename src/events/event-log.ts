@@ -31,6 +31,16 @@ export interface UserMessage {
   clientMessageId?: string | undefined
 }
 
+/** Keeps statements (and the row locks they hold) short however much is waiting */
+const MAX_EVENTS_PER_STATEMENT = 1000
+const WRITE_ATTEMPTS = 4
+
+function databaseErrorCode (err: unknown): string | undefined {
+  const e = err as { code?: unknown, cause?: { code?: unknown } }
+  const code = e.cause?.code ?? e.code
+  return typeof code === 'string' ? code : undefined
+}
+
 /** The frame of the stream and of GET /events, built as text so agent lines are not re-encoded. */
 export function frameText (e: { seq: number, type: string, at: Date, json: string }): string {
   return `{"seq":${e.seq},"type":"${e.type}","at":"${e.at.toISOString()}","data":${e.json}}`
@@ -214,18 +224,55 @@ export class EventLog {
     try {
       await write()
     } catch (err) {
-      this.#log.error({ err, count: events.length }, 'storing session events failed')
+      // drizzle's error message carries every parameter (the whole batch): log the cause only
+      this.#log.error({ err: (err as { cause?: unknown }).cause ?? err, code: databaseErrorCode(err), count: events.length }, 'storing session events failed')
+      // rejecting an event that was already stored (an earlier statement of the run) is a no-op
       for (const e of events) e.reject(err as Error)
     }
   }
 
+  /**
+   * One statement, again if Postgres aborted it for a deadlock: a batch touches many session rows
+   * and can cross a concurrent sweep or transition. An aborted statement wrote nothing.
+   */
+  async #once<T> (statement: () => Promise<T>): Promise<T> {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await statement()
+      } catch (err) {
+        const code = databaseErrorCode(err)
+        if ((code !== '40P01' && code !== '40001') || attempt >= WRITE_ATTEMPTS) throw err
+      }
+    }
+  }
+
+  /** Writes runs of plain events, at most MAX_EVENTS_PER_STATEMENT per statement, in order. */
   async #writeRuns (runs: [string, Pending[]][]): Promise<void> {
+    let chunk: [string, Pending[]][] = []
+    let size = 0
+    for (const [sessionId, events] of runs) {
+      for (let i = 0; i < events.length; i += MAX_EVENTS_PER_STATEMENT) {
+        const part = events.slice(i, i + MAX_EVENTS_PER_STATEMENT)
+        if (size + part.length > MAX_EVENTS_PER_STATEMENT) {
+          await this.#writeChunk(chunk)
+          chunk = []
+          size = 0
+        }
+        chunk.push([sessionId, part])
+        size += part.length
+      }
+    }
+    await this.#writeChunk(chunk)
+  }
+
+  async #writeChunk (runs: [string, Pending[]][]): Promise<void> {
+    if (runs.length === 0) return
     const parts: string[] = []
     for (const [sessionId, events] of runs) {
       for (const e of events) parts.push(`{"s":"${sessionId}","t":"${e.type}","a":"${e.at.toISOString()}","d":${e.json}}`)
     }
-    if (parts.length === 0) return
-    const rows = await this.#appendStmt.execute({ batch: `[${parts.join(',')}]` })
+    const batch = `[${parts.join(',')}]`
+    const rows = await this.#once(() => this.#appendStmt.execute({ batch }))
     const bases = new Map(rows.map((r) => [String(r.id), Number(r.base)]))
     for (const [sessionId, events] of runs) {
       const base = bases.get(sessionId)
@@ -238,7 +285,7 @@ export class EventLog {
   }
 
   async #writeUser (sessionId: string, e: Pending): Promise<void> {
-    const [row] = await this.#runUser(sessionId, e.clientMessageId!, e.json, e.at)
+    const [row] = await this.#once(() => this.#runUser(sessionId, e.clientMessageId!, e.json, e.at))
     if (!row) throw new Error(`session ${sessionId} does not exist`)
     this.#published(sessionId, e, Number(row.seq), Boolean(row.duplicate))
   }

@@ -3,11 +3,12 @@ import swaggerUi from '@fastify/swagger-ui'
 import type { FastifyInstance } from 'fastify'
 import fp from 'fastify-plugin'
 import { Problem } from '../schemas/common.js'
+import { EVENT_SCHEMAS } from '../schemas/events.js'
 import { SHARED_SCHEMAS } from '../schemas/session.js'
 
 /** Registers the shared schemas by $id and serves the OpenAPI 3.1 document built from the routes. */
 export default fp(async function openapi (app: FastifyInstance, opts: { version: string }) {
-  for (const schema of [Problem, ...SHARED_SCHEMAS]) app.addSchema(schema)
+  for (const schema of [Problem, ...SHARED_SCHEMAS, ...EVENT_SCHEMAS]) app.addSchema(schema)
   await app.register(swagger, {
     openapi: {
       openapi: '3.1.0',
@@ -21,6 +22,7 @@ export default fp(async function openapi (app: FastifyInstance, opts: { version:
       servers: [{ url: '/' }],
       tags: [
         { name: 'sessions', description: 'Session resources and their lifecycle' },
+        { name: 'agent', description: 'Messages to the Claude Code agent, its events, and the WebSocket stream' },
         { name: 'health', description: 'Liveness and readiness' }
       ]
     },

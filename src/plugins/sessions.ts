@@ -21,7 +21,7 @@ export interface SessionsPluginOptions {
 
 /** The session components: repository, lifecycle manager (the one writer), timeout worker. */
 export default fp(async function sessionsPlugin (app: FastifyInstance, opts: SessionsPluginOptions) {
-  const repo = createSessionRepository(app.database.db)
+  const repo = createSessionRepository(app.database.db, { sweepPartitions: app.database.driver === 'postgres' ? 2 : 1 })
   const manager = new SessionLifecycleManager({
     repo,
     config: opts.config,

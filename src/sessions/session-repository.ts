@@ -75,7 +75,26 @@ export interface SessionCursor {
 const LIVE = sql.raw('(\'pending\', \'active\', \'suspended\', \'paused\')')
 const TERMINAL = sql.raw('(\'completed\', \'failed\', \'expired\')')
 
-export function createSessionRepository (db: Database) {
+/**
+ * The uuid space cut into `n` contiguous ranges. A sweep of many sessions is CPU-bound in Postgres;
+ * one statement per range on separate connections lets it use more than one core.
+ */
+export function uuidRanges (n: number): [string, string][] {
+  const toUuid = (v: bigint) => {
+    const hex = v.toString(16).padStart(32, '0')
+    return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`
+  }
+  const max = (1n << 128n) - 1n
+  const step = (max + 1n) / BigInt(n)
+  return Array.from({ length: n }, (_, i) => [toUuid(step * BigInt(i)), toUuid(i === n - 1 ? max : step * BigInt(i + 1) - 1n)])
+}
+
+export interface SessionRepositoryOptions {
+  /** sweeps run as this many id ranges side by side (1 on PGlite: it has one connection) */
+  sweepPartitions?: number
+}
+
+export function createSessionRepository (db: Database, opts: SessionRepositoryOptions = {}) {
   const toSession = rowMapper(sessions)
   const notDeleted = isNull(sessions.deletedAt)
 
@@ -282,10 +301,17 @@ export function createSessionRepository (db: Database) {
     )
     select id, from_state, version from moved`)
 
+  // each sweep covers one range of ids: ranges run side by side on separate connections
+  const inRange = sql`id between ${p('lo')}::uuid and ${p('hi')}::uuid`
   const expireStmt = sweep('sessions_expire_due',
-    sql`state in ${LIVE} and expires_at <= ${ts('now')}`, 'expired', 'ttl')
+    sql`state in ${LIVE} and expires_at <= ${ts('now')} and ${inRange}`, 'expired', 'ttl')
   const idleStmt = sweep('sessions_suspend_idle',
-    sql`state = 'active' and idle_deadline_at <= ${ts('now')} and not busy`, 'suspended', 'idle')
+    sql`state = 'active' and idle_deadline_at <= ${ts('now')} and not busy and ${inRange}`, 'suspended', 'idle')
+  const ranges = uuidRanges(opts.sweepPartitions ?? 1)
+  const sweepAll = async (stmt: typeof expireStmt, now: Date): Promise<SweepHit[]> => {
+    const parts = await Promise.all(ranges.map(([lo, hi]) => stmt.execute({ now: now.toISOString(), lo, hi })))
+    return parts.flatMap(sweepHits)
+  }
   // At start-up nothing runs yet: whatever says active (or busy) is left over from the last run
   const restartStmt = sweep('sessions_suspend_after_restart', sql`state = 'active'`, 'suspended', 'restart')
 
@@ -447,11 +473,11 @@ export function createSessionRepository (db: Database) {
     },
 
     async expireDue (now: Date): Promise<SweepHit[]> {
-      return sweepHits(await expireStmt.execute({ now: now.toISOString() }))
+      return sweepAll(expireStmt, now)
     },
 
     async suspendIdle (now: Date): Promise<SweepHit[]> {
-      return sweepHits(await idleStmt.execute({ now: now.toISOString() }))
+      return sweepAll(idleStmt, now)
     },
 
     async list (q: { states?: SessionState[] | undefined, cursor?: SessionCursor | undefined, limit: number }): Promise<SessionRow[]> {

@@ -1,0 +1,191 @@
+import type { FastifyBaseLogger } from 'fastify'
+import { Compile } from 'typebox/compile'
+import type { WebSocket } from 'ws'
+import { InboundFrameSchema, type InboundFrame } from '../schemas/events.js'
+import type { EventHub, PublishedFrame } from './event-hub.js'
+import { frameText, type EventLog } from './event-log.js'
+
+/** The numbers of the stream's flow control and liveness, named once (documented in docs/STREAM.md). */
+export const STREAM_LIMITS = {
+  /** unsent bytes a client may hold before it is cut off (it catches up by replay) */
+  highWaterBytes: 8 * 1024 * 1024,
+  /** events read per replay page */
+  replayPage: 500,
+  /** close code for a client that does not keep up: reconnect with ?after=<last seq> */
+  slowConsumerCloseCode: 4008,
+  /** close code when the service shuts down */
+  goingAwayCloseCode: 1001
+} as const
+
+const checkInbound = Compile(InboundFrameSchema)
+
+export interface StreamHandlers {
+  message (text: string, clientMessageId: string | undefined): Promise<{ seq: number, duplicate: boolean }>
+  heartbeat (): Promise<Record<string, unknown>>
+}
+
+/**
+ * One client on a session's stream: replay from `after`, then live, with no gap and no duplicate.
+ * It subscribes before replaying, holds live frames back until the replay has caught up, and drops
+ * anything it already sent (by seq). A client that falls too far behind is disconnected rather
+ * than allowed to hold the agent or other clients back.
+ */
+export class StreamConnection {
+  readonly #socket: WebSocket
+  readonly #sessionId: string
+  readonly #events: EventLog
+  readonly #hub: EventHub
+  readonly #handlers: StreamHandlers
+  readonly #log: FastifyBaseLogger
+  readonly #pingIntervalMs: number
+  #lastSent: number
+  #held: PublishedFrame[] | null = []
+  #alive = true
+  #closed = false
+  #unsubscribe: (() => void) | undefined
+  #pingTimer: NodeJS.Timeout | undefined
+
+  constructor (opts: {
+    socket: WebSocket
+    sessionId: string
+    after: number
+    events: EventLog
+    hub: EventHub
+    handlers: StreamHandlers
+    logger: FastifyBaseLogger
+    pingIntervalMs: number
+  }) {
+    this.#socket = opts.socket
+    this.#sessionId = opts.sessionId
+    this.#lastSent = opts.after
+    this.#events = opts.events
+    this.#hub = opts.hub
+    this.#handlers = opts.handlers
+    this.#log = opts.logger
+    this.#pingIntervalMs = opts.pingIntervalMs
+  }
+
+  async run (): Promise<void> {
+    this.#unsubscribe = this.#hub.subscribe(this.#sessionId, (frame) => {
+      if (this.#held) this.#held.push(frame)
+      else this.#deliver(frame)
+    })
+    this.#socket.on('close', () => this.#cleanup())
+    this.#socket.on('error', (err) => {
+      this.#log.debug({ err }, 'stream socket error')
+      this.#cleanup()
+    })
+    this.#socket.on('pong', () => { this.#alive = true })
+    this.#socket.on('message', (data, isBinary) => { this.#onInbound(data as Buffer, isBinary) })
+    this.#pingTimer = setInterval(() => this.#ping(), this.#pingIntervalMs)
+    try {
+      await this.#replay()
+    } catch (err) {
+      this.#log.error({ err }, 'stream replay failed')
+      this.close(1011, 'replay failed')
+      return
+    }
+    const held = this.#held ?? []
+    this.#held = null
+    for (const frame of held) this.#deliver(frame)
+  }
+
+  close (code: number, reason: string): void {
+    if (this.#closed) return
+    this.#socket.close(code, reason)
+    this.#cleanup()
+  }
+
+  async #replay (): Promise<void> {
+    for (;;) {
+      if (this.#closed) return
+      const page = await this.#events.page(this.#sessionId, this.#lastSent, STREAM_LIMITS.replayPage)
+      for (const e of page) {
+        this.#send(Buffer.from(frameText({ seq: e.seq, type: e.type, at: e.at, json: JSON.stringify(e.data) })), e.seq)
+      }
+      if (page.length < STREAM_LIMITS.replayPage) return
+      await this.#drained()
+    }
+  }
+
+  #deliver (frame: PublishedFrame): void {
+    if (frame.seq <= this.#lastSent) return
+    this.#send(frame.bytes, frame.seq)
+  }
+
+  #send (bytes: Buffer, seq: number): void {
+    if (this.#closed) return
+    if (this.#socket.bufferedAmount > STREAM_LIMITS.highWaterBytes) {
+      this.#log.info({ bufferedAmount: this.#socket.bufferedAmount, lastSent: this.#lastSent }, 'slow stream client disconnected')
+      this.close(STREAM_LIMITS.slowConsumerCloseCode, `too slow: reconnect with ?after=${this.#lastSent}`)
+      return
+    }
+    this.#socket.send(bytes, { binary: false })
+    this.#lastSent = seq
+  }
+
+  /** Replay pages wait for the socket to drain, so a long history does not pile up in memory. */
+  async #drained (): Promise<void> {
+    while (!this.#closed && this.#socket.bufferedAmount > STREAM_LIMITS.highWaterBytes / 4) {
+      await new Promise((resolve) => setTimeout(resolve, 10))
+    }
+  }
+
+  #reply (frame: Record<string, unknown>): void {
+    if (!this.#closed) this.#socket.send(JSON.stringify(frame))
+  }
+
+  #onInbound (data: Buffer, isBinary: boolean): void {
+    let frame: unknown
+    try {
+      frame = isBinary ? undefined : JSON.parse(data.toString('utf8'))
+    } catch {}
+    if (!checkInbound.Check(frame)) {
+      const first = frame === undefined ? undefined : [...checkInbound.Errors(frame)][0]
+      this.#reply({
+        type: 'error',
+        code: 'INVALID_FRAME',
+        message: frame === undefined
+          ? 'frames are JSON text: {"type":"message","text":…} or {"type":"heartbeat"}'
+          : `invalid frame: ${first?.instancePath || '(frame)'} ${first?.message ?? 'is not a known frame'}`
+      })
+      return
+    }
+    this.#handle(frame).catch((err: Error & { code?: string, statusCode?: number }) => {
+      if ((err.statusCode ?? 500) >= 500) this.#log.error({ err }, 'stream frame failed')
+      this.#reply({
+        type: 'error',
+        code: err.statusCode && err.statusCode < 500 ? err.code : 'INTERNAL_ERROR',
+        message: err.statusCode && err.statusCode < 500 ? err.message : 'the frame could not be handled',
+        ...(frame.type === 'message' && frame.clientMessageId ? { clientMessageId: frame.clientMessageId } : {})
+      })
+    })
+  }
+
+  async #handle (frame: InboundFrame): Promise<void> {
+    if (frame.type === 'heartbeat') {
+      this.#reply({ type: 'heartbeat', ...await this.#handlers.heartbeat() })
+      return
+    }
+    const accepted = await this.#handlers.message(frame.text, frame.clientMessageId)
+    this.#reply({ type: 'ack', ...accepted, ...(frame.clientMessageId ? { clientMessageId: frame.clientMessageId } : {}) })
+  }
+
+  #ping (): void {
+    if (!this.#alive) {
+      this.#log.info('stream client did not answer a ping: terminated')
+      this.#socket.terminate()
+      this.#cleanup()
+      return
+    }
+    this.#alive = false
+    this.#socket.ping()
+  }
+
+  #cleanup (): void {
+    if (this.#closed) return
+    this.#closed = true
+    clearInterval(this.#pingTimer)
+    this.#unsubscribe?.()
+  }
+}
