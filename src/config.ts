@@ -103,7 +103,7 @@ export function loadConfig (env: NodeJS.ProcessEnv = process.env): Config {
       bin: e.CLAUDE_BIN,
       model: e.CLAUDE_MODEL,
       permissionMode: e.CLAUDE_PERMISSION_MODE,
-      extraArgs: e.CLAUDE_EXTRA_ARGS?.split(/\s+/).filter(Boolean) ?? [],
+      extraArgs: parseExtraArgs(e.CLAUDE_EXTRA_ARGS),
       configDir: resolve(e.CLAUDE_CONFIG_DIR ?? resolve(dataDir, 'claude')),
       envPassthrough: e.AGENT_ENV_PASSTHROUGH.split(',').map((s) => s.trim()).filter(Boolean),
       killGraceMs: e.KILL_GRACE_MS,
@@ -116,6 +116,27 @@ export function loadConfig (env: NodeJS.ProcessEnv = process.env): Config {
     limits: { bodyBytes: e.BODY_LIMIT_BYTES, messageBytes: e.MESSAGE_MAX_BYTES, wsFrameBytes: e.WS_MAX_FRAME_BYTES, wsPingIntervalMs: e.WS_PING_INTERVAL_MS },
     logLevel: e.LOG_LEVEL
   }
+}
+
+/**
+ * CLAUDE_EXTRA_ARGS: a JSON array of strings for arguments that are empty or hold spaces
+ * (`["--setting-sources", ""]`), or plain words split on whitespace.
+ */
+function parseExtraArgs (raw: string | undefined): string[] {
+  if (raw === undefined) return []
+  if (raw.trim().startsWith('[')) {
+    let parsed: unknown
+    try {
+      parsed = JSON.parse(raw)
+    } catch {
+      throw new ConfigError('invalid configuration: CLAUDE_EXTRA_ARGS looks like a JSON array but does not parse')
+    }
+    if (!Array.isArray(parsed) || !parsed.every((a) => typeof a === 'string')) {
+      throw new ConfigError('invalid configuration: CLAUDE_EXTRA_ARGS must be a JSON array of strings')
+    }
+    return parsed
+  }
+  return raw.split(/\s+/).filter(Boolean)
 }
 
 function checkRange (prefix: string, min: number, def: number, max: number): void {

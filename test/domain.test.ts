@@ -88,6 +88,10 @@ t.test('configuration: defaults, conversion, and errors naming the variable', as
     t.throws(() => loadConfig(env), { name: 'ConfigError', message: name }, `${JSON.stringify(env)} is refused by name`)
   }
   t.ok(new ConfigError('x') instanceof Error)
+  t.same(loadConfig({ CLAUDE_EXTRA_ARGS: '--bare  --verbose' }).agent.extraArgs, ['--bare', '--verbose'])
+  t.same(loadConfig({ CLAUDE_EXTRA_ARGS: '["--setting-sources", ""]' }).agent.extraArgs, ['--setting-sources', ''], 'a JSON array keeps empty arguments')
+  t.throws(() => loadConfig({ CLAUDE_EXTRA_ARGS: '[1, 2]' }), { message: /CLAUDE_EXTRA_ARGS/ })
+  t.throws(() => loadConfig({ CLAUDE_EXTRA_ARGS: '[oops' }), { message: /CLAUDE_EXTRA_ARGS/ })
 })
 
 t.test('the liveness cache ages entries out and stays bounded', async (t) => {

@@ -95,10 +95,17 @@ export class AgentProcess extends EventEmitter<AgentProcessEvents> {
     })
     // writing to a process that died raises EPIPE on stdin: the exit handler reports it
     child.stdin.on('error', () => {})
-    await Promise.race([
-      once(child, 'spawn'),
-      once(child, 'error').then(([err]) => { throw err })
-    ])
+    // 'error' after a successful spawn (a failed kill) must not go unhandled: log it
+    child.on('error', (err) => this.#log.warn({ err }, 'agent process error'))
+    const ac = new AbortController()
+    try {
+      await Promise.race([
+        once(child, 'spawn', { signal: ac.signal }),
+        once(child, 'error', { signal: ac.signal }).then(([err]) => { throw err as Error })
+      ])
+    } finally {
+      ac.abort()
+    }
   }
 
   /** Writes one message as a single JSON line. False when the process cannot take input. */

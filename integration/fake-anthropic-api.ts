@@ -1,0 +1,180 @@
+/**
+ * A fake of the Anthropic Messages API on 127.0.0.1, enough for the real Claude Code CLI to run
+ * offline (see ../../shared/claude-stream-json.md, "Driving the real CLI offline in tests"):
+ *
+ * - `POST /v1/messages` (the CLI adds `?beta=true`): a server-sent-event stream — message_start
+ *   (with usage), content_block_start, content_block_delta (text_delta), content_block_stop,
+ *   message_delta (stop_reason end_turn, usage.output_tokens), message_stop — whose text is
+ *   `fake reply to: <prompt>`. A request without `stream: true` gets the same message as JSON.
+ * - `POST /v1/messages/count_tokens`: `{ input_tokens }`.
+ * - `HEAD`/`GET /api/hello`: 200 (the CLI's connectivity check after an API error).
+ * - anything else: 404 with an Anthropic-style error body, and a note in `unknown`.
+ *
+ * Every request is recorded (method, url, parsed body) so a test can look at what the CLI sent.
+ */
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
+import type { AddressInfo } from 'node:net'
+
+export interface RecordedRequest {
+  method: string
+  url: string
+  path: string
+  headers: IncomingMessage['headers']
+  body: any
+}
+
+export interface FakeAnthropicApi {
+  /** http://127.0.0.1:<port>, for ANTHROPIC_BASE_URL */
+  readonly url: string
+  /** every request, in arrival order */
+  readonly requests: RecordedRequest[]
+  /** the `POST /v1/messages` requests only */
+  messageRequests (): RecordedRequest[]
+  /** requests to paths the fake does not know (also logged) */
+  readonly unknown: RecordedRequest[]
+  /** tokens reported in each reply's usage */
+  readonly usage: { inputTokens: number, outputTokens: number }
+  close (): Promise<void>
+}
+
+export interface FakeAnthropicApiOptions {
+  /** the reply text for a prompt; default `fake reply to: <prompt>` */
+  reply?: (prompt: string) => string
+  /** where to report unknown paths; default console.error */
+  log?: (message: string) => void
+}
+
+export const REPLY_PREFIX = 'fake reply to: '
+const INPUT_TOKENS = 11
+const OUTPUT_TOKENS = 7
+
+/**
+ * The prompt of a Messages request: the text of the last `role:"user"` message (the CLI may append
+ * a `role:"system"` message after it), without the `<system-reminder>` blocks the CLI injects.
+ */
+export function promptOf (body: any): string {
+  const messages: any[] = Array.isArray(body?.messages) ? body.messages : []
+  const lastUser = [...messages].reverse().find((m) => m?.role === 'user')
+  if (!lastUser) return ''
+  return textOf(lastUser.content)
+}
+
+/** The text of a message's content (a string or blocks), system reminders left out. */
+export function textOf (content: unknown): string {
+  if (typeof content === 'string') return content.startsWith('<system-reminder>') ? '' : content
+  if (!Array.isArray(content)) return ''
+  return content
+    .filter((b) => b?.type === 'text' && typeof b.text === 'string' && !b.text.trimStart().startsWith('<system-reminder>'))
+    .map((b) => b.text as string)
+    .join('\n')
+    .trim()
+}
+
+export async function startFakeAnthropicApi (opts: FakeAnthropicApiOptions = {}): Promise<FakeAnthropicApi> {
+  const reply = opts.reply ?? ((prompt: string) => `${REPLY_PREFIX}${prompt}`)
+  const log = opts.log ?? ((message: string) => console.error(message))
+  const requests: RecordedRequest[] = []
+  const unknown: RecordedRequest[] = []
+  let counter = 0
+
+  const server: Server = createServer((req, res) => {
+    const chunks: Buffer[] = []
+    req.on('data', (c: Buffer) => chunks.push(c))
+    req.on('end', () => {
+      const raw = Buffer.concat(chunks).toString('utf8')
+      let body: any = raw
+      if (raw !== '') {
+        try { body = JSON.parse(raw) } catch { /* kept as text */ }
+      }
+      const url = new URL(req.url ?? '/', 'http://127.0.0.1')
+      const recorded: RecordedRequest = { method: req.method ?? '', url: req.url ?? '', path: url.pathname, headers: req.headers, body }
+      requests.push(recorded)
+      try {
+        route(recorded, res)
+      } catch (err) {
+        log(`fake-anthropic-api: handler failed for ${recorded.method} ${recorded.url}: ${(err as Error).stack}`)
+        if (!res.headersSent) sendJson(res, 500, apiError('api_error', 'fake handler failed'))
+        else res.end()
+      }
+    })
+  })
+
+  function route (r: RecordedRequest, res: ServerResponse): void {
+    if (r.path === '/v1/messages' && r.method === 'POST') return messages(r, res)
+    if (r.path === '/v1/messages/count_tokens' && r.method === 'POST') return sendJson(res, 200, { input_tokens: INPUT_TOKENS })
+    if (r.path === '/api/hello' && (r.method === 'HEAD' || r.method === 'GET')) {
+      res.writeHead(200, { 'content-type': 'application/json' })
+      res.end(r.method === 'GET' ? '{}' : undefined)
+      return
+    }
+    unknown.push(r)
+    log(`fake-anthropic-api: unknown request ${r.method} ${r.url}`)
+    sendJson(res, 404, apiError('not_found_error', `the fake does not serve ${r.method} ${r.path}`))
+  }
+
+  function messages (r: RecordedRequest, res: ServerResponse): void {
+    const id = `msg_fake_${++counter}`
+    const model = typeof r.body?.model === 'string' ? r.body.model : 'claude-fake'
+    const text = reply(promptOf(r.body))
+    const usage = { input_tokens: INPUT_TOKENS, output_tokens: OUTPUT_TOKENS, cache_creation_input_tokens: 0, cache_read_input_tokens: 0 }
+    if (r.body?.stream !== true) {
+      sendJson(res, 200, {
+        id, type: 'message', role: 'assistant', model, content: [{ type: 'text', text }], stop_reason: 'end_turn', stop_sequence: null, usage
+      })
+      return
+    }
+    res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache', connection: 'keep-alive', 'request-id': `req_fake_${counter}` })
+    const event = (type: string, data: Record<string, unknown>) => res.write(`event: ${type}\ndata: ${JSON.stringify({ type, ...data })}\n\n`)
+    event('message_start', {
+      message: {
+        id, type: 'message', role: 'assistant', model, content: [], stop_reason: null, stop_sequence: null, usage: { ...usage, output_tokens: 1 }
+      }
+    })
+    event('content_block_start', { index: 0, content_block: { type: 'text', text: '' } })
+    // two deltas, so the reply really streams
+    const cut = Math.ceil(text.length / 2)
+    event('content_block_delta', { index: 0, delta: { type: 'text_delta', text: text.slice(0, cut) } })
+    event('content_block_delta', { index: 0, delta: { type: 'text_delta', text: text.slice(cut) } })
+    event('content_block_stop', { index: 0 })
+    event('message_delta', { delta: { stop_reason: 'end_turn', stop_sequence: null }, usage: { output_tokens: OUTPUT_TOKENS } })
+    event('message_stop', {})
+    res.end()
+  }
+
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject)
+    server.listen(0, '127.0.0.1', () => resolve())
+  })
+  const { port } = server.address() as AddressInfo
+
+  return {
+    url: `http://127.0.0.1:${port}`,
+    requests,
+    unknown,
+    usage: { inputTokens: INPUT_TOKENS, outputTokens: OUTPUT_TOKENS },
+    messageRequests: () => requests.filter((r) => r.path === '/v1/messages' && r.method === 'POST'),
+    close: () => new Promise<void>((resolve) => {
+      server.closeAllConnections()
+      server.close(() => resolve())
+    })
+  }
+}
+
+function apiError (type: string, message: string) {
+  return { type: 'error', error: { type, message } }
+}
+
+function sendJson (res: ServerResponse, status: number, body: unknown): void {
+  const text = JSON.stringify(body)
+  res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text) })
+  res.end(text)
+}
+
+// Run on its own (`npx tsx integration/fake-anthropic-api.ts`) to drive the CLI by hand.
+if (import.meta.url === `file://${process.argv[1]}`) {
+  const api = await startFakeAnthropicApi()
+  console.log(`fake Anthropic API on ${api.url}`)
+  const dump = () => console.log(JSON.stringify(api.requests.map((r) => ({ method: r.method, url: r.url, body: r.body })), null, 1))
+  process.on('SIGINT', () => { dump(); process.exit(0) })
+  process.on('SIGTERM', () => { dump(); process.exit(0) })
+}
