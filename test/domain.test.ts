@@ -123,3 +123,19 @@ t.test('uuid ranges cover the whole id space without overlap', async (t) => {
     t.equal(lo, prevHi + 1n, `range ${i} starts right after range ${i - 1}`)
   }
 })
+
+t.test('agent lines: turn boundaries found, text Postgres cannot hold replaced, nothing dropped', async (t) => {
+  const { parseAgentLine, turnUsage } = await import('../src/agents/stream-json.js')
+  t.equal(parseAgentLine('{"type":"system","subtype":"init","session_id":"x"}').kind, 'init')
+  t.equal(parseAgentLine('{"type":"result","subtype":"success"}').kind, 'result')
+  const plain = '{"type":"assistant","message":{"content":[]}}'
+  t.same(parseAgentLine(plain), { kind: 'other', json: plain }, 'a line is kept exactly as printed')
+  const nul = parseAgentLine('{"type":"assistant","text":"a\\u0000b"}')
+  t.same(JSON.parse(nul.json), { type: 'assistant', text: 'a\uFFFDb' }, 'U+0000 becomes U+FFFD')
+  t.same(JSON.parse(parseAgentLine('not json \u0000').json), { type: 'unparsed', line: 'not json \uFFFD' }, 'non-JSON is wrapped, not lost')
+  t.same(JSON.parse(parseAgentLine('[1,2]').json), { type: 'unparsed', line: '[1,2]' })
+  t.same(turnUsage({ usage: { input_tokens: 5, output_tokens: 7, cache_read_input_tokens: 3, cache_creation_input_tokens: 1 }, total_cost_usd: 0.25 }),
+    { inputTokens: 5, outputTokens: 7, cacheReadTokens: 3, cacheCreationTokens: 1, totalCostUsd: 0.25 })
+  t.same(turnUsage({ usage: { input_tokens: -1, output_tokens: 'x' } }), { inputTokens: 0, outputTokens: 0, cacheReadTokens: 0, cacheCreationTokens: 0, totalCostUsd: 0 },
+    'garbage counts as nothing')
+})

@@ -27,7 +27,7 @@ export interface AgentProcessEvents {
 export const AGENT_LIMITS = {
   /** kept from stderr for error reports */
   stderrTailBytes: 16 * 1024,
-  /** a stdout line longer than this is cut off (the CLI's lines are JSON objects, rarely > 1 MiB) */
+  /** a stdout line longer than this is passed on in pieces of this size (the CLI's lines are JSON objects, rarely > 1 MiB) */
   maxLineBytes: 32 * 1024 * 1024
 } as const
 
@@ -183,7 +183,7 @@ export class AgentProcess extends EventEmitter<AgentProcessEvents> {
     if (start < chunk.length) {
       const rest = chunk.subarray(start)
       if (this.#partialBytes + rest.length > AGENT_LIMITS.maxLineBytes) {
-        this.#log.warn({ bytes: this.#partialBytes + rest.length }, 'agent line over the limit: cut off')
+        this.#log.warn({ bytes: this.#partialBytes + rest.length }, 'agent line over the limit: passed on in pieces')
         this.#flushPartial()
       }
       this.#partial.push(rest)

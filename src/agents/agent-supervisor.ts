@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto'
-import { mkdir } from 'node:fs/promises'
+import { mkdir, rm } from 'node:fs/promises'
 import { join } from 'node:path'
 import type { FastifyBaseLogger } from 'fastify'
 import type { Config } from '../config.js'
@@ -13,7 +13,7 @@ import { AgentProcess, type AgentExit, type StopReason } from './agent-process.j
 import { AgentSlots } from './agent-slots.js'
 import { claudeCommand } from './claude-command.js'
 import type { ProcessRegistry } from './process-registry.js'
-import { parseAgentLine, turnUsage } from './stream-json.js'
+import { parseAgentLine, turnUsage, withoutNul } from './stream-json.js'
 
 /** Numbers that shape supervision; named once. */
 export const SUPERVISION = {
@@ -36,6 +36,8 @@ interface LiveAgent {
   /** the session had never run a conversation before this process */
   firstStart: boolean
   lastActiveAt: number
+  /** chosen to make room for another session's start */
+  evicting?: boolean
   lastActivityWrite: number
   unstored: number
   /** settles line handling in order */
@@ -75,7 +77,11 @@ export class AgentSupervisor {
     this.#log = opts.logger
     this.#clock = opts.clock ?? (() => new Date())
     this.#slots = new AgentSlots(opts.config.agent.maxLive)
-    opts.manager.setHooks({ stopProcess: (id, reason) => this.stopAgent(id, reason) })
+    opts.manager.setHooks({
+      stopProcess: (id, reason) => this.stopAgent(id, reason),
+      // the agent's temp directory goes; the working directory (the user's code) never does
+      releaseResources: async (id) => { await rm(this.#tmpDir(id), { recursive: true, force: true }) }
+    })
     // Every state change is part of the session's story on the stream
     const stateEvent = (e: TransitionEvent) => ({
       sessionId: e.sessionId, type: 'state' as const, data: { from: e.from, to: e.to, reason: e.reason, actor: e.actor, version: e.version }
@@ -215,9 +221,14 @@ export class AgentSupervisor {
   async #spawn (session: SessionRow): Promise<LiveAgent | null> {
     const sessionId = session.id
     await this.#takeSlot(sessionId)
+    if (this.#closing) {
+      this.#slots.release()
+      await this.#o.repo.releaseBusy(sessionId, this.#clock())
+      return null
+    }
     const firstStart = session.agentSessionId === null
     const agentSessionId = session.agentSessionId ?? randomUUID()
-    const tmpDir = join(this.#o.config.dataDir, 'tmp', sessionId)
+    const tmpDir = this.#tmpDir(sessionId)
     await mkdir(tmpDir, { recursive: true })
     const proc = new AgentProcess({
       sessionId,
@@ -257,23 +268,33 @@ export class AgentSupervisor {
   /** At the cap: suspend the least recently active idle agent, or wait for one to free up. */
   async #takeSlot (sessionId: string): Promise<void> {
     if (this.#slots.tryAcquire()) return
-    const victim = [...this.#live.entries()]
-      .filter(([id, a]) => id !== sessionId && !a.inflight)
-      .sort(([, a], [, b]) => a.lastActiveAt - b.lastActiveAt)[0]
-    if (victim) {
-      await this.#o.manager.transitionState(victim[0], 'suspended', { actor: 'system', reason: 'eviction' })
-        .catch((err: Error) => this.#log.warn({ err, sessionId: victim[0] }, 'eviction failed'))
-    } else {
+    const granted = this.#slots.acquire()
+    if (!await this.#makeRoom(sessionId)) {
       await this.#o.events.append(sessionId, 'status', { message: 'Waiting for a free agent slot…' })
     }
-    await this.#slots.acquire()
+    await granted
+  }
+
+  /** Suspends the least recently active idle agent, if there is one; its exit frees a slot. */
+  async #makeRoom (except?: string): Promise<boolean> {
+    const victim = [...this.#live.entries()]
+      .filter(([id, a]) => id !== except && !a.inflight && !a.evicting)
+      .sort(([, a], [, b]) => a.lastActiveAt - b.lastActiveAt)[0]
+    if (!victim) return false
+    victim[1].evicting = true
+    await this.#o.manager.transitionState(victim[0], 'suspended', { actor: 'system', reason: 'eviction' })
+      .catch((err: Error) => this.#log.warn({ err, sessionId: victim[0] }, 'eviction failed'))
+    return true
   }
 
   #onLine (sessionId: string, live: LiveAgent, line: string): void {
     const parsed = parseAgentLine(line)
     live.unstored++
     if (live.unstored === SUPERVISION.outputHighWater) live.proc.pauseOutput()
-    const stored = this.#o.events.appendJson(sessionId, 'agent', parsed.json).finally(() => {
+    const stored = this.#o.events.appendJson(sessionId, 'agent', parsed.json).catch((err: Error) => {
+      // the event log has logged it; an agent line that cannot be stored must not take the service down
+      this.#log.error({ err: (err as { cause?: unknown }).cause ?? err, sessionId }, 'agent output not stored')
+    }).finally(() => {
       live.unstored--
       if (live.unstored === SUPERVISION.outputLowWater) live.proc.resumeOutput()
     })
@@ -305,6 +326,8 @@ export class AgentSupervisor {
     live.turnEnded?.()
     live.turnEnded = undefined
     this.#kick(sessionId)
+    // a start waiting for a slot can have this agent's now that its turn is over
+    if (this.#slots.waiting > 0) setImmediate(() => { this.#makeRoom() })
   }
 
   async #maybeRecordActivity (sessionId: string, live: LiveAgent): Promise<void> {
@@ -367,6 +390,10 @@ export class AgentSupervisor {
       .catch((err: Error) => this.#log.warn({ err, sessionId }, 'could not record the crash'))
   }
 
+  #tmpDir (sessionId: string): string {
+    return join(this.#o.config.dataDir, 'tmp', sessionId)
+  }
+
   /** Runs `fn` after every earlier task of the same session: one writer per conversation. */
   #exclusive<T> (sessionId: string, fn: () => Promise<T>): Promise<T> {
     const previous = this.#locks.get(sessionId) ?? Promise.resolve()
@@ -380,6 +407,6 @@ export class AgentSupervisor {
 
 function describeExit (exit: AgentExit): string {
   const how = exit.signal ? `killed by ${exit.signal}` : `exit code ${exit.code}`
-  const stderr = exit.stderrTail.trim().split('\n').slice(-3).join(' ').slice(0, 500)
+  const stderr = withoutNul(exit.stderrTail).trim().split('\n').slice(-3).join(' ').slice(0, 500)
   return stderr ? `${how}: ${stderr}` : how
 }

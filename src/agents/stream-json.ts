@@ -13,15 +13,22 @@ export function parseAgentLine (line: string): AgentLine {
     message = JSON.parse(line)
   } catch {
     // not JSON: stored all the same (nothing the agent printed is lost), wrapped to stay valid JSON
-    return { kind: 'other', json: JSON.stringify({ type: 'unparsed', line }) }
+    return { kind: 'other', json: JSON.stringify({ type: 'unparsed', line: withoutNul(line) }) }
   }
   if (message === null || typeof message !== 'object' || Array.isArray(message)) {
-    return { kind: 'other', json: JSON.stringify({ type: 'unparsed', line }) }
+    return { kind: 'other', json: JSON.stringify({ type: 'unparsed', line: withoutNul(line) }) }
   }
+  // Postgres text and jsonb cannot hold U+0000: such a line is stored with U+FFFD in its place
+  const json = line.includes('\\u0000') ? JSON.stringify(message, (_k, v: unknown) => (typeof v === 'string' ? withoutNul(v) : v)) : line
   const m = message as Record<string, unknown>
-  if (m.type === 'system' && m.subtype === 'init') return { kind: 'init', json: line, message: m }
-  if (m.type === 'result') return { kind: 'result', json: line, message: m }
-  return { kind: 'other', json: line }
+  if (m.type === 'system' && m.subtype === 'init') return { kind: 'init', json, message: m }
+  if (m.type === 'result') return { kind: 'result', json, message: m }
+  return { kind: 'other', json }
+}
+
+/** U+0000 → U+FFFD: what Postgres can store of text an agent printed. */
+export function withoutNul (text: string): string {
+  return text.includes('\0') ? text.replaceAll('\0', '\uFFFD') : text
 }
 
 const count = (v: unknown): number => (typeof v === 'number' && Number.isFinite(v) && v >= 0 ? Math.floor(v) : 0)

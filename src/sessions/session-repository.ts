@@ -274,8 +274,6 @@ export function createSessionRepository (db: Database, opts: SessionRepositoryOp
     update sessions set agent_session_id = null, conversation_cost_usd = 0, last_error = null
     where id = ${p('id')}::uuid`)
 
-  // Set-based sweeps: one statement however many sessions are due. SKIP LOCKED lets several
-  // instances sweep side by side without waiting on (or double-processing) each other's rows.
   // Set-based sweeps: one statement however many sessions are due. A concurrent sweep (another
   // instance) blocks on a row and re-checks it, so no session is acted on twice.
   const sweep = (name: string, due: SQL, to: SessionState, reason: string) => prepareSql(db, name, sql`
