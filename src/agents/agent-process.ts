@@ -101,7 +101,7 @@ export class AgentProcess extends EventEmitter<AgentProcessEvents> {
     try {
       await Promise.race([
         once(child, 'spawn', { signal: ac.signal }),
-        once(child, 'error', { signal: ac.signal }).then(([err]) => { throw err as Error })
+        once(child, 'error', { signal: ac.signal }).then(([err]) => { throw err instanceof Error ? err : new Error(String(err)) })
       ])
     } finally {
       ac.abort()
