@@ -16,6 +16,7 @@ declare module 'autocannon' {
     connections?: number
     duration?: number
     timeout?: number
+    overallRate?: number
     requests?: Request[]
     setupClient?: (client: Client) => void
   }

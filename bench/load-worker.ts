@@ -10,6 +10,8 @@ export interface LoadMessage {
   durationS: number
   /** connection i cycles through requests[i % requests.length] */
   requests: LoadRequest[][]
+  /** overall requests per second (paced), or undefined for as fast as the server answers */
+  rate?: number | undefined
 }
 
 async function runLoad (msg: LoadMessage): Promise<LoadSummary> {
@@ -19,6 +21,7 @@ async function runLoad (msg: LoadMessage): Promise<LoadSummary> {
     connections: msg.connections,
     duration: msg.durationS,
     timeout: 30,
+    ...(msg.rate ? { overallRate: msg.rate } : {}),
     setupClient: (client) => {
       client.setRequests(msg.requests[next++ % msg.requests.length]!.map((r) => ({ ...r })))
     }

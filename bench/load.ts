@@ -27,6 +27,8 @@ export interface LoadOptions {
   durationS: number
   warmupS: number
   requests: LoadRequest[][]
+  /** requests per second from all connections together (autocannon's overallRate); unpaced if unset */
+  rate?: number | undefined
 }
 
 type Reply = { id: number, summary: LoadSummary } | { id: number, error: string }
@@ -60,7 +62,7 @@ export class LoadDriver {
 
   async #once (opts: LoadOptions, durationS: number): Promise<LoadSummary> {
     const id = this.#nextId++
-    const msg: LoadMessage = { id, url: opts.url, connections: opts.connections, durationS, requests: opts.requests }
+    const msg: LoadMessage = { id, url: opts.url, connections: opts.connections, durationS, requests: opts.requests, rate: opts.rate }
     return new Promise((resolve, reject) => {
       this.#pending.set(id, { resolve, reject })
       this.#worker.postMessage(msg)

@@ -1,25 +1,35 @@
-// `npm run bench`: the service under autocannon on PGlite and on Postgres, next to its anchors
-// (bare Fastify, raw postgres.js, pgbench), with the targets of the performance issue.
-// Knobs: BENCH_DURATION_S, BENCH_WARMUP_S, BENCH_CONNECTIONS, BENCH_ONLY=postgres|pglite,
-// BENCH_DATABASE_URL, BENCH_SESSIONS, BENCH_SWEEP_SESSIONS, DATABASE_POOL_SIZE, BENCH_LOG_LEVEL.
+// `npm run bench`: the service on PGlite and on Postgres, next to its anchors, with the targets of
+// the issues: the lifecycle section (autocannon; bare Fastify, raw postgres.js, pgbench) and the
+// agents section (fake agents and WebSocket clients; raw `ws` servers, a raw spawn).
+// Knobs: BENCH_SECTIONS=lifecycle,agents, BENCH_DURATION_S, BENCH_WARMUP_S, BENCH_CONNECTIONS,
+// BENCH_ONLY=postgres|pglite, BENCH_DATABASE_URL, BENCH_SESSIONS, BENCH_SWEEP_SESSIONS,
+// DATABASE_POOL_SIZE, BENCH_LOG_LEVEL, and the agents section's (see README.md).
 import { mkdtemp, rm } from 'node:fs/promises'
 import { cpus, loadavg, tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
+import { AGENT_FIGURES, AgentsSection, type AgentFigure } from './agents.js'
 import { bareServer, listen, pgbenchHeartbeat, rawPostgresServer } from './anchors.js'
+import { Closers } from './closers.js'
 import { LoadDriver, combine, type LoadRequest, type LoadSummary } from './load.js'
 import { Report, fmt, type Db } from './report.js'
 import { ID_PREFIX, createDatabase, expirySweep, requests, seedSessions, startService } from './scenarios.js'
+import { StreamClients } from './stream-clients.js'
 
 type Service = Awaited<ReturnType<typeof startService>>
 
 const env = process.env
-const num = (name: string, def: number) => {
+const num = (name: string, def: number, zero = false) => {
   const v = env[name]
   if (v === undefined || v === '') return def
   const n = Number(v)
-  if (!Number.isFinite(n) || n <= 0) throw new Error(`${name} must be a positive number, got ${JSON.stringify(v)}`)
+  if (!Number.isFinite(n) || n < 0 || (n === 0 && !zero)) throw new Error(`${name} must be a positive number, got ${JSON.stringify(v)}`)
   return n
+}
+const SECTIONS = ['lifecycle', 'agents'] as const
+const sections = (env.BENCH_SECTIONS ?? SECTIONS.join(',')).split(',').map((x) => x.trim()).filter(Boolean)
+for (const name of sections) {
+  if (!(SECTIONS as readonly string[]).includes(name)) throw new Error(`BENCH_SECTIONS: unknown section ${JSON.stringify(name)} (known: ${SECTIONS.join(', ')})`)
 }
 
 const settings = {
@@ -33,7 +43,31 @@ const settings = {
   coalescedSessions: 5,
   logLevel: env.BENCH_LOG_LEVEL ?? 'warn',
   pgBase: env.BENCH_DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/test',
-  only: env.BENCH_ONLY
+  only: env.BENCH_ONLY,
+  sections
+}
+const durationS = settings.durationS
+const figures = (env.BENCH_AGENT_FIGURES ?? AGENT_FIGURES.join(',')).split(',').map((x) => x.trim()).filter(Boolean)
+for (const name of figures) {
+  if (!(AGENT_FIGURES as readonly string[]).includes(name)) throw new Error(`BENCH_AGENT_FIGURES: unknown figure ${JSON.stringify(name)} (known: ${AGENT_FIGURES.join(', ')})`)
+}
+/** The agents section's knobs (README.md) */
+const agentSettings = {
+  figures: figures as AgentFigure[],
+  durationS,
+  warmupS: settings.warmupS,
+  poolSize: settings.poolSize,
+  logLevel: settings.logLevel,
+  streamRate: num('BENCH_STREAM_RATE', 1000),
+  lineBytes: Math.round(num('BENCH_LINE_BYTES', 1024)),
+  floodLines: Math.round(num('BENCH_FLOOD_LINES', 20_000 * durationS)),
+  fanoutLines: Math.round(num('BENCH_FANOUT_LINES', 1_000 * durationS)),
+  subscribers: Math.round(num('BENCH_SUBSCRIBERS', 100)),
+  liveAgents: Math.round(num('BENCH_LIVE_AGENTS', 32)),
+  agentRate: num('BENCH_AGENT_RATE', 100, true),
+  heartbeatRate: num('BENCH_HEARTBEAT_RATE', 200),
+  resumes: Math.round(num('BENCH_RESUMES', 50)),
+  suspended: Math.round(num('BENCH_SUSPENDED', 10_000))
 }
 if (settings.only !== undefined && settings.only !== 'postgres' && settings.only !== 'pglite') {
   throw new Error(`BENCH_ONLY must be postgres or pglite, got ${JSON.stringify(settings.only)}`)
@@ -66,29 +100,6 @@ const check = (ratio: number, min: number, anchor: string) => ({
   target: `${fmt.ratio(ratio)} ${anchor} (≥ ${min}×)`,
   pass: ratio >= min
 })
-
-/** Things started in a section, closed in reverse order whatever happens (each at most once). */
-class Closers {
-  readonly #fns: (() => Promise<void>)[] = []
-  /** registers `fn` and returns it, wrapped so that closing it early is not repeated at the end */
-  push (fn: () => Promise<void>): () => Promise<void> {
-    let done: Promise<void> | undefined
-    const once = () => (done ??= fn())
-    this.#fns.push(once)
-    return once
-  }
-
-  async closeAll () {
-    for (const fn of this.#fns.reverse()) {
-      try {
-        await fn()
-      } catch (err) {
-        console.error('  (cleanup failed)', err)
-      }
-    }
-    this.#fns.length = 0
-  }
-}
 
 const BARE: LoadRequest[][] = [[{ method: 'GET', path: '/' }]]
 
@@ -178,7 +189,7 @@ async function pgliteWrites (url: string, bare: { url: string, rps: number }): P
 }
 
 async function section (db: Db): Promise<void> {
-  console.log(`\n## ${db}`)
+  console.log(`\n## ${db}: lifecycle`)
   const closers = new Closers()
   const dir = await mkdtemp(join(tmpdir(), `mobvibe-bench-${db}-`))
   closers.push(() => rm(dir, { recursive: true, force: true }))
@@ -237,6 +248,26 @@ async function section (db: Db): Promise<void> {
   }
 }
 
+/** The agents section (agents.ts) on its own data directory and, on Postgres, its own database. */
+async function agentsSection (db: Db, clients: StreamClients): Promise<void> {
+  console.log(`\n## ${db}: agents and streams`)
+  const closers = new Closers()
+  const dir = await mkdtemp(join(tmpdir(), `mobvibe-bench-agents-${db}-`))
+  closers.push(() => rm(dir, { recursive: true, force: true }))
+  try {
+    let databaseUrl: string | undefined
+    if (db === 'postgres') {
+      const created = await createDatabase(settings.pgBase)
+      databaseUrl = created.url
+      closers.push(created.drop)
+      console.log(`  (fresh database ${new URL(databaseUrl).pathname.slice(1)}, dropped at the end)`)
+    }
+    await new AgentsSection({ db, dir, databaseUrl, settings: agentSettings, report, driver, clients, closers }).run()
+  } finally {
+    await closers.closeAll()
+  }
+}
+
 const loadAverage = () => loadavg().map((n) => n.toFixed(2)).join(' ')
 
 async function main (): Promise<number> {
@@ -244,20 +275,31 @@ async function main (): Promise<number> {
   console.log('# MobVibe session service benchmark')
   console.log(`${cpus().length} cores, Node ${process.version}; autocannon ${connections} connections, ${durationS} s per figure ` +
     `(+${warmupS} s warm-up), DATABASE_POOL_SIZE=${poolSize}, ${fmt.int(settings.sessions)} seeded sessions`)
+  if (settings.sections.includes('agents')) {
+    const a = agentSettings
+    console.log(`agents: ${fmt.int(a.lineBytes)} B lines; latency at ${fmt.int(a.streamRate)} lines/s; floods of ${fmt.int(a.floodLines)} lines (1 subscriber) ` +
+      `and ${fmt.int(a.fanoutLines)} lines (${a.subscribers} subscribers); ${a.liveAgents} live agents at ${a.agentRate ? `${a.agentRate} lines/s each (then flooding, info)` : 'full speed'}, ` +
+      `heartbeats at ${a.heartbeatRate}/s; ${a.resumes} resumes; ${fmt.int(a.suspended)} suspended sessions`)
+  }
   console.log(`load average at start: ${loadAverage()} (other work on the machine skews every figure)`)
   let crashed = false
+  let clients: StreamClients | undefined
   try {
     for (const db of ['pglite', 'postgres'] as const) {
       if (settings.only !== undefined && settings.only !== db) continue
-      try {
-        await section(db)
-      } catch (err) {
-        crashed = true
-        console.error(`\n${db} section failed:`, err)
+      for (const name of settings.sections) {
+        try {
+          if (name === 'lifecycle') await section(db)
+          else await agentsSection(db, clients ??= new StreamClients())
+        } catch (err) {
+          crashed = true
+          console.error(`\n${db} ${name} section failed:`, err)
+        }
       }
     }
   } finally {
     await driver.close()
+    await clients?.close()
   }
   console.log(`\nload average at the end: ${loadAverage()}`)
   console.log('\n## Results\n')

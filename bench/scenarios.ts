@@ -20,6 +20,8 @@ export interface ServiceOptions {
   logLevel: string
   /** HEARTBEAT_COALESCE_FRACTION; undefined keeps the default */
   coalesceFraction?: number
+  /** more of the service's environment (CLAUDE_BIN, MAX_LIVE_AGENTS…) */
+  env?: Record<string, string>
 }
 
 /** The whole service, as an operator would configure it, listening on a random port. */
@@ -30,7 +32,8 @@ export async function startService (opts: ServiceOptions): Promise<{ app: App, c
     LOG_LEVEL: opts.logLevel,
     DATABASE_POOL_SIZE: String(opts.poolSize),
     ...(opts.databaseUrl ? { DATABASE_URL: opts.databaseUrl } : {}),
-    ...(opts.coalesceFraction === undefined ? {} : { HEARTBEAT_COALESCE_FRACTION: String(opts.coalesceFraction) })
+    ...(opts.coalesceFraction === undefined ? {} : { HEARTBEAT_COALESCE_FRACTION: String(opts.coalesceFraction) }),
+    ...opts.env
   })
   // the worker would sweep on its own; the bench times one sweep by hand
   const app = await buildApp({ config, logger: createLogger(config), startWorker: false })

@@ -2,7 +2,7 @@ CREATE TABLE "session_events" (
 	"session_id" uuid NOT NULL,
 	"seq" bigint NOT NULL,
 	"type" text NOT NULL,
-	"payload" jsonb NOT NULL,
+	"payload" json NOT NULL,
 	"at" timestamp with time zone NOT NULL,
 	"client_message_id" text,
 	CONSTRAINT "session_events_pkey" PRIMARY KEY("session_id","seq")

@@ -43,6 +43,7 @@ export class AgentProcess extends EventEmitter<AgentProcessEvents> {
   readonly #log: FastifyBaseLogger
   #child: ChildProcessByStdio<Writable, Readable, Readable> | undefined
   #stopReason: StopReason | null = null
+  #spawned = false
   #stderr = ''
   #partial: Buffer[] = []
   #partialBytes = 0
@@ -56,6 +57,11 @@ export class AgentProcess extends EventEmitter<AgentProcessEvents> {
     this.#cwd = opts.cwd
     this.#killGraceMs = opts.killGraceMs
     this.#log = opts.logger
+  }
+
+  /** a stop was asked for: the process takes no more input */
+  get stopping (): boolean {
+    return this.#stopReason !== null
   }
 
   get pid (): number | undefined {
@@ -86,7 +92,8 @@ export class AgentProcess extends EventEmitter<AgentProcessEvents> {
     this.#exit = exited.then(async (exit) => {
       // descendants that left the group (the CLI's Bash tools use setsid) still carry the marker
       await this.#killEscaped()
-      this.emit('exit', exit)
+      // a process that never started (start() rejected) has no exit to report
+      if (this.#spawned) this.emit('exit', exit)
       return exit
     })
     child.stdout.on('data', (chunk: Buffer) => this.#onStdout(chunk))
@@ -100,7 +107,7 @@ export class AgentProcess extends EventEmitter<AgentProcessEvents> {
     const ac = new AbortController()
     try {
       await Promise.race([
-        once(child, 'spawn', { signal: ac.signal }),
+        once(child, 'spawn', { signal: ac.signal }).then(() => { this.#spawned = true }),
         once(child, 'error', { signal: ac.signal }).then(([err]) => { throw err instanceof Error ? err : new Error(String(err)) })
       ])
     } finally {

@@ -42,6 +42,8 @@ interface LiveAgent {
   unstored: number
   /** settles line handling in order */
   chain: Promise<void>
+  /** the registry record of the process, written while it starts */
+  recorded?: Promise<void>
   turnEnded?: () => void
 }
 
@@ -87,8 +89,11 @@ export class AgentSupervisor {
       sessionId: e.sessionId, type: 'state' as const, data: { from: e.from, to: e.to, reason: e.reason, actor: e.actor, version: e.version }
     })
     opts.manager.on('transition', (e) => opts.events.appendMany([stateEvent(e)]))
-    // a sweep's many changes are recorded after it returns, off the sweep's critical path
-    opts.manager.on('transitions', (list) => setImmediate(() => opts.events.appendMany(list.map(stateEvent))))
+    // a big sweep's changes are recorded after it returns, off the sweep's critical path
+    opts.manager.on('transitions', (list) => {
+      if (list.length <= 1000) opts.events.appendMany(list.map(stateEvent))
+      else setImmediate(() => opts.events.appendMany(list.map(stateEvent)))
+    })
   }
 
   get liveCount (): number { return this.#live.size }
@@ -177,7 +182,15 @@ export class AgentSupervisor {
   async #deliverNext (sessionId: string): Promise<void> {
     for (let step = 0; step < 8; step++) {
       if (this.#closing) return
-      const live = this.#live.get(sessionId)
+      let live = this.#live.get(sessionId)
+      if (live?.proc.stopping) {
+        // never hand a message to a process on its way out (an idle suspension, an eviction):
+        // let it finish, then start from the state it leaves behind
+        await live.proc.exited
+        await live.chain
+        live = this.#live.get(sessionId)
+        if (live?.proc.stopping) return
+      }
       if (live?.inflight) return // the turn's result kicks the next message
       const next = await this.#o.repo.nextQueuedMessage(sessionId)
       if (!next) return
@@ -247,6 +260,12 @@ export class AgentSupervisor {
     const live: LiveAgent = {
       proc, agentSessionId, inflight: null, firstStart, lastActiveAt: Date.now(), lastActivityWrite: 0, unstored: 0, chain: Promise.resolve()
     }
+    // listening before anything can be emitted: no line and no exit may slip past
+    proc.on('line', (line) => this.#onLine(sessionId, live, line))
+    proc.once('exit', (exit) => {
+      live.chain = live.chain.then(() => this.#onExit(sessionId, live, exit))
+        .catch((err: Error) => this.#log.error({ err, sessionId }, 'handling the agent exit failed'))
+    })
     try {
       await proc.start()
     } catch (err) {
@@ -256,12 +275,8 @@ export class AgentSupervisor {
     }
     this.#live.set(sessionId, live)
     this.#log.info({ sessionId, pid: proc.pid, mode: firstStart ? 'new' : 'resume' }, 'agent started')
-    await this.#o.registry.record(sessionId, proc.pid!).catch((err: Error) => this.#log.warn({ err }, 'could not record the agent process'))
-    proc.on('line', (line) => this.#onLine(sessionId, live, line))
-    proc.once('exit', (exit) => {
-      live.chain = live.chain.then(() => this.#onExit(sessionId, live, exit))
-        .catch((err: Error) => this.#log.error({ err, sessionId }, 'handling the agent exit failed'))
-    })
+    live.recorded = this.#o.registry.record(sessionId, proc.pid!)
+      .catch((err: Error) => this.#log.warn({ err }, 'could not record the agent process'))
     return live
   }
 
@@ -340,6 +355,7 @@ export class AgentSupervisor {
   async #onExit (sessionId: string, live: LiveAgent, exit: AgentExit): Promise<void> {
     if (this.#live.get(sessionId) === live) this.#live.delete(sessionId)
     this.#slots.release()
+    await live.recorded
     await this.#o.registry.forget(sessionId).catch(() => {})
     this.#log.info({ sessionId, code: exit.code, signal: exit.signal, reason: exit.reason }, 'agent exited')
     live.turnEnded?.()

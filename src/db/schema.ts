@@ -6,6 +6,7 @@ import {
   doublePrecision,
   index,
   integer,
+  json,
   jsonb,
   pgTable,
   primaryKey,
@@ -112,7 +113,9 @@ export const sessionEvents = pgTable('session_events', {
   sessionId: uuid('session_id').notNull(),
   seq: bigint('seq', { mode: 'number' }).notNull(),
   type: text('type').notNull(),
-  payload: jsonb('payload').notNull(),
+  // json, not jsonb: an agent's line is kept as the CLI printed it (key order, spacing), and the
+  // stream replays that exact text
+  payload: json('payload').notNull(),
   at: tstz('at').notNull(),
   // makes a retried POST /messages from a phone idempotent
   clientMessageId: text('client_message_id')

@@ -1,5 +1,5 @@
 import type { FastifyBaseLogger } from 'fastify'
-import { and, asc, eq, gt, sql } from 'drizzle-orm'
+import { sql } from 'drizzle-orm'
 import type { Database } from '../db/database.js'
 import { prepareSql } from '../db/prepared-sql.js'
 import { sessionEvents } from '../db/schema.js'
@@ -12,7 +12,8 @@ export interface StoredEvent {
   seq: number
   type: EventType
   at: Date
-  data: unknown
+  /** the payload's JSON text, exactly as stored */
+  json: string
 }
 
 interface Pending {
@@ -75,7 +76,7 @@ export class EventLog {
       with input as (
         select (e.value->>'s')::uuid as sid, e.value->>'t' as type, e.value->'d' as payload,
           (e.value->>'a')::timestamptz as at, e.ord
-        from jsonb_array_elements(${p('batch')}::jsonb) with ordinality as e(value, ord)
+        from json_array_elements(${p('batch')}::json) with ordinality as e(value, ord)
       ), counts as (
         select sid, count(*)::int as n from input group by sid
       ), alloc as (
@@ -99,16 +100,17 @@ export class EventLog {
         returning last_event_seq as seq
       ), ins as (
         insert into session_events (session_id, seq, type, payload, at, client_message_id)
-        select ${p('id')}::uuid, alloc.seq, 'user', ${p('payload')}::jsonb, ${p('at')}::timestamptz, ${p('cmid')}::text from alloc
+        select ${p('id')}::uuid, alloc.seq, 'user', ${p('payload')}::json, ${p('at')}::timestamptz, ${p('cmid')}::text from alloc
         returning seq
       )
       select seq, false as duplicate from ins
       union all select seq, true as duplicate from existing`)
-    this.#pageStmt = this.#db.select().from(sessionEvents)
-      .where(and(eq(sessionEvents.sessionId, p('id')), gt(sessionEvents.seq, p('after'))))
-      .orderBy(asc(sessionEvents.seq))
-      .limit(p('limit'))
-      .prepare('events_page')
+    // the payload comes back as the text that was stored, so a replayed frame is byte for byte
+    // the frame that was published live
+    this.#pageStmt = prepareSql(this.#db, 'events_page', sql`
+      select seq, type, at, payload::text as json from session_events
+      where session_id = ${p('id')}::uuid and seq > ${p('after')}::bigint
+      order by seq limit ${p('limit')}::int`)
   }
 
   /** Appends an event; resolves with its sequence number once it is stored (and published). */
@@ -152,10 +154,15 @@ export class EventLog {
     }
   }
 
-  /** Events after `after`, oldest first. */
+  /** Events after `after`, oldest first, with their payload as stored (JSON text). */
   async page (sessionId: string, after: number, limit: number): Promise<StoredEvent[]> {
     const rows = await this.#pageStmt.execute({ id: sessionId, after, limit })
-    return rows.map((r) => ({ seq: r.seq, type: r.type as EventType, at: r.at, data: r.payload }))
+    return rows.map((r) => ({
+      seq: Number(r.seq),
+      type: r.type as EventType,
+      at: sessionEvents.at.mapFromDriverValue(r.at as string) as Date,
+      json: String(r.json)
+    }))
   }
 
   /** Resolves when everything appended so far is stored and published. */

@@ -40,6 +40,7 @@ export class StreamConnection {
   readonly #pingIntervalMs: number
   #lastSent: number
   #held: PublishedFrame[] | null = []
+  #heldBytes = 0
   #alive = true
   #closed = false
   #unsubscribe: (() => void) | undefined
@@ -67,8 +68,14 @@ export class StreamConnection {
 
   async run (): Promise<void> {
     this.#unsubscribe = this.#hub.subscribe(this.#sessionId, (frame) => {
-      if (this.#held) this.#held.push(frame)
-      else this.#deliver(frame)
+      if (!this.#held) {
+        this.#deliver(frame)
+        return
+      }
+      this.#held.push(frame)
+      this.#heldBytes += frame.bytes.length
+      // what waits behind a replay counts against the same bound as what the socket holds
+      if (this.#heldBytes + this.#socket.bufferedAmount > STREAM_LIMITS.highWaterBytes) this.#tooSlow()
     })
     this.#socket.on('close', () => this.#cleanup())
     this.#socket.on('error', (err) => {
@@ -101,7 +108,7 @@ export class StreamConnection {
       if (this.#closed) return
       const page = await this.#events.page(this.#sessionId, this.#lastSent, STREAM_LIMITS.replayPage)
       for (const e of page) {
-        this.#send(Buffer.from(frameText({ seq: e.seq, type: e.type, at: e.at, json: JSON.stringify(e.data) })), e.seq)
+        this.#send(Buffer.from(frameText(e)), e.seq)
       }
       if (page.length < STREAM_LIMITS.replayPage) return
       await this.#drained()
@@ -116,12 +123,18 @@ export class StreamConnection {
   #send (bytes: Buffer, seq: number): void {
     if (this.#closed) return
     if (this.#socket.bufferedAmount > STREAM_LIMITS.highWaterBytes) {
-      this.#log.info({ bufferedAmount: this.#socket.bufferedAmount, lastSent: this.#lastSent }, 'slow stream client disconnected')
-      this.close(STREAM_LIMITS.slowConsumerCloseCode, `too slow: reconnect with ?after=${this.#lastSent}`)
+      this.#tooSlow()
       return
     }
     this.#socket.send(bytes, { binary: false })
     this.#lastSent = seq
+  }
+
+  #tooSlow (): void {
+    this.#log.info({ bufferedAmount: this.#socket.bufferedAmount, heldBytes: this.#heldBytes, lastSent: this.#lastSent }, 'slow stream client disconnected')
+    this.#held = []
+    this.#heldBytes = 0
+    this.close(STREAM_LIMITS.slowConsumerCloseCode, `too slow: reconnect with ?after=${this.#lastSent}`)
   }
 
   /** Replay pages wait for the socket to drain, so a long history does not pile up in memory. */
@@ -168,7 +181,14 @@ export class StreamConnection {
       return
     }
     const accepted = await this.#handlers.message(frame.text, frame.clientMessageId)
-    this.#reply({ type: 'ack', ...accepted, ...(frame.clientMessageId ? { clientMessageId: frame.clientMessageId } : {}) })
+    // replies carry no `seq`: a client that tracks the last seq it saw must not skip what the
+    // replay has not delivered yet. The message's own event arrives on the stream in order.
+    this.#reply({
+      type: 'ack',
+      messageSeq: accepted.seq,
+      duplicate: accepted.duplicate,
+      ...(frame.clientMessageId ? { clientMessageId: frame.clientMessageId } : {})
+    })
   }
 
   #ping (): void {

@@ -44,7 +44,7 @@ const sessionMessageRoutes: FastifyPluginAsyncTypebox = async (app) => {
     const page = await events.page(request.params.id, after, limit)
     const last = page[page.length - 1]
     return reply.send({
-      items: page.map((e) => ({ seq: e.seq, type: e.type, at: e.at.toISOString(), data: e.data })),
+      items: page.map((e) => ({ seq: e.seq, type: e.type, at: e.at.toISOString(), data: JSON.parse(e.json) as unknown })),
       nextAfter: page.length === limit && last ? last.seq : null
     })
   })

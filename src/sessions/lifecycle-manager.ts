@@ -279,11 +279,11 @@ export class SessionLifecycleManager extends EventEmitter<LifecycleEvents> {
   async #afterSweep (hits: SweepHit[], to: SessionState, reason: string): Promise<void> {
     if (hits.length === 0) return
     this.#log.info({ count: hits.length, to, reason }, 'sessions swept')
-    for (const hit of hits) {
-      this.#liveness.delete(hit.id)
-      if (hit.from === 'active') await this.#stop(hit.id, to === 'expired' ? 'expired' : reason === 'restart' ? 'restart' : 'idle')
-    }
+    for (const hit of hits) this.#liveness.delete(hit.id)
+    // recorded before the processes stop, so the stream shows the change in version order
     this.emit('transitions', hits.map((hit) => ({ sessionId: hit.id, version: hit.version, from: hit.from, to, actor: 'system' as const, reason })))
+    const stopReason = to === 'expired' ? 'expired' : reason === 'restart' ? 'restart' : 'idle'
+    await Promise.all(hits.filter((hit) => hit.from === 'active').map((hit) => this.#stop(hit.id, stopReason)))
   }
 
   /** Start-up: nothing runs yet, so every session that says active is suspended. */
@@ -317,8 +317,8 @@ export class SessionLifecycleManager extends EventEmitter<LifecycleEvents> {
   async #write (row: SessionRow, w: Omit<TransitionWrite, 'id' | 'version' | 'from'>): Promise<SessionRow | null> {
     const written = await this.#repo.transition({ ...w, id: row.id, version: row.version, from: row.state })
     if (written && written.state !== row.state) {
-      if (row.state === 'active') await this.#stop(row.id, STOP_REASON[written.state] ?? 'user')
       this.emit('transition', { sessionId: row.id, version: written.version, from: row.state, to: written.state, actor: w.actor, reason: w.reason })
+      if (row.state === 'active') await this.#stop(row.id, STOP_REASON[written.state] ?? 'user')
     }
     return written
   }
