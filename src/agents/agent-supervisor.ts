@@ -194,18 +194,19 @@ export class AgentSupervisor {
       if (live?.inflight) return // the turn's result kicks the next message
       const next = await this.#o.repo.nextQueuedMessage(sessionId)
       if (!next) return
-      const session = await this.#o.repo.findById(sessionId)
+      let session = await this.#o.repo.findById(sessionId)
       if (!session || session.state === 'paused' || isTerminal(session.state)) return
       if (session.state === 'pending') {
-        await this.#o.manager.transitionState(sessionId, 'active', { actor: 'system', reason: 'first message' })
-        continue
-      }
-      if (session.state === 'suspended') {
+        session = await this.#o.manager.transitionState(sessionId, 'active', { actor: 'system', reason: 'first message' })
+      } else if (session.state === 'suspended') {
         if (this.#tooManyCrashes(session)) return
-        await this.#o.events.append(sessionId, 'status', { message: 'Resuming session…' })
-        await this.#o.manager.transitionState(sessionId, 'active', { actor: 'system', reason: 'message' })
-        continue
+        // not awaited: the log keeps it ahead of everything this resume produces, and the
+        // respawn need not wait for its commit
+        this.#o.events.append(sessionId, 'status', { message: 'Resuming session…' })
+          .catch((err: Error) => this.#log.warn({ err, sessionId }, 'status event not stored'))
+        session = await this.#o.manager.transitionState(sessionId, 'active', { actor: 'system', reason: 'message' })
       }
+      if (session.state !== 'active') continue
       // active: claim the turn first, so neither the idle sweep nor an eviction takes it away
       if (!await this.#o.repo.claimBusy(sessionId, this.#clock())) continue
       const agent = live ?? await this.#spawn(session)
