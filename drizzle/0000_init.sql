@@ -1,3 +1,8 @@
+CREATE TABLE "session_event_seqs" (
+	"session_id" uuid PRIMARY KEY NOT NULL,
+	"last_seq" bigint NOT NULL
+);
+--> statement-breakpoint
 CREATE TABLE "session_events" (
 	"session_id" uuid NOT NULL,
 	"seq" bigint NOT NULL,
@@ -55,7 +60,6 @@ CREATE TABLE "sessions" (
 	"turns" integer DEFAULT 0 NOT NULL,
 	"transition_count" integer DEFAULT 0 NOT NULL,
 	"last_error" text,
-	"last_event_seq" bigint DEFAULT 0 NOT NULL,
 	"delivered_seq" bigint DEFAULT 0 NOT NULL,
 	"state_changed_at" timestamp with time zone NOT NULL,
 	"started_at" timestamp with time zone,

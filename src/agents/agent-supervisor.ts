@@ -71,6 +71,8 @@ export class AgentSupervisor {
   readonly #live = new Map<string, LiveAgent>()
   readonly #locks = new Map<string, Promise<void>>()
   readonly #crashes = new Map<string, number>()
+  /** sessions with an agent temp directory (created since start-up) */
+  readonly #tmpDirs = new Set<string>()
   readonly #slots: AgentSlots
   #closing = false
 
@@ -81,8 +83,12 @@ export class AgentSupervisor {
     this.#slots = new AgentSlots(opts.config.agent.maxLive)
     opts.manager.setHooks({
       stopProcess: (id, reason) => this.stopAgent(id, reason),
-      // the agent's temp directory goes; the working directory (the user's code) never does
-      releaseResources: async (id) => { await rm(this.#tmpDir(id), { recursive: true, force: true }) }
+      // the agent's temp directory goes; the working directory (the user's code) never does.
+      // Only sessions that ran an agent since start-up have one: a sweep of 100k costs nothing.
+      releaseResources: async (id) => {
+        if (!this.#tmpDirs.delete(id)) return
+        await rm(this.#tmpDir(id), { recursive: true, force: true })
+      }
     })
     // Every state change is part of the session's story on the stream
     const stateEvent = (e: TransitionEvent) => ({
@@ -104,6 +110,8 @@ export class AgentSupervisor {
   async start (): Promise<void> {
     await mkdir(this.#o.config.agent.configDir, { recursive: true })
     const reaped = await this.#o.registry.reapOrphans()
+    // no agent runs yet: whatever temp files earlier runs left are nobody's
+    await rm(join(this.#o.config.dataDir, 'tmp'), { recursive: true, force: true })
     if (reaped.length > 0) this.#log.warn({ pids: reaped }, 'ended agent processes left by a previous run')
     const suspended = await this.#o.manager.suspendAllActive()
     if (suspended.length > 0) this.#log.info({ count: suspended.length }, 'sessions active at the last stop are now suspended')
@@ -244,6 +252,7 @@ export class AgentSupervisor {
     const agentSessionId = session.agentSessionId ?? randomUUID()
     const tmpDir = this.#tmpDir(sessionId)
     await mkdir(tmpDir, { recursive: true })
+    this.#tmpDirs.add(sessionId)
     const proc = new AgentProcess({
       sessionId,
       command: claudeCommand({

@@ -58,10 +58,8 @@ export const sessions = pgTable('sessions', {
   turns: integer('turns').notNull().default(0),
   transitionCount: integer('transition_count').notNull().default(0),
   lastError: text('last_error'),
-  // The session's event log: the last sequence number handed out, and the last user message the
-  // agent has taken up (confirmed by its turn's system/init). User events above deliveredSeq are
-  // the message queue: kept across crashes, failed resumes and restarts.
-  lastEventSeq: bigint('last_event_seq', { mode: 'number' }).notNull().default(0),
+  // The last user message the agent has taken up (confirmed by its turn's system/init). User events
+  // above it are the message queue: kept across crashes, failed resumes and restarts.
   deliveredSeq: bigint('delivered_seq', { mode: 'number' }).notNull().default(0),
   stateChangedAt: tstz('state_changed_at').notNull(),
   startedAt: tstz('started_at'),
@@ -123,6 +121,14 @@ export const sessionEvents = pgTable('session_events', {
   primaryKey({ name: 'session_events_pkey', columns: [t.sessionId, t.seq] }),
   uniqueIndex('session_events_client_message_idx').on(t.sessionId, t.clientMessageId).where(sql`client_message_id is not null`)
 ])
+
+// Each session's last event sequence number. Kept off the sessions row on purpose: events are
+// written many times a second, and a counter on the versioned row would make every event write
+// and every transition wait for each other's row lock.
+export const sessionEventSeqs = pgTable('session_event_seqs', {
+  sessionId: uuid('session_id').primaryKey(),
+  lastSeq: bigint('last_seq', { mode: 'number' }).notNull()
+})
 
 export type SessionRow = typeof sessions.$inferSelect
 export type NewSessionRow = typeof sessions.$inferInsert

@@ -80,24 +80,29 @@ export class EventLog {
       ), counts as (
         select sid, count(*)::int as n from input group by sid
       ), alloc as (
-        update sessions s set last_event_seq = s.last_event_seq + c.n
-        from counts c where s.id = c.sid
-        returning s.id, s.last_event_seq - c.n as base
+        insert into session_event_seqs as q (session_id, last_seq)
+        select c.sid, c.n from counts c where exists (select 1 from sessions s where s.id = c.sid)
+        on conflict (session_id) do update set last_seq = q.last_seq + excluded.last_seq
+        returning q.session_id, q.last_seq
+      ), bases as (
+        select a.session_id as id, a.last_seq - c.n as base from alloc a join counts c on c.sid = a.session_id
       ), ins as (
         insert into session_events (session_id, seq, type, payload, at)
-        select i.sid, a.base + row_number() over (partition by i.sid order by i.ord), i.type, i.payload, i.at
-        from input i join alloc a on a.id = i.sid
+        select i.sid, b.base + row_number() over (partition by i.sid order by i.ord), i.type, i.payload, i.at
+        from input i join bases b on b.id = i.sid
       )
-      select id, base from alloc`)
+      select id, base from bases`)
     // A user message with a client id is stored once: a retried POST gets the first one's seq
     this.#userStmt = prepareSql(this.#db, 'events_append_user', sql`
       with existing as (
         select seq from session_events
         where session_id = ${p('id')}::uuid and client_message_id = ${p('cmid')}::text
       ), alloc as (
-        update sessions set last_event_seq = last_event_seq + 1
-        where id = ${p('id')}::uuid and not exists (select 1 from existing)
-        returning last_event_seq as seq
+        insert into session_event_seqs as q (session_id, last_seq)
+        select ${p('id')}::uuid, 1
+        where not exists (select 1 from existing) and exists (select 1 from sessions where id = ${p('id')}::uuid)
+        on conflict (session_id) do update set last_seq = q.last_seq + 1
+        returning q.last_seq as seq
       ), ins as (
         insert into session_events (session_id, seq, type, payload, at, client_message_id)
         select ${p('id')}::uuid, alloc.seq, 'user', ${p('payload')}::json, ${p('at')}::timestamptz, ${p('cmid')}::text from alloc

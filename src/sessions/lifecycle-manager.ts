@@ -262,10 +262,7 @@ export class SessionLifecycleManager extends EventEmitter<LifecycleEvents> {
   async checkExpiration (now: Date = this.#clock()): Promise<string[]> {
     const hits = await this.#repo.expireDue(now)
     await this.#afterSweep(hits, 'expired', 'ttl')
-    for (const hit of hits) {
-      const released = this.#hooks.releaseResources(hit.id)
-      if (released) await released
-    }
+    await Promise.all(hits.map((hit) => this.#hooks.releaseResources(hit.id)))
     return hits.map((h) => h.id)
   }
 
