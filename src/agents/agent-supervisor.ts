@@ -71,6 +71,8 @@ export class AgentSupervisor {
   readonly #live = new Map<string, LiveAgent>()
   readonly #locks = new Map<string, Promise<void>>()
   readonly #crashes = new Map<string, number>()
+  /** big batches of state events waiting for the next tick */
+  readonly #deferred = new Set<Promise<void>>()
   /** sessions with an agent temp directory (created since start-up) */
   readonly #tmpDirs = new Set<string>()
   readonly #slots: AgentSlots
@@ -97,8 +99,17 @@ export class AgentSupervisor {
     opts.manager.on('transition', (e) => opts.events.appendMany([stateEvent(e)]))
     // a big sweep's changes are recorded after it returns, off the sweep's critical path
     opts.manager.on('transitions', (list) => {
-      if (list.length <= 1000) opts.events.appendMany(list.map(stateEvent))
-      else setImmediate(() => opts.events.appendMany(list.map(stateEvent)))
+      if (list.length <= 1000) {
+        opts.events.appendMany(list.map(stateEvent))
+        return
+      }
+      // shutdown waits for it (close()), so these events are flushed before the database closes
+      const deferred = new Promise<void>((resolve) => setImmediate(() => {
+        opts.events.appendMany(list.map(stateEvent))
+        resolve()
+      }))
+      this.#deferred.add(deferred)
+      deferred.then(() => this.#deferred.delete(deferred))
     })
   }
 
@@ -178,6 +189,7 @@ export class AgentSupervisor {
       await this.#o.manager.transitionState(id, 'suspended', { actor: 'system', reason: 'shutdown' })
         .catch((err: Error) => this.#log.warn({ err, sessionId: id }, 'could not mark the session suspended at shutdown'))
     }
+    await Promise.all(this.#deferred)
     await this.#o.events.flush()
   }
 
