@@ -41,7 +41,3 @@ export function allowedTargets (from: SessionState, actor: Actor): SessionState[
   const edges = TRANSITIONS[from]
   return SESSION_STATES.filter((to) => edges[to]?.includes(actor) ?? false)
 }
-
-export function isSessionState (value: unknown): value is SessionState {
-  return typeof value === 'string' && (SESSION_STATES as readonly string[]).includes(value)
-}

@@ -1,6 +1,6 @@
 /**
- * Timer arithmetic for idle suspension and expiry: pure functions of timestamps, so the worker, the
- * manager and the tests agree on every deadline without a clock of their own.
+ * Timer arithmetic that runs in the process: pure functions of timestamps. The deadlines stored in
+ * the database (expiry, idle) are computed in SQL, atomically with the activity they depend on.
  */
 
 /** A heartbeat that would move the deadline by less than this share of the TTL writes nothing. */
@@ -8,37 +8,6 @@ export const HEARTBEAT_COALESCE_FRACTION = 0.05
 
 export function addSeconds (at: Date, seconds: number): Date {
   return new Date(at.getTime() + seconds * 1000)
-}
-
-function latest (...dates: (Date | null | undefined)[]): Date {
-  let max: Date | undefined
-  for (const d of dates) if (d && (!max || d > max)) max = d
-  if (!max) throw new TypeError('latest() needs at least one date')
-  return max
-}
-
-/** Expiry counts from the last sign of life: heartbeat, activity, or creation. */
-export function expiryDeadline (input: {
-  createdAt: Date
-  lastHeartbeatAt: Date | null
-  lastActivityAt: Date | null
-  ttlSeconds: number
-}): Date {
-  return addSeconds(latest(input.createdAt, input.lastHeartbeatAt, input.lastActivityAt), input.ttlSeconds)
-}
-
-/**
- * The idle deadline of an active session: from entering `active` or the last activity, whichever is
- * later. Null while a turn runs: the timer only starts when the turn's result arrives.
- */
-export function idleDeadline (input: {
-  activeSince: Date
-  lastActivityAt: Date | null
-  idleTimeoutSeconds: number
-  busy: boolean
-}): Date | null {
-  if (input.busy) return null
-  return addSeconds(latest(input.activeSince, input.lastActivityAt), input.idleTimeoutSeconds)
 }
 
 export interface HeartbeatPlan {

@@ -265,11 +265,6 @@ export function createSessionRepository (db: Database, opts: SessionRepositoryOp
       and e.seq > (select delivered_seq from sessions where id = ${p('id')}::uuid)
     order by e.seq limit 1`)
 
-  const countQueuedStmt = prepareSql(db, 'session_count_queued', sql`
-    select count(*)::int as n from session_events e
-    where e.session_id = ${p('id')}::uuid and e.type = 'user'
-      and e.seq > (select delivered_seq from sessions where id = ${p('id')}::uuid)`)
-
   const newConversationStmt = prepareSql(db, 'session_new_conversation', sql`
     update sessions set agent_session_id = null, conversation_cost_usd = 0, last_error = null
     where id = ${p('id')}::uuid`)
@@ -454,11 +449,6 @@ export function createSessionRepository (db: Database, opts: SessionRepositoryOp
       if (!row) return null
       const payload = (typeof row.payload === 'string' ? JSON.parse(row.payload) : row.payload) as { text: string }
       return { seq: Number(row.seq), text: payload.text }
-    },
-
-    async countQueuedMessages (id: string): Promise<number> {
-      const [row] = await countQueuedStmt.execute({ id })
-      return Number(row?.n ?? 0)
     },
 
     /** Forget the conversation: the next start is a fresh one, its cost counted anew. */
