@@ -47,7 +47,7 @@ async function runLoad (msg: LoadMessage): Promise<LoadSummary> {
 
 parentPort?.on('message', (msg: LoadMessage) => {
   runLoad(msg).then(
-    (summary) => parentPort?.postMessage({ id: msg.id, summary }),
+    (result) => parentPort?.postMessage({ id: msg.id, result }),
     (err: unknown) => parentPort?.postMessage({ id: msg.id, error: String((err as Error)?.stack ?? err) })
   )
 })

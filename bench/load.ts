@@ -1,5 +1,5 @@
-import { Worker } from 'node:worker_threads'
 import type { LoadMessage } from './load-worker.js'
+import { WorkerRpc } from './worker-rpc.js'
 
 export interface LoadRequest {
   method: 'GET' | 'POST'
@@ -31,42 +31,13 @@ export interface LoadOptions {
   rate?: number | undefined
 }
 
-type Reply = { id: number, summary: LoadSummary } | { id: number, error: string }
-
-/**
- * The load generator: one worker thread running autocannon. A worker with a .ts entry needs tsx
- * registered inside it first (Node 20 does not pass the parent's loader hooks on).
- */
+/** The load generator: one worker thread running autocannon. */
 export class LoadDriver {
-  readonly #worker: Worker
-  readonly #pending = new Map<number, { resolve: (s: LoadSummary) => void, reject: (e: Error) => void }>()
-  #nextId = 0
-
-  constructor () {
-    const api = import.meta.resolve('tsx/esm/api')
-    const entry = new URL('./load-worker.ts', import.meta.url).href
-    const code = `import(${JSON.stringify(api)}).then((m) => { m.register(); return import(${JSON.stringify(entry)}) })`
-    this.#worker = new Worker(code, { eval: true })
-    this.#worker.on('message', (reply: Reply) => {
-      const waiter = this.#pending.get(reply.id)
-      this.#pending.delete(reply.id)
-      if (!waiter) return
-      if ('error' in reply) waiter.reject(new Error(reply.error))
-      else waiter.resolve(reply.summary)
-    })
-    this.#worker.on('error', (err) => {
-      for (const waiter of this.#pending.values()) waiter.reject(err)
-      this.#pending.clear()
-    })
-  }
+  readonly #rpc = new WorkerRpc(new URL('./load-worker.ts', import.meta.url))
 
   async #once (opts: LoadOptions, durationS: number): Promise<LoadSummary> {
-    const id = this.#nextId++
-    const msg: LoadMessage = { id, url: opts.url, connections: opts.connections, durationS, requests: opts.requests, rate: opts.rate }
-    return new Promise((resolve, reject) => {
-      this.#pending.set(id, { resolve, reject })
-      this.#worker.postMessage(msg)
-    })
+    const msg: Omit<LoadMessage, 'id'> = { url: opts.url, connections: opts.connections, durationS, requests: opts.requests, rate: opts.rate }
+    return this.#rpc.call<LoadSummary>(msg)
   }
 
   /** A short warm-up (discarded: JIT, statement caches, pools), then the measured run. */
@@ -76,7 +47,7 @@ export class LoadDriver {
   }
 
   async close (): Promise<void> {
-    await this.#worker.terminate()
+    await this.#rpc.close()
   }
 }
 

@@ -1,7 +1,6 @@
-import { Worker } from 'node:worker_threads'
 import type { CollectResult, ResumeResult, StreamCommand } from './stream-worker.js'
+import { WorkerRpc } from './worker-rpc.js'
 
-type Reply = { id: number, result: unknown } | { id: number, error: string }
 type Without<T> = T extends unknown ? Omit<T, 'id'> : never
 
 /** A group of WebSocket clients living in the stream worker. */
@@ -16,39 +15,15 @@ export interface ClientGroup {
 }
 
 /**
- * The WebSocket clients of the stream figures, in one worker thread (tsx registered inside it, as
- * in LoadDriver), so that they do not share the event loop of the server they measure.
+ * The WebSocket clients of the stream figures, in one worker thread (see WorkerRpc), so that they
+ * do not share the event loop of the server they measure.
  */
 export class StreamClients {
-  readonly #worker: Worker
-  readonly #pending = new Map<number, { resolve: (r: unknown) => void, reject: (e: Error) => void }>()
-  #nextId = 0
+  readonly #rpc = new WorkerRpc(new URL('./stream-worker.ts', import.meta.url))
   #nextHandle = 0
 
-  constructor () {
-    const api = import.meta.resolve('tsx/esm/api')
-    const entry = new URL('./stream-worker.ts', import.meta.url).href
-    const code = `import(${JSON.stringify(api)}).then((m) => { m.register(); return import(${JSON.stringify(entry)}) })`
-    this.#worker = new Worker(code, { eval: true })
-    this.#worker.on('message', (reply: Reply) => {
-      const waiter = this.#pending.get(reply.id)
-      this.#pending.delete(reply.id)
-      if (!waiter) return
-      if ('error' in reply) waiter.reject(new Error(reply.error))
-      else waiter.resolve(reply.result)
-    })
-    this.#worker.on('error', (err) => {
-      for (const waiter of this.#pending.values()) waiter.reject(err)
-      this.#pending.clear()
-    })
-  }
-
   #call<T> (msg: Without<StreamCommand>): Promise<T> {
-    const id = this.#nextId++
-    return new Promise<T>((resolve, reject) => {
-      this.#pending.set(id, { resolve: resolve as (r: unknown) => void, reject })
-      this.#worker.postMessage({ ...msg, id })
-    })
+    return this.#rpc.call<T>(msg)
   }
 
   /** Opens `clients` WebSockets to `url`; resolves once all are open. */
@@ -70,6 +45,6 @@ export class StreamClients {
   }
 
   async close (): Promise<void> {
-    await this.#worker.terminate()
+    await this.#rpc.close()
   }
 }
