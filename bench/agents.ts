@@ -424,12 +424,17 @@ export class AgentsSection {
     const groups = []
     try {
       for (const id of ids) groups.push(await clients.open(api.streamUrl(id), 1, { latency: true }))
-      const seconds = s.warmupS + s.durationS + 3
+      // long enough for the start-up, the settling below and the heartbeats' warm-up and run
+      const seconds = 2 * s.warmupS + s.durationS + 5
       const t0 = performance.now()
       await Promise.all(ids.map((id) => api.message(id, linesDirective(1e9, s.lineBytes, rate, seconds))))
       const deadline = Date.now() + 30_000
       while (svc.app.agents.liveCount < n && Date.now() < deadline) await sleep(20)
       const live = svc.app.agents.liveCount
+      // line latencies count once every agent streams and the start-up of n processes on the
+      // machine's cores has settled: lines queued behind that start-up are not the service's doing
+      await Promise.all(groups.map((g) => g.collect(1, 30_000)))
+      await sleep(s.warmupS * 1000)
       // from here on: line latencies, the service's own handling time of each heartbeat, its event loop
       await Promise.all(groups.map((g) => g.resetLatency()))
       const inService: number[] = []

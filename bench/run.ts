@@ -305,9 +305,11 @@ async function main (): Promise<number> {
   console.log('\n## Results\n')
   console.log(report.markdown())
   const failed = report.failed
-  console.log(failed.length === 0
-    ? '\nAll targets met.'
-    : `\nFAIL: ${failed.length} target(s) missed: ${failed.map((r) => `${r.figure} [${r.db}]`).join('; ')}`)
+  console.log(crashed
+    ? '\nA section crashed (above): its figures are missing.'
+    : failed.length === 0
+      ? '\nAll targets met.'
+      : `\nFAIL: ${failed.length} target(s) missed: ${failed.map((r) => `${r.figure} [${r.db}]`).join('; ')}`)
   // a missed target is a finding, not an error; a crashed section is
   return crashed ? 1 : 0
 }

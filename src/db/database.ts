@@ -1,6 +1,5 @@
 import { mkdir } from 'node:fs/promises'
 import { fileURLToPath } from 'node:url'
-import { PGlite } from '@electric-sql/pglite'
 import { drizzle as drizzlePglite } from 'drizzle-orm/pglite'
 import { migrate as migratePglite } from 'drizzle-orm/pglite/migrator'
 import { drizzle as drizzlePostgres } from 'drizzle-orm/postgres-js'
@@ -8,6 +7,7 @@ import { migrate as migratePostgres } from 'drizzle-orm/postgres-js/migrator'
 import { sql } from 'drizzle-orm'
 import type { PgDatabase, PgQueryResultHKT } from 'drizzle-orm/pg-core'
 import postgres from 'postgres'
+import { PGliteThread } from './pglite-thread.js'
 import * as schema from './schema.js'
 
 export type Database = PgDatabase<PgQueryResultHKT, typeof schema>
@@ -61,8 +61,9 @@ async function openPostgres (url: string, max: number): Promise<DatabaseHandle> 
 
 async function openPglite (dir: string): Promise<DatabaseHandle> {
   if (!dir.startsWith('memory://')) await mkdir(dir, { recursive: true })
-  const client = await PGlite.create(dir)
-  const db = drizzlePglite(client, { schema }) as unknown as Database
+  // on its own thread: a statement running in PGlite would otherwise stop the event loop
+  const client = await PGliteThread.open(dir)
+  const db = drizzlePglite(client as never, { schema }) as unknown as Database
   try {
     await migratePglite(db as never, { migrationsFolder: MIGRATIONS_FOLDER })
   } catch (err) {

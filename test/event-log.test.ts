@@ -1,0 +1,72 @@
+/**
+ * The event log's group commit, on either database: many sessions in one drain, each getting its
+ * own gapless sequence in append order; payload text stored and replayed byte for byte (the batch
+ * travels as delimited text, so separators inside payloads are the thing to get wrong); a session
+ * that does not exist rejects only its own events.
+ */
+import { randomUUID } from 'node:crypto'
+import t from 'tap'
+import { createSession } from './helpers/api.js'
+import { build } from './helpers/build.js'
+
+const { app } = await build(t, { startWorker: false })
+
+t.test('one drain, many sessions: each gets 1..n in append order', async (t) => {
+  const ids = await Promise.all(Array.from({ length: 12 }, async () => (await createSession(app)).id))
+  const appended: Promise<number>[][] = ids.map(() => [])
+  // interleaved in one tick, so they share drains; 1,500 in all crosses the per-statement chunking
+  for (let i = 0; i < 125; i++) {
+    ids.forEach((id, k) => appended[k]!.push(app.events.append(id, 'status', { i, k })))
+  }
+  const seqs = await Promise.all(appended.map((ps) => Promise.all(ps)))
+  for (const [k, id] of ids.entries()) {
+    t.same(seqs[k], Array.from({ length: 125 }, (_, i) => i + 1), `session ${k}: seqs 1..125 in append order`)
+    const page = await app.events.page(id, 0, 1000)
+    t.same(page.map((e) => JSON.parse(e.json).i), Array.from({ length: 125 }, (_, i) => i), `session ${k}: stored in order`)
+    t.ok(page.every((e) => JSON.parse(e.json).k === k), `session ${k}: only its own events`)
+  }
+})
+
+t.test('payload text is stored exactly, whatever characters it holds', async (t) => {
+  const { id } = await createSession(app)
+  const texts = [
+    '{"type":"assistant","text":"a,b,c"}',
+    '{ "spaced" :  [1 , 2] ,"order":"kept" }',
+    '{"quote":"\\"","backslash":"\\\\","tab":"\\t","escaped newline":"\\n","cr":"\\r"}',
+    '{"unicode":"héllo ✓ 🚀 \u2028 \u2029"}',
+    '{"raw cr between tokens":1,\r"after":2}',
+    '{"nul escape":"\\ufffd"}',
+    '[]',
+    '"just a string, with a comma"'
+  ]
+  const seqs = await Promise.all(texts.map((text) => app.events.appendJson(id, 'agent', text)))
+  t.same(seqs, texts.map((_, i) => i + 1))
+  const page = await app.events.page(id, 0, 100)
+  t.same(page.map((e) => e.json), texts, 'replayed byte for byte')
+})
+
+t.test('JSON spread over lines is stored compacted, as one event', async (t) => {
+  const { id } = await createSession(app)
+  const seq = await app.events.appendJson(id, 'agent', '{\n  "type": "assistant",\n  "n": [1,\n 2]\n}')
+  const next = await app.events.appendJson(id, 'agent', '{"after":true}')
+  t.equal(next, seq + 1, 'took one sequence number')
+  const page = await app.events.page(id, 0, 10)
+  t.same(page.map((e) => JSON.parse(e.json)), [{ type: 'assistant', n: [1, 2] }, { after: true }])
+  t.notOk(page[0]!.json.includes('\n'))
+})
+
+t.test('a session that does not exist rejects its own events only', async (t) => {
+  const { id } = await createSession(app)
+  const ghost = randomUUID()
+  const results = await Promise.allSettled([
+    app.events.append(id, 'status', { n: 1 }),
+    app.events.append(ghost, 'status', { n: 1 }),
+    app.events.append(id, 'status', { n: 2 }),
+    app.events.append(ghost, 'status', { n: 2 })
+  ])
+  t.same(results.map((r) => r.status), ['fulfilled', 'rejected', 'fulfilled', 'rejected'])
+  t.match((results[1] as PromiseRejectedResult).reason, { message: /does not exist/ })
+  const page = await app.events.page(id, 0, 10)
+  t.same(page.map((e) => [e.seq, JSON.parse(e.json).n]), [[1, 1], [2, 2]])
+  t.same(await app.events.page(ghost, 0, 10), [], 'nothing stored for it')
+})
