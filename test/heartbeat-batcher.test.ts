@@ -54,3 +54,34 @@ t.test('a failed statement fails every heartbeat in it, and the next tick works 
   fail = false
   t.same(await batcher.write({ id: 'a', now: T0, versions: null }), row('a'))
 })
+
+t.test('with maxInFlight 1, what arrives during a statement goes into the next one, all of it', async (t) => {
+  const batches: string[][] = []
+  let running = 0
+  let maxRunning = 0
+  const gates: (() => void)[] = []
+  const batcher = new HeartbeatBatcher(async (batch) => {
+    running++
+    maxRunning = Math.max(maxRunning, running)
+    batches.push(batch.items.map((i) => i.id))
+    await new Promise<void>((resolve) => gates.push(resolve))
+    running--
+    return batch.items.map((i) => row(i.id))
+  }, { maxInFlight: 1 })
+  const first = batcher.write({ id: 'a', now: T0, versions: null })
+  // the first statement is running: these come in over several ticks while it does
+  while (batches.length === 0) await new Promise((resolve) => setImmediate(resolve))
+  const rest: Promise<HeartbeatWrite | null>[] = []
+  for (const id of ['b', 'c', 'd']) {
+    rest.push(batcher.write({ id, now: T0, versions: null }))
+    await new Promise((resolve) => setImmediate(resolve))
+  }
+  t.same(batches, [['a']], 'nothing else started while a statement runs')
+  gates.shift()!()
+  t.same(await first, row('a'))
+  while (batches.length < 2) await new Promise((resolve) => setImmediate(resolve))
+  gates.shift()!()
+  t.same((await Promise.all(rest)).map((r) => r?.id), ['b', 'c', 'd'])
+  t.same(batches, [['a'], ['b', 'c', 'd']], 'one statement for everything that waited')
+  t.equal(maxRunning, 1)
+})

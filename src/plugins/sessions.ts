@@ -21,7 +21,11 @@ export interface SessionsPluginOptions {
 
 /** The session components: repository, lifecycle manager (the one writer), timeout worker. */
 export default fp(async function sessionsPlugin (app: FastifyInstance, opts: SessionsPluginOptions) {
-  const repo = createSessionRepository(app.database.db, { sweepPartitions: app.database.driver === 'postgres' ? 2 : 1 })
+  const postgres = app.database.driver === 'postgres'
+  const repo = createSessionRepository(app.database.db, {
+    sweepPartitions: postgres ? 2 : 1,
+    heartbeatStatementsInFlight: postgres ? Infinity : 1
+  })
   const manager = new SessionLifecycleManager({
     repo,
     config: opts.config,

@@ -27,25 +27,35 @@ interface Waiting {
  * Heartbeats that arrive together are written together: one UPDATE (one commit) for everything
  * that came in during the same tick, each caller still getting its own row back. A fleet of phones
  * pinging at once costs a statement per tick, not one per phone.
+ *
+ * With `maxInFlight`, at most that many statements run at once and what arrives meanwhile waits
+ * for the next one (group commit). PGlite runs one statement at a time anyway: there, statements
+ * queued behind each other would each pay their own overhead for a handful of rows.
  */
 export class HeartbeatBatcher {
   readonly #execute: Execute
+  readonly #maxInFlight: number
   #queue: Waiting[] = []
   #scheduled = false
+  #inFlight = 0
 
-  constructor (execute: Execute) {
+  constructor (execute: Execute, opts: { maxInFlight?: number } = {}) {
     this.#execute = execute
+    this.#maxInFlight = opts.maxInFlight ?? Infinity
   }
 
   /** Null when nothing was written for this session (coalesced, wrong version, ended, unknown). */
   write (request: HeartbeatRequest): Promise<HeartbeatWrite | null> {
     return new Promise((resolve, reject) => {
       this.#queue.push({ request, resolve, reject })
-      if (!this.#scheduled) {
-        this.#scheduled = true
-        setImmediate(() => { this.#flush() })
-      }
+      this.#schedule()
     })
+  }
+
+  #schedule (): void {
+    if (this.#scheduled || this.#queue.length === 0 || this.#inFlight >= this.#maxInFlight) return
+    this.#scheduled = true
+    setImmediate(() => { this.#flush() })
   }
 
   #flush (): void {
@@ -59,18 +69,19 @@ export class HeartbeatBatcher {
       if (batch.has(w.request.id)) later.push(w)
       else batch.set(w.request.id, w)
     }
-    if (later.length > 0) {
-      this.#queue.push(...later)
-      this.#scheduled = true
-      setImmediate(() => { this.#flush() })
-    }
+    this.#queue.push(...later)
     const waiting = [...batch.values()]
     const now = waiting.reduce((max, w) => (w.request.now > max ? w.request.now : max), waiting[0]!.request.now)
+    this.#inFlight++
     this.#execute({ now, items: waiting.map((w) => ({ id: w.request.id, v: w.request.versions })) }).then((rows) => {
       const byId = new Map(rows.map((r) => [r.id, r]))
       for (const w of waiting) w.resolve(byId.get(w.request.id) ?? null)
     }, (err: Error) => {
       for (const w of waiting) w.reject(err)
+    }).finally(() => {
+      this.#inFlight--
+      this.#schedule()
     })
+    this.#schedule()
   }
 }

@@ -92,6 +92,8 @@ export function uuidRanges (n: number): [string, string][] {
 export interface SessionRepositoryOptions {
   /** sweeps run as this many id ranges side by side (1 on PGlite: it has one connection) */
   sweepPartitions?: number
+  /** heartbeat statements running at once, per coalescing fraction (1 on PGlite); unbounded by default */
+  heartbeatStatementsInFlight?: number
 }
 
 export function createSessionRepository (db: Database, opts: SessionRepositoryOptions = {}) {
@@ -166,7 +168,7 @@ export function createSessionRepository (db: Database, opts: SessionRepositoryOp
       expiresAt: sessions.expiresAt.mapFromDriverValue(row.expires_at as string) as Date,
       ttlSeconds: Number(row.ttl_seconds)
     }))
-  })
+  }, { maxInFlight: opts.heartbeatStatementsInFlight ?? Infinity })
   const batchers = new Map<number, HeartbeatBatcher>()
 
   const latestSnapshotStmt = db.select().from(sessionSnapshots)
