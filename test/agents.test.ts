@@ -447,11 +447,30 @@ t.test('pause of a busy session interrupts the turn, stops the agent, keeps the 
   const resumed = await call(app, 'POST', `/v1/sessions/${s.id}/resume`)
   t.equal(resumed.status, 200)
   t.equal(resumed.body.state, 'active')
-  t.notOk(app.agents.isLive(s.id), 'a resume starts nothing by itself')
+  // the kept message is delivered after the resume without another message from the user
+  const delivered = await waitEvents(app, s.id, 'the kept message answered', (f) => replies(f).length >= 1)
+  t.same(replies(delivered), ['echo: queued | remembered: long'], 'the kept message, in the same conversation')
   await send(app, s.id, 'after')
   const done = await waitEvents(app, s.id, 'two replies', (f) => replies(f).length >= 2)
   t.same(replies(done), ['echo: queued | remembered: long', 'echo: after | remembered: long / queued'],
-    'the kept message first, in order, in the same conversation')
+    'then the next one, in order')
+})
+
+t.test('the resume of a paused session with nothing kept starts nothing', async (t) => {
+  const s = await newSession()
+  await send(app, s.id, 'hello')
+  await waitEvents(app, s.id, 'the reply', (f) => replies(f).length >= 1)
+  t.equal((await call(app, 'POST', `/v1/sessions/${s.id}/pause`)).status, 200)
+  t.notOk(app.agents.isLive(s.id))
+  t.equal((await call(app, 'POST', `/v1/sessions/${s.id}/resume`)).status, 200)
+  const paused = await waitStateEvent(app, s.id, 'paused')
+  await waitStateEvent(app, s.id, 'active', { afterSeq: paused.event.seq! })
+  await app.events.flush()
+  t.notOk(app.agents.isLive(s.id), 'no agent started')
+  t.equal(await recordedPid(config, s.id), undefined, 'no process recorded')
+  await send(app, s.id, 'next')
+  const done = await waitEvents(app, s.id, 'the next reply', (f) => replies(f).length >= 2)
+  t.same(replies(done).at(-1), 'echo: next | remembered: hello', 'the next message resumes the conversation')
 })
 
 t.test('grandchildren in their own session do not outlive the agent', async (t) => {

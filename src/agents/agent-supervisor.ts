@@ -96,7 +96,11 @@ export class AgentSupervisor {
     const stateEvent = (e: TransitionEvent) => ({
       sessionId: e.sessionId, type: 'state' as const, data: { from: e.from, to: e.to, reason: e.reason, actor: e.actor, version: e.version }
     })
-    opts.manager.on('transition', (e) => opts.events.appendMany([stateEvent(e)]))
+    opts.manager.on('transition', (e) => {
+      opts.events.appendMany([stateEvent(e)])
+      // messages a pause kept are delivered after the resume, in order; with none, nothing starts
+      if (e.from === 'paused' && e.to === 'active') this.#kick(e.sessionId)
+    })
     // a big sweep's changes are recorded after it returns, off the sweep's critical path
     opts.manager.on('transitions', (list) => {
       if (list.length <= 1000) {
