@@ -457,6 +457,26 @@ t.test('/healthz, /readyz', async (t) => {
   t.same(ready.body, { status: 'ready', database: process.env.DATABASE_URL ? 'postgres' : 'pglite' })
 })
 
+t.test('a database that cannot be reached: 503 DATABASE_UNAVAILABLE with Retry-After, never a 500', async (t) => {
+  // an app of its own: its database goes away under it
+  const { app: lost } = await build(t, { startWorker: false })
+  const s = await createSession(lost)
+  await lost.database.close()
+  for (const [method, url, body] of [
+    ['GET', `/v1/sessions/${s.id}`, undefined],
+    ['GET', '/v1/sessions', undefined],
+    ['POST', '/v1/sessions', {}],
+    ['POST', `/v1/sessions/${s.id}/heartbeat`, undefined],
+    ['POST', `/v1/sessions/${s.id}/transitions`, { to: 'active' }]
+  ] as const) {
+    const res = await call(lost, method, url, body)
+    isProblem(t, res, 503, 'DATABASE_UNAVAILABLE')
+    t.equal(res.headers['retry-after'], '1', `${method} ${url}: Retry-After`)
+  }
+  isProblem(t, await call(lost, 'GET', '/readyz'), 503, 'SERVICE_UNAVAILABLE')
+  t.equal((await call(lost, 'GET', '/healthz')).status, 200, 'alive, though not ready')
+})
+
 t.test('/openapi.json and /docs', async (t) => {
   const doc = await call(app, 'GET', '/openapi.json')
   t.equal(doc.status, 200)

@@ -100,7 +100,7 @@ export class PGliteThread {
 
   #request (req: Request): Promise<unknown> {
     if (this.#failure) return Promise.reject(this.#failure)
-    if (this.#closed) return Promise.reject(new Error('the database is closed'))
+    if (this.#closed) return Promise.reject(Object.assign(new Error('the database is closed'), { code: 'DATABASE_UNAVAILABLE' }))
     const id = ++this.#lastId
     return new Promise((resolve, reject) => {
       if (this.#pending.size === 0) this.#worker.ref()
@@ -120,8 +120,8 @@ export class PGliteThread {
 
   #fail (err: Error): void {
     if (this.#closed) return
-    this.#failure ??= err
-    for (const waiting of this.#pending.values()) waiting.reject(err)
+    this.#failure ??= Object.assign(new Error(`the embedded database is unavailable: ${err.message}`, { cause: err }), { code: 'DATABASE_UNAVAILABLE' })
+    for (const waiting of this.#pending.values()) waiting.reject(this.#failure)
     this.#pending.clear()
     this.#worker.unref()
   }

@@ -1,5 +1,6 @@
 import type { FastifyBaseLogger } from 'fastify'
 import { Compile } from 'typebox/compile'
+import { isDatabaseUnavailable } from '../db/database-errors.js'
 import type { WebSocket } from 'ws'
 import { InboundFrameSchema, type InboundFrame } from '../schemas/events.js'
 import type { EventHub, PublishedFrame } from './event-hub.js'
@@ -166,10 +167,12 @@ export class StreamConnection {
     }
     this.#handle(frame).catch((err: Error & { code?: string, statusCode?: number }) => {
       if ((err.statusCode ?? 500) >= 500) this.#log.error({ err }, 'stream frame failed')
+      const clientError = err.statusCode !== undefined && err.statusCode < 500
+      const unavailable = !clientError && isDatabaseUnavailable(err)
       this.#reply({
         type: 'error',
-        code: err.statusCode && err.statusCode < 500 ? err.code : 'INTERNAL_ERROR',
-        message: err.statusCode && err.statusCode < 500 ? err.message : 'the frame could not be handled',
+        code: clientError ? err.code : unavailable ? 'DATABASE_UNAVAILABLE' : 'INTERNAL_ERROR',
+        message: clientError ? err.message : unavailable ? 'the database cannot be reached right now: send it again shortly' : 'the frame could not be handled',
         ...(frame.type === 'message' && frame.clientMessageId ? { clientMessageId: frame.clientMessageId } : {})
       })
     })

@@ -1,5 +1,6 @@
 import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
+import { isDatabaseUnavailable } from '../db/database-errors.js'
 import { detailsOf } from '../errors.js'
 
 // Fastify's own client errors get codes in the service's vocabulary.
@@ -60,6 +61,14 @@ export default fp(async function errorHandler (app: FastifyInstance) {
         code: 'VALIDATION_FAILED',
         detail: first ? `${first.field} ${first.message}` : err.message,
         errors
+      })
+    }
+    if (isDatabaseUnavailable(err)) {
+      request.log.error({ err }, 'request failed: the database cannot be reached')
+      // retryable: the request did not run, or (a lost reply) ran once; messages are idempotent by clientMessageId
+      return sendProblem(reply.header('retry-after', '1'), request, 503, {
+        code: 'DATABASE_UNAVAILABLE',
+        detail: 'The database cannot be reached right now; retry shortly'
       })
     }
     const status = err.statusCode && err.statusCode >= 400 && err.statusCode < 600 ? err.statusCode : 500

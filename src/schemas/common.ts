@@ -38,9 +38,13 @@ const ProblemResponse = {
   content: { 'application/problem+json': { schema: ProblemRef } }
 }
 
-/** Error responses a route may give, by status, as application/problem+json. */
+/**
+ * Error responses a route may give, by status, as application/problem+json. Every route that uses
+ * the database may also answer 503 `DATABASE_UNAVAILABLE` (with Retry-After) when it cannot be
+ * reached, so that is always listed.
+ */
 export function problems (...statuses: number[]): Record<number, typeof ProblemResponse> {
-  return Object.fromEntries(statuses.map((s) => [s, ProblemResponse]))
+  return Object.fromEntries([...new Set([...statuses, 503])].map((s) => [s, ProblemResponse]))
 }
 
 export const IfMatchHeaders = Type.Object({
