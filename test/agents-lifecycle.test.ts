@@ -349,6 +349,32 @@ t.test('MAX_LIVE_AGENTS: idle agents make room, busy ones never do, and a start 
     t.equal(app.agents.liveCount, 0)
   })
 
+  await t.test('a session paused while its start waits for a slot gets no agent until it is resumed', async (t) => {
+    const [u, v, w] = [await session(), await session(), await session()]
+    await send(app, u, '/slow 1500 u')
+    await send(app, v, '/slow 1500 v')
+    await Promise.all([u, v].map((id) => waitEvents(app, id, 'the turn to start', (f) => f.some(isInit))))
+    await send(app, w, 'w')
+    await waitEvents(app, w, 'the waiting notice', (f) => f.some((e) => e.type === 'status'))
+    // w is active with its turn claimed but no process yet: nothing for the pause to stop
+    t.equal((await call(app, 'POST', `/v1/sessions/${w}/pause`)).status, 200)
+    await Promise.all([waitResults(app, u, 1), waitResults(app, v, 1)])
+    // an idle one is evicted to make room for w's pending start, which then goes on while w is paused
+    await Promise.race([u, v].map((id) => waitStateEvent(app, id, 'suspended')))
+    await app.agents.settled(w)
+    t.notOk(app.agents.isLive(w), 'the agent that started for the paused session was stopped')
+    t.equal((await call(app, 'POST', `/v1/sessions/${w}/resume`)).status, 200)
+    const done = await waitResults(app, w, 1)
+    t.same(replies(done), ['echo: w'], 'the kept message answered once')
+    const paused = done.findIndex((f) => f.type === 'state' && f.data.to === 'paused')
+    const resumed = done.findIndex((f, i) => i > paused && f.type === 'state' && f.data.to === 'active')
+    t.ok(paused !== -1 && resumed > paused, 'paused, then resumed')
+    t.same(done.slice(paused, resumed).filter((f) => f.type === 'agent'), [], 'no agent output while paused')
+    t.equal(done.filter(isInit).length, 1, 'one turn started, after the resume')
+    t.ok(done.findIndex(isInit) > resumed)
+    for (const id of [u, v, w]) await transition(app, id, 'suspended')
+  })
+
   await t.test('a start still waiting for a slot at shutdown starts nothing', async (t) => {
     const [p, q, r] = [await session(), await session(), await session()]
     await send(app, p, '/slow 3000 p')

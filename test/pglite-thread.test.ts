@@ -88,11 +88,41 @@ t.test('the event loop runs while a statement does', async (t) => {
   t.ok(ticks >= 5, `timers fired during the statement (${ticks})`)
 })
 
-t.test('a closed database refuses requests', async (t) => {
+t.test('a cached statement survives a schema change and a DEALLOCATE', async (t) => {
+  await db.query('create table evolving (a int)')
+  await db.query('insert into evolving values (1)')
+  t.same((await db.query('select * from evolving')).rows, [{ a: 1 }])
+  await db.query('alter table evolving add column b text default $$x$$')
+  t.same((await db.query('select * from evolving')).rows, [{ a: 1, b: 'x' }], 'prepared again for the new result type')
+  await db.query('deallocate all')
+  t.same((await db.query('select * from evolving')).rows, [{ a: 1, b: 'x' }], 'prepared again after DEALLOCATE')
+})
+
+t.test('a parameter that cannot cross threads is refused, and nothing is left waiting', async (t) => {
+  await t.rejects(db.query('select $1::text', [() => 1]))
+  t.same((await db.query('select 1 as ok')).rows, [{ ok: 1 }])
+})
+
+t.test('close: what was asked before finishes, what comes after is refused as unavailable', async (t) => {
   const other = await PGliteThread.open('memory://')
-  await other.close()
+  await other.query('create table t (n int)')
+  let release!: () => void
+  const held = new Promise<void>((resolve) => { release = resolve })
+  const tx = other.transaction(async (tx) => {
+    await tx.query('insert into t values (1)')
+    await held
+    await tx.query('insert into t values (2)')
+    return (await tx.query('select count(*)::int as n from t')).rows
+  })
+  const before = other.query('select pg_sleep(0.05), 1 as n')
+  const closing = other.close()
+  await t.rejects(other.query('select 1'), { code: 'DATABASE_UNAVAILABLE' }, 'new work is refused at once')
+  release()
+  t.same(await tx, [{ n: 2 }], 'the open transaction finished')
+  t.same((await before).rows.map((r) => r.n), [1], 'the statement asked before close ran')
+  await closing
   t.ok(other.closed)
-  await t.rejects(other.query('select 1'), { message: /closed/ })
+  await t.rejects(other.query('select 1'), { code: 'DATABASE_UNAVAILABLE', message: /closed/ })
   await other.close()
 })
 

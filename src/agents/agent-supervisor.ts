@@ -7,7 +7,7 @@ import type { SessionRow } from '../db/schema.js'
 import { isTerminal } from '../domain/state-machine.js'
 import { MessageNotAccepted, invalidTransition } from '../errors.js'
 import type { EventLog } from '../events/event-log.js'
-import type { SessionLifecycleManager, TransitionEvent } from '../sessions/lifecycle-manager.js'
+import { STOP_REASON, type SessionLifecycleManager, type TransitionEvent } from '../sessions/lifecycle-manager.js'
 import type { SessionRepository } from '../sessions/session-repository.js'
 import { AgentProcess, type AgentExit, type StopReason } from './agent-process.js'
 import { AgentSlots } from './agent-slots.js'
@@ -38,6 +38,8 @@ interface LiveAgent {
   lastActiveAt: number
   /** chosen to make room for another session's start */
   evicting?: boolean
+  /** a stop was asked for (a pause may first spend a while interrupting the turn) */
+  leaving?: boolean
   lastActivityWrite: number
   unstored: number
   /** settles line handling in order */
@@ -174,6 +176,7 @@ export class AgentSupervisor {
   async stopAgent (sessionId: string, reason: StopReason): Promise<void> {
     const live = this.#live.get(sessionId)
     if (!live) return
+    live.leaving = true
     if (reason === 'pause' && live.inflight) {
       // interrupt the turn so the transcript ends cleanly, then stop
       const ended = new Promise<void>((resolve) => { live.turnEnded = resolve })
@@ -207,13 +210,13 @@ export class AgentSupervisor {
     for (let step = 0; step < 8; step++) {
       if (this.#closing) return
       let live = this.#live.get(sessionId)
-      if (live?.proc.stopping) {
+      if (live && (live.proc.stopping || live.leaving)) {
         // never hand a message to a process on its way out (an idle suspension, an eviction):
         // let it finish, then start from the state it leaves behind
         await live.proc.exited
         await live.chain
         live = this.#live.get(sessionId)
-        if (live?.proc.stopping) return
+        if (live && (live.proc.stopping || live.leaving)) return
       }
       if (live?.inflight) return // the turn's result kicks the next message
       const next = await this.#o.repo.nextQueuedMessage(sessionId)
@@ -235,6 +238,7 @@ export class AgentSupervisor {
       if (!await this.#o.repo.claimBusy(sessionId, this.#clock())) continue
       const agent = live ?? await this.#spawn(session)
       if (!agent) return
+      if (!live && !await this.#stillActive(sessionId, agent)) return
       agent.inflight = { seq: next.seq, confirmed: false }
       agent.lastActiveAt = Date.now()
       const sent = agent.proc.send({
@@ -250,6 +254,20 @@ export class AgentSupervisor {
       }
       return
     }
+  }
+
+  /**
+   * A pause, suspend or end that came while the agent was starting found no process to stop: the
+   * new one is stopped here instead, before it is given the message (which stays queued).
+   */
+  async #stillActive (sessionId: string, agent: LiveAgent): Promise<boolean> {
+    const now = await this.#o.repo.findById(sessionId)
+    if (now?.state === 'active') return true
+    this.#log.info({ sessionId, state: now?.state ?? 'deleted' }, 'the session left active while its agent started: stopped')
+    await this.stopAgent(sessionId, now ? STOP_REASON[now.state] ?? 'user' : 'deleted')
+    await agent.proc.exited
+    await this.#o.repo.releaseBusy(sessionId, this.#clock())
+    return false
   }
 
   #tooManyCrashes (session: SessionRow): boolean {
@@ -437,6 +455,11 @@ export class AgentSupervisor {
   }
 
   /** Runs `fn` after every earlier task of the same session: one writer per conversation. */
+  /** Resolves once the session's pending work (a delivery, a start waiting for a slot) is done. */
+  async settled (sessionId: string): Promise<void> {
+    await this.#locks.get(sessionId)
+  }
+
   #exclusive<T> (sessionId: string, fn: () => Promise<T>): Promise<T> {
     const previous = this.#locks.get(sessionId) ?? Promise.resolve()
     const run = previous.then(fn, fn)

@@ -33,13 +33,16 @@ class ThreadTransaction {
 
 /**
  * PGlite on a worker thread (pglite-worker.ts), with the part of PGlite's interface that drizzle
- * uses: `query` and `transaction`. Requests are answered in order; the thread keeps the process
- * alive only while one is outstanding, as a socket with a request in flight would.
+ * uses: `query` and `transaction`. Statements run one at a time, those of an open transaction
+ * before anything queued behind it; the thread keeps the process alive only while a request is
+ * outstanding, as a socket with a request in flight would.
  */
 export class PGliteThread {
   readonly #worker: Worker
   readonly #pending = new Map<number, { resolve: (value: unknown) => void, reject: (err: Error) => void }>()
   #lastId = 0
+  /** close() was called: no new request is taken */
+  #closing = false
   #closed = false
   #failure: Error | undefined
 
@@ -48,6 +51,8 @@ export class PGliteThread {
     worker.on('message', (reply: WorkerReply) => this.#settle(reply))
     worker.on('error', (err) => this.#fail(err))
     worker.on('exit', (code) => this.#fail(new Error(`the database thread exited (code ${code})`)))
+    // after the listeners: adding a 'message' listener refs the worker again
+    worker.unref()
   }
 
   /** Starts the thread and opens the database in `dataDir` (`memory://` for one in memory). */
@@ -61,7 +66,6 @@ export class PGliteThread {
       await worker.terminate()
       throw revivedError(hello.error)
     }
-    worker.unref()
     return new PGliteThread(worker)
   }
 
@@ -88,24 +92,34 @@ export class PGliteThread {
     return result
   }
 
+  /** Lets what was asked before finish, then closes the database and ends the thread. */
   async close (): Promise<void> {
-    if (this.#closed) return
+    if (this.#closing) return
+    this.#closing = true
     try {
-      await this.#request({ op: 'close' })
+      await this.#send({ op: 'close' })
     } finally {
       this.#closed = true
+      this.#fail(new Error('the database is closed'))
       await this.#worker.terminate()
     }
   }
 
   #request (req: Request): Promise<unknown> {
+    // once closing, no new work; an open transaction may still finish (close() waits for it)
+    const newWork = req.op === 'begin' || (req.op === 'query' && req.tx === undefined)
+    if (this.#closing && newWork && !this.#failure) return Promise.reject(unavailable(new Error('the database is closed')))
+    return this.#send(req)
+  }
+
+  #send (req: Request): Promise<unknown> {
     if (this.#failure) return Promise.reject(this.#failure)
-    if (this.#closed) return Promise.reject(Object.assign(new Error('the database is closed'), { code: 'DATABASE_UNAVAILABLE' }))
     const id = ++this.#lastId
     return new Promise((resolve, reject) => {
+      // throws on what cannot be cloned (a function, a symbol): nothing is registered then
+      this.#worker.postMessage({ ...req, id })
       if (this.#pending.size === 0) this.#worker.ref()
       this.#pending.set(id, { resolve, reject })
-      this.#worker.postMessage({ ...req, id })
     })
   }
 
@@ -118,11 +132,16 @@ export class PGliteThread {
     else waiting.reject(revivedError(reply.error))
   }
 
+  /** From now on every request fails, and so does every one still waiting for an answer. */
   #fail (err: Error): void {
-    if (this.#closed) return
-    this.#failure ??= Object.assign(new Error(`the embedded database is unavailable: ${err.message}`, { cause: err }), { code: 'DATABASE_UNAVAILABLE' })
+    this.#failure ??= this.#closed ? unavailable(err) : unavailable(new Error(`the embedded database is unavailable: ${err.message}`, { cause: err }))
     for (const waiting of this.#pending.values()) waiting.reject(this.#failure)
     this.#pending.clear()
     this.#worker.unref()
   }
+}
+
+/** Marks the error as the database being out of reach (a 503 for the client, see database-errors.ts). */
+function unavailable (err: Error): Error {
+  return Object.assign(err, { code: 'DATABASE_UNAVAILABLE' })
 }

@@ -29,6 +29,8 @@ interface OpenTransaction {
   tx: Transaction
   end: (commit: boolean) => void
   finished: Promise<void>
+  /** COMMIT or ROLLBACK was asked for: statements that come later are refused */
+  ending?: boolean
 }
 
 let db: PGlite
@@ -81,7 +83,26 @@ async function statementFor (sql: string): Promise<{ name: string, paramTypes: n
   return statement
 }
 
-async function runPrepared (sql: string, params: unknown[], options: { rowMode?: 'array' | 'object', parsers?: Record<number, (value: unknown) => unknown> }): Promise<Results> {
+type RunOptions = { rowMode?: 'array' | 'object', parsers?: Record<number, (value: unknown) => unknown> }
+
+/**
+ * A cached statement can go stale: a schema change that alters its result type (0A000), or a
+ * DEALLOCATE (26000). It is prepared again, and outside a transaction the statement is retried
+ * once, as postgres.js does; inside one, the error has aborted the transaction anyway.
+ */
+async function runCached (sql: string, params: unknown[], options: RunOptions, inTransaction: boolean): Promise<Results> {
+  try {
+    return await runPrepared(sql, params, options)
+  } catch (err) {
+    const code = (err as { code?: unknown }).code
+    if (code !== '0A000' && code !== '26000') throw err
+    prepared.delete(sql)
+    if (inTransaction) throw err
+    return runPrepared(sql, params, options)
+  }
+}
+
+async function runPrepared (sql: string, params: unknown[], options: RunOptions): Promise<Results> {
   const statement = await statementFor(sql)
   // as PGlite's query() serialises parameters: by the type the statement declared for each
   const values = params.map((value, i) => {
@@ -105,11 +126,16 @@ async function handle (req: WorkerRequest): Promise<WorkerResults | number | nul
       let r: Results
       if (req.tx === undefined) {
         // the locks PGlite's query() takes: after any open transaction, one statement at a time
-        r = await db._runExclusiveTransaction(() => db._runExclusiveQuery(() => runPrepared(req.sql, req.params, options)))
-        await db.syncToFs()
+        r = await db._runExclusiveTransaction(() => db._runExclusiveQuery(async () => {
+          await db._checkReady()
+          const results = await runCached(req.sql, req.params, options, false)
+          await db.syncToFs()
+          return results
+        }))
       } else {
-        if (!transactions.has(req.tx)) throw new Error(`transaction ${req.tx} is not open`)
-        r = await db._runExclusiveQuery(() => runPrepared(req.sql, req.params, options))
+        const open = transactions.get(req.tx)
+        if (!open || open.ending) throw new Error(`transaction ${req.tx} is not open`)
+        r = await db._runExclusiveQuery(() => runCached(req.sql, req.params, options, true))
       }
       return { rows: r.rows, fields: r.fields, affectedRows: r.affectedRows }
     }
@@ -131,7 +157,8 @@ async function handle (req: WorkerRequest): Promise<WorkerResults | number | nul
     }
     case 'end': {
       const open = transactions.get(req.tx)
-      if (!open) throw new Error(`transaction ${req.tx} is not open`)
+      if (!open || open.ending) throw new Error(`transaction ${req.tx} is not open`)
+      open.ending = true
       open.end(req.commit)
       await open.finished
       return null

@@ -130,8 +130,9 @@ export class EventLog {
 
   /** As append, with the payload already JSON text (an agent's stdout line, unchanged). */
   async appendJson (sessionId: string, type: EventType, json: string, at: Date = this.#clock()): Promise<number> {
-    // a batch separates payloads by newline: JSON spread over lines (never a stdout line) is compacted
-    const oneLine = json.includes('\n') ? JSON.stringify(JSON.parse(json)) : json
+    // a batch separates payloads by newline. In JSON text a raw newline can only be whitespace
+    // between tokens (never a stdout line), so a space in its place changes nothing else
+    const oneLine = json.includes('\n') ? json.replaceAll('\n', ' ') : json
     return (await this.#enqueue(sessionId, { type, at, json: oneLine })).seq
   }
 

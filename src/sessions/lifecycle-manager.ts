@@ -88,7 +88,8 @@ export interface LifecycleManagerOptions {
 /** A write that lost a race is re-read and re-checked this many times before giving up. */
 const MAX_CAS_ATTEMPTS = 8
 
-const STOP_REASON: Partial<Record<SessionState, StopReason>> = {
+/** Why a session's process stops when the session enters this state. */
+export const STOP_REASON: Partial<Record<SessionState, StopReason>> = {
   paused: 'pause', suspended: 'idle', completed: 'completed', failed: 'crash', expired: 'expired'
 }
 
