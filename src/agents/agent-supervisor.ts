@@ -73,6 +73,12 @@ export class AgentSupervisor {
   readonly #live = new Map<string, LiveAgent>()
   readonly #locks = new Map<string, Promise<void>>()
   readonly #crashes = new Map<string, number>()
+  /**
+   * Paused sessions that may hold messages the pause kept (it interrupted a turn or a start), so
+   * that their resume delivers them. In memory: after a restart of the service such messages go
+   * out with the session's next message instead. Every other resume costs no query.
+   */
+  readonly #keptByPause = new Set<string>()
   /** big batches of state events waiting for the next tick */
   readonly #deferred = new Set<Promise<void>>()
   /** sessions with an agent temp directory (created since start-up) */
@@ -100,8 +106,8 @@ export class AgentSupervisor {
     })
     opts.manager.on('transition', (e) => {
       opts.events.appendMany([stateEvent(e)])
-      // messages a pause kept are delivered after the resume, in order; with none, nothing starts
-      if (e.from === 'paused' && e.to === 'active') this.#kick(e.sessionId)
+      // messages a pause kept are delivered after the resume, in order; without, nothing starts
+      if (e.from === 'paused' && this.#keptByPause.delete(e.sessionId) && e.to === 'active') this.#kick(e.sessionId)
     })
     // a big sweep's changes are recorded after it returns, off the sweep's critical path
     opts.manager.on('transitions', (list) => {
@@ -177,6 +183,8 @@ export class AgentSupervisor {
     const live = this.#live.get(sessionId)
     if (!live) return
     live.leaving = true
+    // only a busy session can have messages waiting: the resume must deliver them
+    if (reason === 'pause' && live.inflight) this.#keptByPause.add(sessionId)
     if (reason === 'pause' && live.inflight) {
       // interrupt the turn so the transcript ends cleanly, then stop
       const ended = new Promise<void>((resolve) => { live.turnEnded = resolve })
@@ -263,6 +271,7 @@ export class AgentSupervisor {
   async #stillActive (sessionId: string, agent: LiveAgent): Promise<boolean> {
     const now = await this.#o.repo.findById(sessionId)
     if (now?.state === 'active') return true
+    if (now?.state === 'paused') this.#keptByPause.add(sessionId)
     this.#log.info({ sessionId, state: now?.state ?? 'deleted' }, 'the session left active while its agent started: stopped')
     await this.stopAgent(sessionId, now ? STOP_REASON[now.state] ?? 'user' : 'deleted')
     await agent.proc.exited
