@@ -188,19 +188,22 @@ async function pgliteWrites (url: string, bare: { url: string, rps: number }): P
   return NaN
 }
 
+/** A section's own data directory and, on Postgres, its own fresh database; both gone at its end. */
+async function sectionStorage (db: Db, name: string, closers: Closers): Promise<{ dir: string, databaseUrl: string | undefined }> {
+  const dir = await mkdtemp(join(tmpdir(), `mobvibe-bench-${name}-`))
+  closers.push(() => rm(dir, { recursive: true, force: true }))
+  if (db !== 'postgres') return { dir, databaseUrl: undefined }
+  const created = await createDatabase(settings.pgBase)
+  closers.push(created.drop)
+  console.log(`  (fresh database ${new URL(created.url).pathname.slice(1)}, dropped at the end)`)
+  return { dir, databaseUrl: created.url }
+}
+
 async function section (db: Db): Promise<void> {
   console.log(`\n## ${db}: lifecycle`)
   const closers = new Closers()
-  const dir = await mkdtemp(join(tmpdir(), `mobvibe-bench-${db}-`))
-  closers.push(() => rm(dir, { recursive: true, force: true }))
   try {
-    let databaseUrl: string | undefined
-    if (db === 'postgres') {
-      const created = await createDatabase(settings.pgBase)
-      databaseUrl = created.url
-      closers.push(created.drop)
-      console.log(`  (fresh database ${new URL(databaseUrl).pathname.slice(1)}, dropped at the end)`)
-    }
+    const { dir, databaseUrl } = await sectionStorage(db, db, closers)
     const bare = await startBare(db, closers)
     const bareRps = bare.rps
     const C = settings.connections
@@ -252,16 +255,8 @@ async function section (db: Db): Promise<void> {
 async function agentsSection (db: Db, clients: StreamClients): Promise<void> {
   console.log(`\n## ${db}: agents and streams`)
   const closers = new Closers()
-  const dir = await mkdtemp(join(tmpdir(), `mobvibe-bench-agents-${db}-`))
-  closers.push(() => rm(dir, { recursive: true, force: true }))
   try {
-    let databaseUrl: string | undefined
-    if (db === 'postgres') {
-      const created = await createDatabase(settings.pgBase)
-      databaseUrl = created.url
-      closers.push(created.drop)
-      console.log(`  (fresh database ${new URL(databaseUrl).pathname.slice(1)}, dropped at the end)`)
-    }
+    const { dir, databaseUrl } = await sectionStorage(db, `agents-${db}`, closers)
     await new AgentsSection({ db, dir, databaseUrl, settings: agentSettings, report, driver, clients, closers }).run()
   } finally {
     await closers.closeAll()

@@ -183,9 +183,9 @@ export class AgentSupervisor {
     const live = this.#live.get(sessionId)
     if (!live) return
     live.leaving = true
-    // only a busy session can have messages waiting: the resume must deliver them
-    if (reason === 'pause' && live.inflight) this.#keptByPause.add(sessionId)
     if (reason === 'pause' && live.inflight) {
+      // only a busy session can have messages waiting: the resume must deliver them
+      this.#keptByPause.add(sessionId)
       // interrupt the turn so the transcript ends cleanly, then stop
       const ended = new Promise<void>((resolve) => { live.turnEnded = resolve })
       live.proc.interrupt()

@@ -2,7 +2,9 @@ import { once } from 'node:events'
 import { Worker } from 'node:worker_threads'
 import { revivedError, type WorkerHello, type WorkerReply, type WorkerRequest, type WorkerResults } from './pglite-protocol.js'
 
-type Request = WorkerRequest extends infer R ? R extends WorkerRequest ? Omit<R, 'id'> : never : never
+/** a request before it is numbered (distributes over the union, unlike a plain Omit) */
+type Unnumbered<T> = T extends unknown ? Omit<T, 'id'> : never
+type Request = Unnumbered<WorkerRequest>
 
 interface QueryOptions {
   rowMode?: 'array' | 'object'
