@@ -4,9 +4,11 @@ import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
 import Fastify from 'fastify'
 import type { Logger } from 'pino'
 import type { Config } from './config.js'
+import { toProblem } from './errors.js'
 import agents from './plugins/agents.js'
 import database from './plugins/database.js'
 import errorHandler, { sendProblem } from './plugins/error-handler.js'
+import events from './plugins/events.js'
 import openapi from './plugins/openapi.js'
 import { createValidatorCompiler } from './plugins/validators.js'
 import { Problem } from './schemas/common.js'
@@ -22,11 +24,17 @@ import sessionRoutes from './routes/sessions.js'
 
 const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }
 
+declare module 'fastify' {
+  interface FastifyInstance {
+    config: Config
+  }
+}
+
 export interface BuildAppOptions {
   config: Config
   logger: Logger
   clock?: () => Date
-  /** false: the timeout worker does not start on its own */
+  /** false: the timeout worker does not start on its own (tests and the bench drive sweeps) */
   startWorker?: boolean
 }
 
@@ -43,10 +51,7 @@ export async function buildApp (opts: BuildAppOptions) {
     requestTimeout: 30_000,
     forceCloseConnections: 'idle',
     // errors Fastify raises before routing (a malformed URL) get the same problem+json
-    frameworkErrors: (err, request, reply) => sendProblem(reply, request, err.statusCode ?? 400, {
-      code: err.code === 'FST_ERR_BAD_URL' ? 'BAD_URL' : (err.code ?? 'BAD_REQUEST'),
-      detail: err.message
-    })
+    frameworkErrors: (err, request, reply) => sendProblem(reply, request, toProblem(err.statusCode ? err : Object.assign(err, { statusCode: 400 })))
   }).withTypeProvider<TypeBoxTypeProvider>()
   app.setValidatorCompiler(createValidatorCompiler([Problem, ...SHARED_SCHEMAS, ...EVENT_SCHEMAS]))
 
@@ -66,6 +71,7 @@ export async function buildApp (opts: BuildAppOptions) {
     if (request.body === undefined || request.body === null) request.body = {}
   })
 
+  app.decorate('config', config)
   // database first: Fastify runs onClose hooks in reverse, so it closes last
   await app.register(database, { config })
   await app.register(errorHandler)
@@ -75,8 +81,11 @@ export async function buildApp (opts: BuildAppOptions) {
     // the stream routes close their own clients with 1001 first; this ends the server
     preClose: async function (this: { websocketServer: { close: () => void } }) { this.websocketServer.close() }
   })
+  // The components load in the order the data flows: sessions (the state) → events (the log and
+  // its fan-out, which records every transition) → agents (which write both)
   const clock = opts.clock ? { clock: opts.clock } : {}
-  await app.register(sessions, { config, startWorker: false, ...clock })
+  await app.register(sessions, { config, ...clock })
+  await app.register(events, clock)
   await app.register(agents, { config, ...clock })
   // Start-up order: orphans of a previous run are ended and active sessions suspended before the
   // first sweep or request

@@ -1,37 +1,75 @@
 import createError from '@fastify/error'
+import { isDatabaseUnavailable } from './db/database-errors.js'
 import type { SessionState } from './domain/state-machine.js'
 
 /**
- * The error catalogue: every error a client can see, with its stable code and status. Handlers
- * throw these; the error handler renders them as application/problem+json, copying `details`
- * into the problem body.
+ * Every error code a client can see, wherever it shows: an HTTP problem (`status`), a reply on
+ * the stream to one client frame, or an `error` event stored in a session's log (`status: null`).
+ * The README's error table is generated from this catalogue, and a test keeps the two equal.
  */
-export interface ProblemDetails {
-  [key: string]: unknown
-}
+export const ERROR_CATALOGUE = {
+  // requests
+  VALIDATION_FAILED: { status: 400, where: 'http', meaning: 'A body, parameter or header does not match its schema; `errors` lists each field' },
+  INVALID_JSON: { status: 400, where: 'http', meaning: 'The body is not valid JSON' },
+  INVALID_CONTENT_LENGTH: { status: 400, where: 'http', meaning: 'Content-Length does not match the body' },
+  BAD_URL: { status: 400, where: 'http', meaning: 'The URL cannot be decoded' },
+  BAD_REQUEST: { status: 400, where: 'http', meaning: 'Any other malformed request' },
+  INVALID_IF_MATCH: { status: 400, where: 'http', meaning: 'If-Match is neither `*` nor a list of quoted versions' },
+  INVALID_CURSOR: { status: 400, where: 'http', meaning: 'A pagination cursor that this service did not issue' },
+  VALUE_OUT_OF_RANGE: { status: 400, where: 'http', meaning: 'An idle timeout or TTL outside the configured range (`field`, `minimum`, `maximum`)' },
+  WORKDIR_OUTSIDE_ROOT: { status: 400, where: 'http', meaning: 'A workdir that leads outside MOBVIBE_WORKSPACE_ROOT' },
+  WORKDIR_UNUSABLE: { status: 400, where: 'http', meaning: 'A workdir that cannot be created or is not a directory' },
+  ROUTE_NOT_FOUND: { status: 404, where: 'http', meaning: 'No such route' },
+  SESSION_NOT_FOUND: { status: 404, where: 'http', meaning: 'No such session (or it was deleted); also refuses a stream before the upgrade' },
+  SNAPSHOT_NOT_FOUND: { status: 404, where: 'http', meaning: 'No such snapshot of this session' },
+  SESSION_INVALID_TRANSITION: { status: 409, where: 'http', meaning: 'The transition is not allowed from the current state (`state`, `allowedTargets`, `currentVersion`)' },
+  SESSION_TERMINAL: { status: 409, where: 'http', meaning: 'The session is completed, failed or expired: no changes, no heartbeats' },
+  SESSION_NO_SNAPSHOT: { status: 409, where: 'http', meaning: 'Resume of a paused session that has no snapshot' },
+  SESSION_NOT_ACCEPTING_MESSAGES: { status: 409, where: 'http', meaning: 'A message to a paused or terminal session, or during shutdown' },
+  SESSION_WRITE_CONTENTION: { status: 409, where: 'http', meaning: 'The session kept changing under this request; retry' },
+  SESSION_VERSION_CONFLICT: { status: 412, where: 'http', meaning: 'If-Match names a version that is no longer current (`currentVersion`, `state`)' },
+  BODY_TOO_LARGE: { status: 413, where: 'http', meaning: 'The body is over BODY_LIMIT_BYTES' },
+  MESSAGE_TOO_LARGE: { status: 413, where: 'http', meaning: 'A message text over MESSAGE_MAX_BYTES (also a stream reply)' },
+  UNSUPPORTED_MEDIA_TYPE: { status: 415, where: 'http', meaning: 'A body that is not application/json' },
+  INTERNAL_ERROR: { status: 500, where: 'http', meaning: 'A bug: logged with the request id; the body hides the details' },
+  DATABASE_UNAVAILABLE: { status: 503, where: 'http', meaning: 'The database cannot be reached; `Retry-After: 1` (messages are idempotent by `clientMessageId`)' },
+  SERVICE_UNAVAILABLE: { status: 503, where: 'http', meaning: '`/readyz`: the database does not answer' },
+  // the stream
+  INVALID_FRAME: { status: null, where: 'stream', meaning: 'A client frame that is not JSON or not a known frame; the connection stays open' },
+  // stored `error` events
+  AGENT_START_FAILED: { status: null, where: 'event', meaning: 'The first start of the agent failed; the session is failed' },
+  AGENT_RESUME_FAILED: { status: null, where: 'event', meaning: 'The conversation could not be resumed; the session stays suspended and the message is kept' },
+  AGENT_CRASHED: { status: null, where: 'event', meaning: 'The agent died on its own; the session is suspended (failed after three crashes in a row)' }
+} as const satisfies Record<string, { status: number | null, where: 'http' | 'stream' | 'event', meaning: string }>
 
+export type ErrorCode = keyof typeof ERROR_CATALOGUE
+type HttpErrorCode = { [C in ErrorCode]: typeof ERROR_CATALOGUE[C]['status'] extends number ? C : never }[ErrorCode]
+
+const define = (code: HttpErrorCode, message: string) => createError(code, message, ERROR_CATALOGUE[code].status)
+
+export const SessionNotFound = define('SESSION_NOT_FOUND', 'Session %s not found')
+export const SnapshotNotFound = define('SNAPSHOT_NOT_FOUND', 'Snapshot %s not found for session %s')
+export const NoSnapshot = define('SESSION_NO_SNAPSHOT', 'Session %s has no snapshot to resume from')
+const VersionConflict = define('SESSION_VERSION_CONFLICT', 'If-Match %s does not match the current version %s')
+const InvalidTransition = define('SESSION_INVALID_TRANSITION', 'Cannot move a %s session to %s')
+const SessionTerminal = define('SESSION_TERMINAL', 'Session is %s: it accepts no further changes')
+export const WriteContention = define('SESSION_WRITE_CONTENTION', 'The session kept changing under this request; retry')
+export const InvalidIfMatch = define('INVALID_IF_MATCH', 'If-Match must be "*" or a list of quoted versions, got %s')
+export const InvalidCursor = define('INVALID_CURSOR', 'The cursor is malformed or was not issued by this service')
+export const WorkdirOutsideRoot = define('WORKDIR_OUTSIDE_ROOT', 'workdir %s lies outside the workspace root')
+export const WorkdirUnusable = define('WORKDIR_UNUSABLE', 'workdir %s cannot be used: %s')
+const OutOfRange = define('VALUE_OUT_OF_RANGE', '%s must be between %s and %s')
+export const MessageNotAccepted = define('SESSION_NOT_ACCEPTING_MESSAGES', 'Session %s does not take messages now: %s')
+export const MessageTooLarge = define('MESSAGE_TOO_LARGE', 'The message is %s bytes; at most %s are accepted')
+export const ServiceUnavailable = define('SERVICE_UNAVAILABLE', '%s')
+
+type ProblemDetails = Record<string, unknown>
 type WithDetails = Error & { details?: ProblemDetails }
 
 function withDetails<E extends Error> (err: E, details: ProblemDetails): E {
   (err as WithDetails).details = details
   return err
 }
-
-export const SessionNotFound = createError('SESSION_NOT_FOUND', 'Session %s not found', 404)
-export const SnapshotNotFound = createError('SNAPSHOT_NOT_FOUND', 'Snapshot %s not found for session %s', 404)
-export const NoSnapshot = createError('SESSION_NO_SNAPSHOT', 'Session %s has no snapshot to resume from', 409)
-export const VersionConflict = createError('SESSION_VERSION_CONFLICT', 'If-Match %s does not match the current version %s', 412)
-export const InvalidTransition = createError('SESSION_INVALID_TRANSITION', 'Cannot move a %s session to %s', 409)
-export const SessionTerminal = createError('SESSION_TERMINAL', 'Session is %s: it accepts no further changes', 409)
-export const WriteContention = createError('SESSION_WRITE_CONTENTION', 'The session kept changing under this request; retry', 409)
-export const InvalidIfMatch = createError('INVALID_IF_MATCH', 'If-Match must be "*" or a list of quoted versions, got %s', 400)
-export const InvalidCursor = createError('INVALID_CURSOR', 'The cursor is malformed or was not issued by this service', 400)
-export const WorkdirOutsideRoot = createError('WORKDIR_OUTSIDE_ROOT', 'workdir %s lies outside the workspace root', 400)
-export const WorkdirUnusable = createError('WORKDIR_UNUSABLE', 'workdir %s cannot be used: %s', 400)
-export const OutOfRange = createError('VALUE_OUT_OF_RANGE', '%s must be between %s and %s', 400)
-export const MessageNotAccepted = createError('SESSION_NOT_ACCEPTING_MESSAGES', 'Session %s does not take messages now: %s', 409)
-export const MessageTooLarge = createError('MESSAGE_TOO_LARGE', 'The message is %s bytes; at most %s are accepted', 413)
-export const ServiceUnavailable = createError('SERVICE_UNAVAILABLE', '%s', 503)
 
 export function versionConflict (ifMatch: string, current: { version: number, state: SessionState }): Error {
   return withDetails(new VersionConflict(ifMatch, current.version), {
@@ -54,6 +92,84 @@ export function outOfRange (field: string, min: number, max: number): Error {
   return withDetails(new OutOfRange(field, min, max), { field, minimum: min, maximum: max })
 }
 
-export function detailsOf (err: unknown): ProblemDetails | undefined {
-  return (err as WithDetails).details
+// Fastify's own client errors, in the service's vocabulary
+const FASTIFY_CODES: Record<string, ErrorCode> = {
+  FST_ERR_CTP_BODY_TOO_LARGE: 'BODY_TOO_LARGE',
+  FST_ERR_CTP_INVALID_MEDIA_TYPE: 'UNSUPPORTED_MEDIA_TYPE',
+  FST_ERR_CTP_INVALID_CONTENT_LENGTH: 'INVALID_CONTENT_LENGTH',
+  FST_ERR_CTP_EMPTY_JSON_BODY: 'INVALID_JSON',
+  FST_ERR_CTP_INVALID_JSON_BODY: 'INVALID_JSON',
+  FST_ERR_BAD_URL: 'BAD_URL'
+}
+
+const TITLES: Record<number, string> = {
+  400: 'Bad Request',
+  404: 'Not Found',
+  405: 'Method Not Allowed',
+  409: 'Conflict',
+  412: 'Precondition Failed',
+  413: 'Content Too Large',
+  415: 'Unsupported Media Type',
+  500: 'Internal Server Error',
+  503: 'Service Unavailable'
+}
+
+interface ValidationIssue {
+  instancePath: string
+  message?: string
+  params: Record<string, unknown>
+}
+
+/** An error as the client sees it: RFC 9457 members, the stable code, and the headers it needs. */
+export interface Problem {
+  status: number
+  code: string
+  detail: string
+  /** members beyond code and detail: validation errors, the current state and version… */
+  extra: ProblemDetails
+  headers: Record<string, string>
+}
+
+function fieldOf (context: string | undefined, issue: ValidationIssue): string {
+  const extra = issue.params.missingProperty ?? issue.params.additionalProperty
+  const path = issue.instancePath.split('/').filter(Boolean)
+  if (typeof extra === 'string') path.push(extra)
+  return [context ?? 'body', ...path].join('.')
+}
+
+/**
+ * The one mapping from an error to what a client is told, for HTTP responses and stream replies
+ * alike. 5xx internals never leave the service: the caller logs the error itself.
+ */
+export function toProblem (err: unknown): Problem {
+  const e = err as Error & { code?: string, statusCode?: number, validation?: ValidationIssue[], validationContext?: string }
+  if (e.validation) {
+    const errors = e.validation.map((issue) => ({ field: fieldOf(e.validationContext, issue), message: issue.message ?? 'is invalid' }))
+    const first = errors[0]
+    return { status: 400, code: 'VALIDATION_FAILED', detail: first ? `${first.field} ${first.message}` : e.message, extra: { errors }, headers: {} }
+  }
+  if (isDatabaseUnavailable(err)) {
+    // retryable: the request did not run, or (a lost reply) ran once; messages are idempotent by clientMessageId
+    return { status: 503, code: 'DATABASE_UNAVAILABLE', detail: 'The database cannot be reached right now; retry shortly', extra: {}, headers: { 'retry-after': '1' } }
+  }
+  const status = e.statusCode && e.statusCode >= 400 && e.statusCode < 600 ? e.statusCode : 500
+  if (status === 503) return { status, code: e.code ?? 'SERVICE_UNAVAILABLE', detail: e.message, extra: {}, headers: {} }
+  if (status >= 500) {
+    return { status, code: 'INTERNAL_ERROR', detail: 'The service failed to handle this request; it has been logged', extra: {}, headers: {} }
+  }
+  const code = (e.code && FASTIFY_CODES[e.code]) ?? e.code ?? 'BAD_REQUEST'
+  return { status, code, detail: e.message, extra: (err as WithDetails).details ?? {}, headers: {} }
+}
+
+/** The problem+json body (RFC 9457) of a problem, for the request at `instance`. */
+export function problemBody (problem: Pick<Problem, 'status' | 'code' | 'detail' | 'extra'>, instance: string): Record<string, unknown> {
+  return {
+    type: `https://mobvibe.dev/problems/${problem.code.toLowerCase().replaceAll('_', '-')}`,
+    title: TITLES[problem.status] ?? 'Error',
+    status: problem.status,
+    instance,
+    code: problem.code,
+    detail: problem.detail,
+    ...problem.extra
+  }
 }

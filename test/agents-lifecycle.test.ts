@@ -186,7 +186,7 @@ t.test('shutdown stops every agent; a start on the same data reaps orphans, susp
   t.ok(pids.every((p) => p !== undefined), 'both agents recorded')
   const published: Record<string, string[]> = { [idle.id]: [], [busy.id]: [] }
   for (const id of [idle.id, busy.id]) {
-    first.app.eventHub.subscribe(id, (frame) => published[id]!.push(frame.bytes.toString('utf8')))
+    first.app.eventBus.subscribe(id, (frame) => published[id]!.push(frame.bytes.toString('utf8')))
   }
 
   await first.app.close()

@@ -418,9 +418,9 @@ t.test('inbound frames', async (t) => {
   t.test('a message frame: an ack with the seq of its user event, which the stream carries', async (t) => {
     const ack = await client.request({ type: 'message', text: 'hi', clientMessageId: 'c1' })
     t.match(ack, { type: 'ack', duplicate: false, clientMessageId: 'c1' })
-    // DESIGN.md: replies that concern one connection (an ack…) carry no `seq`; the message's seq
+    // docs/STREAM.md ("Replies"): replies that concern one connection (an ack…) carry no `seq`; the message's seq
     // is what the ack reports. Whatever the field, it must be the user event's seq.
-    t.notOk('seq' in ack, 'an ack carries no seq of its own (DESIGN.md "WebSocket stream")')
+    t.notOk('seq' in ack, 'an ack carries no seq of its own (docs/STREAM.md "Replies")')
     const messageSeq = (ack.messageSeq ?? ack.seq) as number
     t.type(messageSeq, 'number', 'the ack reports the message\'s seq')
     const user = client.events.filter((e) => e.type === 'user')
@@ -511,7 +511,7 @@ t.test('inbound frames', async (t) => {
     c.ws.send(tooBig)
     const closed = await c.waitClosed()
     t.equal(closed.code, 1009, 'closed with 1009 (message too big)')
-    t.equal(app.eventHub.subscriberCount(id), 1, 'its subscription is gone')
+    t.equal(app.eventBus.subscriberCount(id), 1, 'its subscription is gone')
     t.equal(client.ws.readyState, WebSocket.OPEN, 'other clients are unaffected')
     t.match(await client.request({ type: 'heartbeat' }), { type: 'heartbeat' })
   })
@@ -535,7 +535,7 @@ t.test('a client that stops reading is cut off with 4008 and catches up by repla
   t.comment(`flood of 4000 × 4000 B: ${floodMs} ms to the fast clients`)
   t.equal(runProblem(fast.seqs, 0, result.seq!), null, 'a fast client got everything')
   t.equal(runProblem(fast2.seqs, 0, result.seq!), null, 'the other fast client got everything')
-  t.equal(app.eventHub.subscriberCount(id), 2, 'the slow client was dropped while not reading')
+  t.equal(app.eventBus.subscriberCount(id), 2, 'the slow client was dropped while not reading')
 
   socketOf(slow).resume()
   const closed = await slow.waitClosed(20_000)
@@ -564,7 +564,7 @@ t.test('a client that stops reading is cut off with 4008 and catches up by repla
   await back.until(() => back.lastSeq >= result2.seq!, 'the caught-up client to finish', 20_000)
   t.equal(runProblem(back.seqs, lastSeen, result2.seq!), null, 'the caught-up client follows live again')
   const heldBytes = fast.raw.filter((_, i) => fast.events[i]!.seq! > flood2.seq).reduce((n, r) => n + Buffer.byteLength(r), 0)
-  t.equal(app.eventHub.subscriberCount(id), 3, `a client that stopped reading during its replay is dropped too (${heldBytes} bytes of live frames went out meanwhile)`)
+  t.equal(app.eventBus.subscriberCount(id), 3, `a client that stopped reading during its replay is dropped too (${heldBytes} bytes of live frames went out meanwhile)`)
   socketOf(stalled).resume()
   await stalled.until(() => stalled.closeInfo !== undefined || stalled.lastSeq >= result2.seq!, 'the stalled client to end or finish', 30_000, true)
   t.comment(`the stalled client, once reading again: ${stalled.closeInfo ? `closed ${stalled.closeInfo.code} at seq ${stalled.lastSeq}` : 'got everything'}`)
@@ -617,7 +617,7 @@ t.test('with a second app: ping/pong liveness, then shutdown', async (t) => {
     const pingsAtDeath = alive.pings
     await alive.until(() => alive.pings >= pingsAtDeath + 5, 'five more pings', 5000)
     t.equal(alive.ws.readyState, WebSocket.OPEN, `the answering client is still open after ${alive.pings} pings`)
-    t.equal(second.app.eventHub.subscriberCount(id), 1, 'only the live one is subscribed')
+    t.equal(second.app.eventBus.subscriberCount(id), 1, 'only the live one is subscribed')
     const sent = await send(second.app, id, 'still there?')
     const result = await alive.result(sent.seq)
     t.match(result.data, { result: 'echo: still there?' })

@@ -3,12 +3,10 @@ import { randomUUID } from 'node:crypto'
 import { EventEmitter, once } from 'node:events'
 import type { Readable, Writable } from 'node:stream'
 import { setTimeout as delay } from 'node:timers/promises'
-import type { FastifyBaseLogger } from 'fastify'
+import type { Log } from '../logger.js'
+import type { StopReason } from '../domain/stop-reasons.js'
 import { findByEnvMarker, signal } from '../system/proc.js'
 import { AGENT_MARKER, type ClaudeCommand } from './claude-command.js'
-
-/** Why a process is being stopped; the first reason asked for is the one recorded. */
-export type StopReason = 'idle' | 'pause' | 'shutdown' | 'crash' | 'expired' | 'completed' | 'deleted' | 'user' | 'eviction' | 'restart' | 'failed'
 
 export interface AgentExit {
   code: number | null
@@ -40,7 +38,7 @@ export class AgentProcess extends EventEmitter<AgentProcessEvents> {
   readonly #cmd: ClaudeCommand
   readonly #cwd: string
   readonly #killGraceMs: number
-  readonly #log: FastifyBaseLogger
+  readonly #log: Log
   #child: ChildProcessByStdio<Writable, Readable, Readable> | undefined
   #stopReason: StopReason | null = null
   #spawned = false
@@ -50,7 +48,7 @@ export class AgentProcess extends EventEmitter<AgentProcessEvents> {
   #exit: Promise<AgentExit> | undefined
   #stopping: Promise<AgentExit> | undefined
 
-  constructor (opts: { sessionId: string, command: ClaudeCommand, cwd: string, killGraceMs: number, logger: FastifyBaseLogger }) {
+  constructor (opts: { sessionId: string, command: ClaudeCommand, cwd: string, killGraceMs: number, logger: Log }) {
     super()
     this.sessionId = opts.sessionId
     this.#cmd = opts.command
@@ -124,10 +122,8 @@ export class AgentProcess extends EventEmitter<AgentProcessEvents> {
   }
 
   /** Asks the CLI to end the running turn; it answers with a result and lives on. */
-  interrupt (): string {
-    const requestId = randomUUID()
-    this.send({ type: 'control_request', request_id: requestId, request: { subtype: 'interrupt' } })
-    return requestId
+  interrupt (): void {
+    this.send({ type: 'control_request', request_id: randomUUID(), request: { subtype: 'interrupt' } })
   }
 
   pauseOutput (): void { this.#child?.stdout.pause() }

@@ -23,22 +23,10 @@ export class AgentSlots {
     return false
   }
 
-  /** Waits for a slot in FIFO order; the signal abandons the wait. */
-  acquire (signal?: AbortSignal): Promise<void> {
+  /** Waits for a slot in FIFO order. */
+  acquire (): Promise<void> {
     if (this.tryAcquire()) return Promise.resolve()
-    return new Promise((resolve, reject) => {
-      const grant = () => {
-        signal?.removeEventListener('abort', abort)
-        resolve()
-      }
-      const abort = () => {
-        const i = this.#waiters.indexOf(grant)
-        if (i !== -1) this.#waiters.splice(i, 1)
-        reject(signal?.reason ?? new Error('aborted'))
-      }
-      signal?.addEventListener('abort', abort, { once: true })
-      this.#waiters.push(grant)
-    })
+    return new Promise((resolve) => { this.#waiters.push(resolve) })
   }
 
   release (): void {

@@ -1,6 +1,6 @@
 import { mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
-import type { FastifyBaseLogger } from 'fastify'
+import type { Log } from '../logger.js'
 import { findByEnvMarker, isSameProcess, processStartTime, signal } from '../system/proc.js'
 import { AGENT_MARKER } from './claude-command.js'
 
@@ -16,9 +16,9 @@ interface ProcessRecord {
  */
 export class ProcessRegistry {
   readonly #dir: string
-  readonly #log: FastifyBaseLogger
+  readonly #log: Log
 
-  constructor (opts: { dataDir: string, logger: FastifyBaseLogger }) {
+  constructor (opts: { dataDir: string, logger: Log }) {
     this.#dir = join(opts.dataDir, 'agents')
     this.#log = opts.logger
   }

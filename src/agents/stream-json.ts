@@ -1,3 +1,5 @@
+import { withoutNul } from '../domain/text.js'
+
 /**
  * What the supervisor needs to know of a stdout line of the CLI (stream-json): the start of a turn
  * (`system/init`), its end (`result`), or anything else. Pure; unknown types are tolerated.
@@ -24,11 +26,6 @@ export function parseAgentLine (line: string): AgentLine {
   if (m.type === 'system' && m.subtype === 'init') return { kind: 'init', json, message: m }
   if (m.type === 'result') return { kind: 'result', json, message: m }
   return { kind: 'other', json }
-}
-
-/** U+0000 → U+FFFD: what Postgres can store of text an agent printed. */
-export function withoutNul (text: string): string {
-  return text.includes('\0') ? text.replaceAll('\0', '\uFFFD') : text
 }
 
 const count = (v: unknown): number => (typeof v === 'number' && Number.isFinite(v) && v >= 0 ? Math.floor(v) : 0)

@@ -16,18 +16,22 @@ import {
   uuid
 } from 'drizzle-orm/pg-core'
 
+import { ACTORS, LIVE_STATES, SESSION_STATES } from '../domain/state-machine.js'
+
 const tstz = (name: string) => timestamp(name, { withTimezone: true, mode: 'date' })
 
+/** `('a', 'b')`: a list of the domain's words as SQL, spelled the same wherever it appears. */
+export const sqlList = (words: readonly string[]) => sql.raw(`(${words.map((w) => `'${w}'`).join(', ')})`)
+
 // Terminal states never appear in the sweep indexes: the partial predicates keep them small
-// however many finished sessions accumulate.
-const LIVE_STATES_SQL = sql`state in ('pending', 'active', 'suspended', 'paused')`
+// however many finished sessions accumulate. Queries spell their conditions with the same list,
+// so the planner can match them to these indexes.
+const LIVE_STATES_SQL = sql`state in ${sqlList(LIVE_STATES)}`
 
 export const sessions = pgTable('sessions', {
   id: uuid('id').primaryKey(),
   owner: text('owner'),
-  state: text('state', {
-    enum: ['pending', 'active', 'suspended', 'paused', 'completed', 'failed', 'expired']
-  }).notNull(),
+  state: text('state', { enum: SESSION_STATES }).notNull(),
   // the state before the last transition: lets a set-based UPDATE return where each row came from
   // (RETURNING sees only new values before Postgres 18) without a self-join
   previousState: text('previous_state'),
@@ -58,9 +62,6 @@ export const sessions = pgTable('sessions', {
   turns: integer('turns').notNull().default(0),
   transitionCount: integer('transition_count').notNull().default(0),
   lastError: text('last_error'),
-  // The last user message the agent has taken up (confirmed by its turn's system/init). User events
-  // above it are the message queue: kept across crashes, failed resumes and restarts.
-  deliveredSeq: bigint('delivered_seq', { mode: 'number' }).notNull().default(0),
   stateChangedAt: tstz('state_changed_at').notNull(),
   startedAt: tstz('started_at'),
   endedAt: tstz('ended_at'),
@@ -68,7 +69,7 @@ export const sessions = pgTable('sessions', {
   updatedAt: tstz('updated_at').notNull(),
   deletedAt: tstz('deleted_at')
 }, (t) => [
-  check('sessions_state_check', sql`state in ('pending', 'active', 'suspended', 'paused', 'completed', 'failed', 'expired')`),
+  check('sessions_state_check', sql`state in ${sqlList(SESSION_STATES)}`),
   check('sessions_version_check', sql`version > 0`),
   index('sessions_expiry_idx').on(t.expiresAt).where(LIVE_STATES_SQL),
   index('sessions_idle_idx').on(t.idleDeadlineAt).where(sql`state = 'active'`),
@@ -88,7 +89,7 @@ export const sessionTransitions = pgTable('session_transitions', {
   fromState: text('from_state'),
   toState: text('to_state').notNull(),
   reason: text('reason'),
-  actor: text('actor', { enum: ['user', 'system'] }).notNull(),
+  actor: text('actor', { enum: ACTORS }).notNull(),
   version: integer('version').notNull(),
   at: tstz('at').notNull()
 }, (t) => [
@@ -122,12 +123,15 @@ export const sessionEvents = pgTable('session_events', {
   uniqueIndex('session_events_client_message_idx').on(t.sessionId, t.clientMessageId).where(sql`client_message_id is not null`)
 ])
 
-// Each session's last event sequence number. Kept off the sessions row on purpose: events are
-// written many times a second, and a counter on the versioned row would make every event write
-// and every transition wait for each other's row lock.
+// Each session's position in its event log: the last sequence number handed out, and the last
+// user message the agent has taken up (confirmed by its turn's system/init). User events above
+// `delivered_seq` are the message queue, kept across crashes, failed resumes and restarts. Kept
+// off the sessions row on purpose: events are written many times a second, and counters on the
+// versioned row would make every event write and every transition wait for each other's row lock.
 export const sessionEventSeqs = pgTable('session_event_seqs', {
   sessionId: uuid('session_id').primaryKey(),
-  lastSeq: bigint('last_seq', { mode: 'number' }).notNull()
+  lastSeq: bigint('last_seq', { mode: 'number' }).notNull(),
+  deliveredSeq: bigint('delivered_seq', { mode: 'number' }).notNull().default(0)
 })
 
 export type SessionRow = typeof sessions.$inferSelect

@@ -1,11 +1,10 @@
+import { PG_INT_MAX } from './limits.js'
+
 /**
  * If-Match parsing and matching (RFC 9110 §13.1.1) for ETags of the form `"<version>"`. Strong
  * comparison: weak tags never match. A bare number is accepted too, as some clients send it.
  */
 export type IfMatch = '*' | number[]
-
-/** versions are Postgres integers */
-const MAX_VERSION = 2_147_483_647
 
 export function parseIfMatch (header: string | undefined): IfMatch | undefined | null {
   if (header === undefined) return undefined
@@ -17,7 +16,7 @@ export function parseIfMatch (header: string | undefined): IfMatch | undefined |
     const m = /^(W\/)?"(\d{1,10})"$/.exec(tag) ?? /^()(\d{1,10})$/.exec(tag)
     if (!m) return null
     // a weak tag, or a version beyond what a version can be, is well-formed but never matches
-    if (!m[1] && Number(m[2]) <= MAX_VERSION) versions.push(Number(m[2]))
+    if (!m[1] && Number(m[2]) <= PG_INT_MAX) versions.push(Number(m[2]))
   }
   return versions
 }

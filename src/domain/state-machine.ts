@@ -5,10 +5,12 @@
 export const SESSION_STATES = ['pending', 'active', 'suspended', 'paused', 'completed', 'failed', 'expired'] as const
 export type SessionState = typeof SESSION_STATES[number]
 
-export const TERMINAL_STATES: readonly SessionState[] = ['completed', 'failed', 'expired']
-export const LIVE_STATES: readonly SessionState[] = ['pending', 'active', 'suspended', 'paused']
+export const TERMINAL_STATES = ['completed', 'failed', 'expired'] as const satisfies readonly SessionState[]
+/** every state that is not terminal: these expire, take heartbeats, and show in the sweep indexes */
+export const LIVE_STATES = ['pending', 'active', 'suspended', 'paused'] as const satisfies readonly SessionState[]
 
-export type Actor = 'user' | 'system'
+export const ACTORS = ['user', 'system'] as const
+export type Actor = typeof ACTORS[number]
 
 type Edges = Readonly<Partial<Record<SessionState, readonly Actor[]>>>
 
@@ -29,7 +31,7 @@ export const TRANSITIONS: Readonly<Record<SessionState, Edges>> = {
 }
 
 export function isTerminal (state: SessionState): boolean {
-  return TERMINAL_STATES.includes(state)
+  return (TERMINAL_STATES as readonly SessionState[]).includes(state)
 }
 
 export function canTransition (from: SessionState, to: SessionState, actor: Actor): boolean {

@@ -1,12 +1,10 @@
-import type { FastifyBaseLogger } from 'fastify'
 import { sql } from 'drizzle-orm'
 import type { Database } from '../db/database.js'
 import { prepareSql } from '../db/prepared-sql.js'
 import { sessionEvents } from '../db/schema.js'
-import type { EventHub } from './event-hub.js'
-
-export const EVENT_TYPES = ['user', 'agent', 'status', 'state', 'error'] as const
-export type EventType = typeof EVENT_TYPES[number]
+import type { EventType } from '../domain/event-types.js'
+import type { Log } from '../logger.js'
+import type { EventBus } from './event-bus.js'
 
 export interface StoredEvent {
   seq: number
@@ -32,6 +30,12 @@ export interface UserMessage {
   clientMessageId?: string | undefined
 }
 
+/** A user message waiting in the queue: stored, not yet taken up by the agent. */
+export interface QueuedMessage {
+  seq: number
+  text: string
+}
+
 /** Keeps statements (and the row locks they hold) short however much is waiting */
 const MAX_EVENTS_PER_STATEMENT = 1000
 const WRITE_ATTEMPTS = 4
@@ -48,25 +52,29 @@ export function frameText (e: { seq: number, type: string, at: Date, json: strin
 }
 
 /**
- * The session event log. Appends are group-committed: while one write is in flight, new events
- * gather and go in the next, one statement per session that also hands out the sequence numbers.
- * Subscribers see an event only after it is stored, in sequence order, so a client that replays
- * from the log and then follows the live feed misses nothing and sees nothing twice.
+ * The session event log, and the message queue it holds. Appends are group-committed: while one
+ * write is in flight, new events gather and go in the next, one statement per session that also
+ * hands out the sequence numbers. Subscribers see an event only after it is stored, in sequence
+ * order, so a client that replays from the log and then follows the live feed misses nothing and
+ * sees nothing twice. User events past the delivered position are the queue of messages the
+ * agent has not taken up yet.
  */
 export class EventLog {
   readonly #db: Database
-  readonly #hub: EventHub
-  readonly #log: FastifyBaseLogger
+  readonly #bus: EventBus
+  readonly #log: Log
   readonly #clock: () => Date
   #pending = new Map<string, Pending[]>()
   #flushing: Promise<void> | undefined
   readonly #appendStmt
   readonly #userStmt
   readonly #pageStmt
+  readonly #nextQueuedStmt
+  readonly #deliveredStmt
 
-  constructor (opts: { db: Database, hub: EventHub, logger: FastifyBaseLogger, clock?: () => Date }) {
+  constructor (opts: { db: Database, bus: EventBus, logger: Log, clock?: () => Date }) {
     this.#db = opts.db
-    this.#hub = opts.hub
+    this.#bus = opts.bus
     this.#log = opts.logger
     this.#clock = opts.clock ?? (() => new Date())
     const p = sql.placeholder
@@ -121,6 +129,26 @@ export class EventLog {
       select seq, type, at, payload::text as json from session_events
       where session_id = ${p('id')}::uuid and seq > ${p('after')}::bigint
       order by seq limit ${p('limit')}::int`)
+    this.#nextQueuedStmt = prepareSql(this.#db, 'events_next_queued', sql`
+      select e.seq, e.payload::text as json from session_events e
+      where e.session_id = ${p('id')}::uuid and e.type = 'user'
+        and e.seq > coalesce((select delivered_seq from session_event_seqs where session_id = ${p('id')}::uuid), 0)
+      order by e.seq limit 1`)
+    this.#deliveredStmt = prepareSql(this.#db, 'events_mark_delivered', sql`
+      update session_event_seqs set delivered_seq = greatest(delivered_seq, ${p('seq')}::bigint)
+      where session_id = ${p('id')}::uuid`)
+  }
+
+  /** The oldest user message the agent has not taken up yet, or null when the queue is empty. */
+  async nextQueued (sessionId: string): Promise<QueuedMessage | null> {
+    const [row] = await this.#nextQueuedStmt.execute({ id: sessionId })
+    if (!row) return null
+    return { seq: Number(row.seq), text: (JSON.parse(String(row.json)) as { text: string }).text }
+  }
+
+  /** The agent took up message `seq` (its turn started): it leaves the queue for good. */
+  async markDelivered (sessionId: string, seq: number): Promise<void> {
+    await this.#deliveredStmt.execute({ id: sessionId, seq })
   }
 
   /** Appends an event; resolves with its sequence number once it is stored (and published). */
@@ -329,7 +357,7 @@ export class EventLog {
   }
 
   #published (sessionId: string, e: Pending, seq: number, duplicate: boolean): void {
-    if (!duplicate) this.#hub.publish(sessionId, { seq, bytes: Buffer.from(frameText({ seq, type: e.type, at: e.at, json: e.json })) })
+    if (!duplicate) this.#bus.publish(sessionId, { seq, bytes: Buffer.from(frameText({ seq, type: e.type, at: e.at, json: e.json })) })
     e.resolve({ seq, duplicate })
   }
 }

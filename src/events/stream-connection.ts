@@ -1,9 +1,9 @@
-import type { FastifyBaseLogger } from 'fastify'
+import type { Log } from '../logger.js'
 import { Compile } from 'typebox/compile'
-import { isDatabaseUnavailable } from '../db/database-errors.js'
+import { toProblem, type ErrorCode } from '../errors.js'
 import type { WebSocket } from 'ws'
 import { InboundFrameSchema, type InboundFrame } from '../schemas/events.js'
-import type { EventHub, PublishedFrame } from './event-hub.js'
+import type { EventBus, PublishedFrame } from './event-bus.js'
 import { frameText, type EventLog } from './event-log.js'
 
 /** The numbers of the stream's flow control and liveness, named once (documented in docs/STREAM.md). */
@@ -35,9 +35,9 @@ export class StreamConnection {
   readonly #socket: WebSocket
   readonly #sessionId: string
   readonly #events: EventLog
-  readonly #hub: EventHub
+  readonly #bus: EventBus
   readonly #handlers: StreamHandlers
-  readonly #log: FastifyBaseLogger
+  readonly #log: Log
   readonly #pingIntervalMs: number
   #lastSent: number
   #held: PublishedFrame[] | null = []
@@ -52,23 +52,23 @@ export class StreamConnection {
     sessionId: string
     after: number
     events: EventLog
-    hub: EventHub
+    bus: EventBus
     handlers: StreamHandlers
-    logger: FastifyBaseLogger
+    logger: Log
     pingIntervalMs: number
   }) {
     this.#socket = opts.socket
     this.#sessionId = opts.sessionId
     this.#lastSent = opts.after
     this.#events = opts.events
-    this.#hub = opts.hub
+    this.#bus = opts.bus
     this.#handlers = opts.handlers
     this.#log = opts.logger
     this.#pingIntervalMs = opts.pingIntervalMs
   }
 
   async run (): Promise<void> {
-    this.#unsubscribe = this.#hub.subscribe(this.#sessionId, (frame) => {
+    this.#unsubscribe = this.#bus.subscribe(this.#sessionId, (frame) => {
       if (!this.#held) {
         this.#deliver(frame)
         return
@@ -158,21 +158,21 @@ export class StreamConnection {
       const first = frame === undefined ? undefined : [...checkInbound.Errors(frame)][0]
       this.#reply({
         type: 'error',
-        code: 'INVALID_FRAME',
+        code: 'INVALID_FRAME' satisfies ErrorCode,
         message: frame === undefined
           ? 'frames are JSON text: {"type":"message","text":…} or {"type":"heartbeat"}'
           : `invalid frame: ${first?.instancePath || '(frame)'} ${first?.message ?? 'is not a known frame'}`
       })
       return
     }
-    this.#handle(frame).catch((err: Error & { code?: string, statusCode?: number }) => {
-      if ((err.statusCode ?? 500) >= 500) this.#log.error({ err }, 'stream frame failed')
-      const clientError = err.statusCode !== undefined && err.statusCode < 500
-      const unavailable = !clientError && isDatabaseUnavailable(err)
+    this.#handle(frame).catch((err: unknown) => {
+      // the same mapping as an HTTP error: the same code, the same words, internals hidden
+      const problem = toProblem(err)
+      if (problem.status >= 500) this.#log.error({ err }, 'stream frame failed')
       this.#reply({
         type: 'error',
-        code: clientError ? err.code : unavailable ? 'DATABASE_UNAVAILABLE' : 'INTERNAL_ERROR',
-        message: clientError ? err.message : unavailable ? 'the database cannot be reached right now: send it again shortly' : 'the frame could not be handled',
+        code: problem.code,
+        message: problem.detail,
         ...(frame.type === 'message' && frame.clientMessageId ? { clientMessageId: frame.clientMessageId } : {})
       })
     })

@@ -4,23 +4,21 @@ import type { Config } from '../config.js'
 import { SessionLifecycleManager } from '../sessions/lifecycle-manager.js'
 import { createSessionRepository } from '../sessions/session-repository.js'
 import { SessionTimeoutWorker } from '../sessions/timeout-worker.js'
+import { createTurnStore, type TurnStore } from '../sessions/turn-store.js'
 
 declare module 'fastify' {
   interface FastifyInstance {
     sessions: SessionLifecycleManager
     timeoutWorker: SessionTimeoutWorker
+    turns: TurnStore
   }
 }
 
-export interface SessionsPluginOptions {
-  config: Config
-  clock?: () => Date
-  /** false leaves the worker stopped (tests that drive sweeps themselves) */
-  startWorker?: boolean
-}
-
-/** The session components: repository, lifecycle manager (the one writer), timeout worker. */
-export default fp(async function sessionsPlugin (app: FastifyInstance, opts: SessionsPluginOptions) {
+/**
+ * The session components: the repository, the lifecycle manager (the one writer of state), the
+ * timeout worker (started by the app once start-up is done), and the turn store for the agents.
+ */
+export default fp(async function sessionsPlugin (app: FastifyInstance, opts: { config: Config, clock?: () => Date }) {
   const postgres = app.database.driver === 'postgres'
   const repo = createSessionRepository(app.database.db, {
     sweepPartitions: postgres ? 2 : 1,
@@ -39,6 +37,6 @@ export default fp(async function sessionsPlugin (app: FastifyInstance, opts: Ses
   })
   app.decorate('sessions', manager)
   app.decorate('timeoutWorker', worker)
-  if (opts.startWorker !== false) app.addHook('onReady', async () => { worker.start() })
+  app.decorate('turns', createTurnStore(repo))
   app.addHook('preClose', async () => { await worker.stop() })
 }, { name: 'sessions', dependencies: ['database'] })

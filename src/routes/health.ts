@@ -8,7 +8,13 @@ const Ready = Type.Object({ status: Type.Literal('ready'), database: Type.String
 
 const healthRoutes: FastifyPluginAsyncTypebox = async (app) => {
   app.get('/healthz', {
-    schema: { tags: ['health'], operationId: 'health', summary: 'Liveness: the process serves requests', response: { 200: Health } }
+    schema: {
+      tags: ['health'],
+      operationId: 'health',
+      summary: 'Liveness: the process serves requests',
+      description: 'Always 200 while the process runs; it does not touch the database.',
+      response: { 200: Health }
+    }
   }, async () => ({ status: 'ok' as const }))
 
   app.get('/readyz', {
@@ -16,6 +22,8 @@ const healthRoutes: FastifyPluginAsyncTypebox = async (app) => {
       tags: ['health'],
       operationId: 'ready',
       summary: 'Readiness: the database answers',
+      description: 'Pings the database: 200 with the driver in use (`pglite` or `postgres`), or 503 ' +
+        'SERVICE_UNAVAILABLE when it does not answer.',
       response: { 200: Ready, ...problems(503) }
     }
   }, async () => {

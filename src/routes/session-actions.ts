@@ -1,18 +1,18 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { etagOf } from '../domain/if-match.js'
-import { IfMatchHeaders, problems, ref } from '../schemas/common.js'
+import { ETagHeader, IfMatchHeaders, problems, ref, withHeaders } from '../schemas/common.js'
 import {
   HeartbeatSchema,
   PauseBody,
   ResumeBody,
   SessionParams,
-  SessionRef,
+  SessionResponse,
   SnapshotSchema,
   TransitionBody
 } from '../schemas/session.js'
 import { toSnapshotView } from '../sessions/session-view.js'
 import { ifMatchOf } from './if-match-header.js'
-import { sendSession } from './sessions.js'
+import { sendSession } from './session-reply.js'
 
 /** State changes and liveness: transitions, pause/resume with snapshots, heartbeats. */
 const sessionActionRoutes: FastifyPluginAsyncTypebox = async (app) => {
@@ -29,7 +29,7 @@ const sessionActionRoutes: FastifyPluginAsyncTypebox = async (app) => {
       params: SessionParams,
       headers: IfMatchHeaders,
       body: TransitionBody,
-      response: { 200: SessionRef, ...problems(400, 404, 409, 412, 413, 415) }
+      response: { 200: SessionResponse, ...problems(400, 404, 409, 412, 413, 415) }
     }
   }, async (request, reply) => {
     const { to, reason } = request.body
@@ -42,10 +42,13 @@ const sessionActionRoutes: FastifyPluginAsyncTypebox = async (app) => {
       tags: ['sessions'],
       operationId: 'pauseSession',
       summary: 'Snapshot the session and pause it; returns the snapshot (the ETag is the paused session\'s)',
+      description: 'From active or suspended. A busy agent is interrupted, then stopped; the snapshot holds ' +
+        'everything a resume needs. The session then waits in `paused` until POST /resume (messages to it are ' +
+        '409). The ETag is the version of the paused session, not of the snapshot.',
       params: SessionParams,
       headers: IfMatchHeaders,
       body: PauseBody,
-      response: { 200: ref(SnapshotSchema), ...problems(400, 404, 409, 412, 413, 415) }
+      response: { 200: withHeaders(ref(SnapshotSchema), { ETag: ETagHeader }), ...problems(400, 404, 409, 412, 413, 415) }
     }
   }, async (request, reply) => {
     const { session, snapshot } = await sessions.pauseSession(request.params.id, {
@@ -60,10 +63,13 @@ const sessionActionRoutes: FastifyPluginAsyncTypebox = async (app) => {
       tags: ['sessions'],
       operationId: 'resumeSession',
       summary: 'Resume a paused session from its latest snapshot, or from the one named',
+      description: 'Only a paused session (else 409); `snapshotId` names one of its snapshots (404 if it has ' +
+        'no such snapshot). The session becomes active; its agent starts with the next message, or at once when ' +
+        'messages were kept by the pause.',
       params: SessionParams,
       headers: IfMatchHeaders,
       body: ResumeBody,
-      response: { 200: SessionRef, ...problems(400, 404, 409, 412, 413, 415) }
+      response: { 200: SessionResponse, ...problems(400, 404, 409, 412, 413, 415) }
     }
   }, async (request, reply) => {
     const row = await sessions.resumeSession(request.params.id, {
@@ -79,9 +85,12 @@ const sessionActionRoutes: FastifyPluginAsyncTypebox = async (app) => {
       tags: ['sessions'],
       operationId: 'heartbeatSession',
       summary: 'Keep-alive: pushes the expiry deadline out (never earlier); does not change the version',
+      description: 'The session expires when neither a heartbeat nor activity comes within its TTL. The answer ' +
+        'is the state, the version (also as the ETag), the new deadline and the server\'s clock. A completed, ' +
+        'failed or expired session is 409 SESSION_TERMINAL. The stream\'s `heartbeat` frame does the same.',
       params: SessionParams,
       headers: IfMatchHeaders,
-      response: { 200: ref(HeartbeatSchema), ...problems(400, 404, 409, 412, 413, 415) }
+      response: { 200: withHeaders(ref(HeartbeatSchema), { ETag: ETagHeader }), ...problems(400, 404, 409, 412, 413, 415) }
     }
   }, async (request, reply) => {
     const beat = await sessions.heartbeat(request.params.id, ifMatchOf(request))

@@ -2,8 +2,8 @@ import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { MessageTooLarge } from '../errors.js'
 import { problems, ref } from '../schemas/common.js'
 import { EventPageSchema, EventsQuery, MessageAcceptedSchema, MessageBody, RestartBody } from '../schemas/events.js'
-import { SessionParams, SessionRef } from '../schemas/session.js'
-import { sendSession } from './sessions.js'
+import { SessionParams, SessionResponse } from '../schemas/session.js'
+import { sendSession } from './session-reply.js'
 
 /** Talking to the agent over HTTP: messages, the persisted events, a fresh start. */
 const sessionMessageRoutes: FastifyPluginAsyncTypebox = async (app) => {
@@ -34,6 +34,9 @@ const sessionMessageRoutes: FastifyPluginAsyncTypebox = async (app) => {
       tags: ['agent'],
       operationId: 'listEvents',
       summary: 'The persisted events after a sequence number (the HTTP fallback of the stream)',
+      description: 'The same `{seq, type, at, data}` frames as the WebSocket stream replays, in `seq` order. ' +
+        '`nextAfter` is set whenever the page is full: pass it as `after` for the next page (which may be ' +
+        'empty). The frames are described in asyncapi.yaml.',
       params: SessionParams,
       querystring: EventsQuery,
       response: { 200: ref(EventPageSchema), ...problems(400, 404) }
@@ -57,7 +60,7 @@ const sessionMessageRoutes: FastifyPluginAsyncTypebox = async (app) => {
       description: 'For a suspended or active session, typically after a resume failed. 409 in any other state.',
       params: SessionParams,
       body: RestartBody,
-      response: { 200: SessionRef, ...problems(400, 404, 409, 413, 415) }
+      response: { 200: SessionResponse, ...problems(400, 404, 409, 413, 415) }
     }
   }, async (request, reply) => {
     const row = await agents.restart(request.params.id, request.body?.reason)

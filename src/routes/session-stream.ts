@@ -7,7 +7,7 @@ import { SessionParams } from '../schemas/session.js'
 
 /** GET /sessions/{id}/stream: the session's events over a WebSocket, replayed then live. */
 const sessionStreamRoutes: FastifyPluginAsyncTypebox = async (app) => {
-  const { sessions, agents, events, eventHub, config } = app
+  const { sessions, agents, events, eventBus, config } = app
   const connections = new Set<StreamConnection>()
 
   // Shutdown: every stream is told the service is going away (1001) before anything else stops
@@ -38,7 +38,7 @@ const sessionStreamRoutes: FastifyPluginAsyncTypebox = async (app) => {
       sessionId,
       after: request.query.after ?? 0,
       events,
-      hub: eventHub,
+      bus: eventBus,
       logger: request.log.child({ sessionId, stream: true }),
       pingIntervalMs: config.limits.wsPingIntervalMs,
       handlers: {

@@ -1,26 +1,22 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import type { FastifyReply } from 'fastify'
 import { Type } from 'typebox'
-import type { SessionRow } from '../db/schema.js'
 import { decodeCursor, encodeCursor } from '../domain/cursor.js'
 import { etagOf } from '../domain/if-match.js'
 import { InvalidCursor } from '../errors.js'
-import { IfMatchHeaders, problems, ref } from '../schemas/common.js'
+import { ETagHeader, IfMatchHeaders, LocationHeader, problems, ref, withHeaders } from '../schemas/common.js'
 import {
   CreateSessionBody,
   ListQuery,
   PatchSessionBody,
   SessionListSchema,
   SessionParams,
-  SessionRef
+  SessionRef,
+  SessionResponse
 } from '../schemas/session.js'
 import { toSessionView } from '../sessions/session-view.js'
 import { ifMatchOf } from './if-match-header.js'
-
-/** Sends a session with its version as the ETag. */
-export function sendSession (reply: FastifyReply, row: SessionRow, now: Date, status = 200) {
-  return reply.status(status).header('etag', etagOf(row.version)).send(toSessionView(row, now))
-}
+import { sendSession } from './session-reply.js'
 
 const IfNoneMatchHeaders = Type.Object({
   'if-none-match': Type.Optional(Type.String({ description: 'An ETag the client holds; 304 when it is current' }))
@@ -35,8 +31,11 @@ const sessionRoutes: FastifyPluginAsyncTypebox = async (app) => {
       tags: ['sessions'],
       operationId: 'createSession',
       summary: 'Create a session (pending, no agent yet)',
+      description: 'Every member is optional: the workdir (inside the workspace root, created if missing) ' +
+        'defaults to `<workspace root>/<session id>`, the timeouts to the configured defaults. No agent starts ' +
+        'until the first message. The answer is the session, with its ETag and its Location.',
       body: CreateSessionBody,
-      response: { 201: SessionRef, ...problems(400, 413, 415) }
+      response: { 201: withHeaders(SessionRef, { ETag: ETagHeader, Location: LocationHeader }), ...problems(400, 413, 415) }
     }
   }, async (request, reply) => {
     const row = await sessions.create(request.body ?? {})
@@ -49,6 +48,9 @@ const sessionRoutes: FastifyPluginAsyncTypebox = async (app) => {
       tags: ['sessions'],
       operationId: 'listSessions',
       summary: 'List sessions, newest first, with keyset pagination',
+      description: 'Deleted sessions are not listed. Filter by `state` (repeat it for several states). A page ' +
+        'holds at most `limit` sessions; when more exist, `nextCursor` is set: pass it as `cursor` for the next ' +
+        'page. A cursor this service did not issue is 400 INVALID_CURSOR.',
       querystring: ListQuery,
       response: { 200: ref(SessionListSchema), ...problems(400) }
     }
@@ -72,9 +74,15 @@ const sessionRoutes: FastifyPluginAsyncTypebox = async (app) => {
       tags: ['sessions'],
       operationId: 'getSession',
       summary: 'One session, with its metadata: durations, tokens, cost, timestamps',
+      description: 'The ETag is the session\'s version. With `If-None-Match` naming the current ETag (or `*`) ' +
+        'the answer is 304 without a body, so a client can poll cheaply. A deleted session is 404.',
       params: SessionParams,
       headers: IfNoneMatchHeaders,
-      response: { 200: SessionRef, 304: Type.Null({ description: 'Not modified' }), ...problems(400, 404) }
+      response: {
+        200: SessionResponse,
+        304: withHeaders(Type.Null({ description: 'Not modified: the ETag the client holds is current' }), { ETag: ETagHeader }),
+        ...problems(400, 404)
+      }
     }
   }, async (request, reply) => {
     const row = await sessions.get(request.params.id)
@@ -92,10 +100,13 @@ const sessionRoutes: FastifyPluginAsyncTypebox = async (app) => {
       tags: ['sessions'],
       operationId: 'updateSession',
       summary: 'Change title, idle timeout or TTL (a TTL change recomputes the expiry deadline)',
+      description: 'At least one member. A timeout outside the configured range is 400 VALUE_OUT_OF_RANGE; a ' +
+        'completed, failed or expired session is 409 SESSION_TERMINAL. Bumps the version; with `If-Match` a ' +
+        'stale version is 412.',
       params: SessionParams,
       headers: IfMatchHeaders,
       body: PatchSessionBody,
-      response: { 200: SessionRef, ...problems(400, 404, 409, 412, 413, 415) }
+      response: { 200: SessionResponse, ...problems(400, 404, 409, 412, 413, 415) }
     }
   }, async (request, reply) => {
     const row = await sessions.update(request.params.id, request.body, { ifMatch: ifMatchOf(request) })
@@ -107,6 +118,9 @@ const sessionRoutes: FastifyPluginAsyncTypebox = async (app) => {
       tags: ['sessions'],
       operationId: 'deleteSession',
       summary: 'Stop the session\'s agent and archive it (any state); it is gone from the API afterwards',
+      description: 'A session that is not terminal yet is completed first (reason `deleted`, seen on its stream), then archived: ' +
+        'every later request about it is 404. Its working directory is left untouched. With `If-Match` a ' +
+        'stale version is 412.',
       params: SessionParams,
       headers: IfMatchHeaders,
       response: { 204: Type.Null({ description: 'Deleted' }), ...problems(400, 404, 412, 413, 415) }

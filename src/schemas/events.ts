@@ -1,6 +1,7 @@
-import { Type, type Static } from 'typebox'
-import { EVENT_TYPES } from '../events/event-log.js'
-import { DateTime, NO_NUL } from './common.js'
+import { Type, type Static, type TSchema } from 'typebox'
+import { EVENT_TYPES, type EventType } from '../domain/event-types.js'
+import { DateTime, NO_NUL, ref } from './common.js'
+import { HeartbeatSchema, SessionStateSchema } from './session.js'
 
 export const EventFrameSchema = Type.Object({
   seq: Type.Integer({ minimum: 1, description: 'Per-session sequence number: replay with ?after=<seq>' }),
@@ -25,8 +26,10 @@ const ClientMessageId = Type.String({
   description: 'Chosen by the client: a retry with the same id is accepted once (idempotent)'
 })
 
+const MessageText = Type.String({ minLength: 1, pattern: NO_NUL, description: 'The user\'s message to the agent (at most MESSAGE_MAX_BYTES bytes of UTF-8)' })
+
 export const MessageBody = Type.Object({
-  text: Type.String({ minLength: 1, pattern: NO_NUL, description: 'The user\'s message to the agent (at most MESSAGE_MAX_BYTES bytes of UTF-8)' }),
+  text: MessageText,
   clientMessageId: Type.Optional(ClientMessageId)
 }, { additionalProperties: false })
 
@@ -48,11 +51,112 @@ export const RestartBody = Type.Object({
   reason: Type.Optional(Type.String({ minLength: 1, maxLength: 500, pattern: NO_NUL }))
 }, { additionalProperties: false })
 
+// The stream's frames (docs/STREAM.md; asyncapi.yaml is generated from these schemas by
+// scripts/asyncapi.ts, through src/schemas/asyncapi.ts)
+
+/** Client frame: a message to the agent, as POST /messages; answered by an `ack` or an `error` reply. */
+export const MessageFrameSchema = Type.Object({
+  type: Type.Literal('message'),
+  text: MessageText,
+  clientMessageId: Type.Optional(ClientMessageId)
+}, { additionalProperties: false })
+
+/** Client frame: a heartbeat, as POST /heartbeat without If-Match; answered by a `heartbeat` or an `error` reply. */
+export const HeartbeatFrameSchema = Type.Object({ type: Type.Literal('heartbeat') }, { additionalProperties: false })
+
 /** Frames a client may send on the stream. */
-export const InboundFrameSchema = Type.Union([
-  Type.Object({ type: Type.Literal('message'), text: Type.String({ minLength: 1, pattern: NO_NUL }), clientMessageId: Type.Optional(ClientMessageId) }, { additionalProperties: false }),
-  Type.Object({ type: Type.Literal('heartbeat') }, { additionalProperties: false })
-])
+export const InboundFrameSchema = Type.Union([MessageFrameSchema, HeartbeatFrameSchema])
 export type InboundFrame = Static<typeof InboundFrameSchema>
+
+// Server replies: no `seq`, not stored, about one frame this client sent
+
+/** Reply to a `message` frame that was stored. */
+export const AckReplySchema = Type.Object({
+  type: Type.Literal('ack'),
+  messageSeq: Type.Integer({ minimum: 1, description: 'The seq of the message\'s `user` event, which arrives on the stream in order (an ack can overtake a replay: never "seen up to")' }),
+  duplicate: Type.Boolean({ description: 'true when this clientMessageId was already accepted; nothing was sent again' }),
+  clientMessageId: Type.Optional(Type.String({ description: 'The frame\'s clientMessageId, when it had one' }))
+})
+export type AckReply = Static<typeof AckReplySchema>
+
+/** Reply to a `heartbeat` frame: the body of POST /heartbeat. */
+export const HeartbeatReplySchema = Type.Object({
+  type: Type.Literal('heartbeat'),
+  ...HeartbeatSchema.properties
+})
+export type HeartbeatReply = Static<typeof HeartbeatReplySchema>
+
+/** Reply to a frame that was refused; the connection stays open. */
+export const ErrorReplySchema = Type.Object({
+  type: Type.Literal('error'),
+  code: Type.String({ description: 'The code the matching HTTP request would get (INVALID_FRAME for a frame that is not one)' }),
+  message: Type.String({ description: 'What went wrong, for a person' }),
+  clientMessageId: Type.Optional(Type.String({ description: 'The refused message frame\'s clientMessageId, when it had one' }))
+})
+export type ErrorReply = Static<typeof ErrorReplySchema>
+
+/** What the server sends that carries no seq. */
+export const StreamReplySchema = Type.Union([AckReplySchema, HeartbeatReplySchema, ErrorReplySchema])
+export type StreamReply = Static<typeof StreamReplySchema>
+
+// The `data` of each event type
+
+export const UserEventDataSchema = Type.Object({
+  text: Type.String(),
+  clientMessageId: Type.Optional(Type.String())
+}, { description: 'A user message, as accepted' })
+
+export const AgentEventDataSchema = Type.Object({}, {
+  additionalProperties: true,
+  description: 'One stdout line of the Claude Code CLI (stream-json): `system`, `assistant`, `user`, `result`, … ' +
+    'unknown types passed on unchanged; a line that is not a JSON object is `{"type": "unparsed", "line": "…"}`'
+})
+
+export const StatusEventDataSchema = Type.Object({
+  message: Type.String({ description: '"Resuming session…", "Waiting for a free agent slot…", "Starting a fresh conversation…"' })
+}, { description: 'A notice about the session' })
+
+export const StateEventDataSchema = Type.Object({
+  from: ref(SessionStateSchema),
+  to: ref(SessionStateSchema),
+  reason: Type.Union([Type.String(), Type.Null()]),
+  actor: Type.Union([Type.Literal('user'), Type.Literal('system')]),
+  version: Type.Integer({ description: 'The session version the transition produced' })
+}, { description: 'A state transition' })
+
+export const ErrorEventDataSchema = Type.Object({
+  code: Type.String({ description: 'AGENT_START_FAILED, AGENT_RESUME_FAILED or AGENT_CRASHED' }),
+  message: Type.String({ description: 'What happened and what the user can do' })
+}, { description: 'The agent failed' })
+
+/** The `data` of each event type. */
+export const EVENT_DATA_SCHEMAS = {
+  user: UserEventDataSchema,
+  agent: AgentEventDataSchema,
+  status: StatusEventDataSchema,
+  state: StateEventDataSchema,
+  error: ErrorEventDataSchema
+} as const satisfies Record<EventType, TSchema>
+
+/** An event frame of one type: EventFrameSchema with its `type` fixed and its `data` known. */
+function eventFrameOf<T extends EventType> (type: T) {
+  const { seq, at } = EventFrameSchema.properties
+  return Type.Object({ seq, type: Type.Literal(type), at, data: EVENT_DATA_SCHEMAS[type] })
+}
+
+export const UserEventFrameSchema = eventFrameOf('user')
+export const AgentEventFrameSchema = eventFrameOf('agent')
+export const StatusEventFrameSchema = eventFrameOf('status')
+export const StateEventFrameSchema = eventFrameOf('state')
+export const ErrorEventFrameSchema = eventFrameOf('error')
+
+/** The event frames by type, each with its `data` shape. */
+export const EVENT_FRAME_SCHEMAS = {
+  user: UserEventFrameSchema,
+  agent: AgentEventFrameSchema,
+  status: StatusEventFrameSchema,
+  state: StateEventFrameSchema,
+  error: ErrorEventFrameSchema
+} as const satisfies Record<EventType, TSchema>
 
 export const EVENT_SCHEMAS = [EventFrameSchema, EventPageSchema, MessageAcceptedSchema]

@@ -1,8 +1,7 @@
 import { randomUUID } from 'node:crypto'
 import { EventEmitter } from 'node:events'
-import type { FastifyBaseLogger as Logger } from 'fastify'
+import type { Log } from '../logger.js'
 import type { Config } from '../config.js'
-import type { StopReason } from '../agents/agent-process.js'
 import type { SessionRow, SnapshotRow, TransitionRow } from '../db/schema.js'
 import { type KeysetCursor } from '../domain/cursor.js'
 import { ifMatchAccepts, type IfMatch } from '../domain/if-match.js'
@@ -13,6 +12,7 @@ import {
   type Actor,
   type SessionState
 } from '../domain/state-machine.js'
+import { stopReasonFor, type StopReason } from '../domain/stop-reasons.js'
 import { addSeconds, planHeartbeat } from '../domain/timers.js'
 import {
   NoSnapshot,
@@ -29,9 +29,6 @@ import { LivenessCache } from './liveness-cache.js'
 import type { SessionRepository, SweepHit, TransitionWrite } from './session-repository.js'
 import { snapshotDataOf, type SnapshotData } from './session-view.js'
 import { prepareWorkdir } from './workspace.js'
-
-/** Why a session's process is being stopped; the first reason is the one recorded. */
-export type { StopReason }
 
 /**
  * What the lifecycle asks of whoever runs the agents (the supervisor). The manager stays the one
@@ -80,18 +77,13 @@ export interface HeartbeatResult {
 export interface LifecycleManagerOptions {
   repo: SessionRepository
   config: Pick<Config, 'workspaceRoot' | 'idleTimeout' | 'ttl' | 'heartbeatCoalesceFraction'>
-  logger: Logger
+  logger: Log
   clock?: () => Date
   hooks?: Partial<SessionProcessHooks>
 }
 
 /** A write that lost a race is re-read and re-checked this many times before giving up. */
 const MAX_CAS_ATTEMPTS = 8
-
-/** Why a session's process stops when the session enters this state. */
-export const STOP_REASON: Partial<Record<SessionState, StopReason>> = {
-  paused: 'pause', suspended: 'idle', completed: 'completed', failed: 'crash', expired: 'expired'
-}
 
 /**
  * The one writer of session state. Every change is a versioned compare-and-set checked against the
@@ -101,7 +93,7 @@ export const STOP_REASON: Partial<Record<SessionState, StopReason>> = {
 export class SessionLifecycleManager extends EventEmitter<LifecycleEvents> {
   readonly #repo: SessionRepository
   readonly #config: LifecycleManagerOptions['config']
-  readonly #log: Logger
+  readonly #log: Log
   readonly #clock: () => Date
   readonly #hooks: SessionProcessHooks
   readonly #liveness = new LivenessCache()
@@ -154,6 +146,11 @@ export class SessionLifecycleManager extends EventEmitter<LifecycleEvents> {
     const row = await this.#repo.findById(id)
     if (!row) throw new SessionNotFound(id)
     return row
+  }
+
+  /** As get, with null for a session that does not exist (or was deleted). */
+  async find (id: string): Promise<SessionRow | null> {
+    return this.#repo.findById(id)
   }
 
   async list (q: { states?: SessionState[] | undefined, cursor?: KeysetCursor | undefined, limit: number }): Promise<SessionRow[]> {
@@ -280,7 +277,7 @@ export class SessionLifecycleManager extends EventEmitter<LifecycleEvents> {
     for (const hit of hits) this.#liveness.delete(hit.id)
     // recorded before the processes stop, so the stream shows the change in version order
     this.emit('transitions', hits.map((hit) => ({ sessionId: hit.id, version: hit.version, from: hit.from, to, actor: 'system' as const, reason })))
-    const stopReason = to === 'expired' ? 'expired' : reason === 'restart' ? 'restart' : 'idle'
+    const stopReason = stopReasonFor(to, reason)
     await Promise.all(hits.filter((hit) => hit.from === 'active').map((hit) => this.#stop(hit.id, stopReason)))
   }
 
@@ -316,7 +313,7 @@ export class SessionLifecycleManager extends EventEmitter<LifecycleEvents> {
     const written = await this.#repo.transition({ ...w, id: row.id, version: row.version, from: row.state })
     if (written && written.state !== row.state) {
       this.emit('transition', { sessionId: row.id, version: written.version, from: row.state, to: written.state, actor: w.actor, reason: w.reason })
-      if (row.state === 'active') await this.#stop(row.id, STOP_REASON[written.state] ?? 'user')
+      if (row.state === 'active') await this.#stop(row.id, stopReasonFor(written.state, w.reason))
     }
     return written
   }

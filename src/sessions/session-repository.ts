@@ -5,12 +5,13 @@ import {
   sessionSnapshots,
   sessionTransitions,
   sessions,
+  sqlList,
   type NewSessionRow,
   type SessionRow,
   type SnapshotRow,
   type TransitionRow
 } from '../db/schema.js'
-import { LIVE_STATES, type Actor, type SessionState } from '../domain/state-machine.js'
+import { LIVE_STATES, TERMINAL_STATES, type Actor, type SessionState } from '../domain/state-machine.js'
 import { HeartbeatBatcher, type HeartbeatWrite } from './heartbeat-batcher.js'
 
 const p = sql.placeholder
@@ -72,8 +73,8 @@ export interface SessionCursor {
   id: string
 }
 
-const LIVE = sql.raw('(\'pending\', \'active\', \'suspended\', \'paused\')')
-const TERMINAL = sql.raw('(\'completed\', \'failed\', \'expired\')')
+const LIVE = sqlList(LIVE_STATES)
+const TERMINAL = sqlList(TERMINAL_STATES)
 
 /**
  * The uuid space cut into `n` contiguous ranges. A sweep of many sessions is CPU-bound in Postgres;
@@ -245,13 +246,9 @@ export function createSessionRepository (db: Database, opts: SessionRepositoryOp
     where id = ${p('id')}::uuid and busy
     returning id`)
 
-  const deliveredStmt = prepareSql(db, 'session_delivered', sql`
-    update sessions set
-      delivered_seq = greatest(delivered_seq, ${p('seq')}::bigint),
-      agent_session_id = ${p('agent')}::uuid,
-      last_error = null
-    where id = ${p('id')}::uuid
-    returning id`)
+  const conversationStmt = prepareSql(db, 'session_conversation_confirmed', sql`
+    update sessions set agent_session_id = ${p('agent')}::uuid, last_error = null
+    where id = ${p('id')}::uuid and (agent_session_id is distinct from ${p('agent')}::uuid or last_error is not null)`)
 
   const activityStmt = prepareSql(db, 'session_activity', sql`
     update sessions set
@@ -259,13 +256,6 @@ export function createSessionRepository (db: Database, opts: SessionRepositoryOp
       expires_at = case when state in ${LIVE}
         then greatest(expires_at, ${ts('at')} + make_interval(secs => ttl_seconds)) else expires_at end
     where id = ${p('id')}::uuid`)
-
-  // The message queue is the event log: user events the agent has not taken up yet, in order
-  const nextMessageStmt = prepareSql(db, 'session_next_message', sql`
-    select e.seq, e.payload from session_events e
-    where e.session_id = ${p('id')}::uuid and e.type = 'user'
-      and e.seq > (select delivered_seq from sessions where id = ${p('id')}::uuid)
-    order by e.seq limit 1`)
 
   const newConversationStmt = prepareSql(db, 'session_new_conversation', sql`
     update sessions set agent_session_id = null, conversation_cost_usd = 0, last_error = null
@@ -437,20 +427,13 @@ export function createSessionRepository (db: Database, opts: SessionRepositoryOp
       await releaseStmt.execute({ id, at: at.toISOString() })
     },
 
-    /** The agent took up message `seq` (its turn's system/init arrived) in conversation `agent`. */
-    async markDelivered (id: string, seq: number, agentSessionId: string): Promise<void> {
-      await deliveredStmt.execute({ id, seq, agent: agentSessionId })
+    /** A turn of conversation `agentSessionId` started: it is the one to resume, and nothing is wrong. */
+    async conversationConfirmed (id: string, agentSessionId: string): Promise<void> {
+      await conversationStmt.execute({ id, agent: agentSessionId })
     },
 
     async recordActivity (id: string, at: Date): Promise<void> {
       await activityStmt.execute({ id, at: at.toISOString() })
-    },
-
-    async nextQueuedMessage (id: string): Promise<{ seq: number, text: string } | null> {
-      const [row] = await nextMessageStmt.execute({ id })
-      if (!row) return null
-      const payload = (typeof row.payload === 'string' ? JSON.parse(row.payload) : row.payload) as { text: string }
-      return { seq: Number(row.seq), text: payload.text }
     },
 
     /** Forget the conversation: the next start is a fresh one, its cost counted anew. */
@@ -472,7 +455,7 @@ export function createSessionRepository (db: Database, opts: SessionRepositoryOp
 
     async list (q: { states?: SessionState[] | undefined, cursor?: SessionCursor | undefined, limit: number }): Promise<SessionRow[]> {
       const withStates = q.states !== undefined && q.states.length > 0
-      const liveOnly = withStates && q.states!.every((s) => LIVE_STATES.includes(s))
+      const liveOnly = withStates && q.states!.every((s) => (LIVE_STATES as readonly SessionState[]).includes(s))
       return listStmt(withStates, q.cursor !== undefined, liveOnly).execute({
         limit: q.limit,
         ...(withStates ? { states: q.states } : {}),

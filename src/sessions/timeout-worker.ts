@@ -1,5 +1,5 @@
 import { EventEmitter } from 'node:events'
-import type { FastifyBaseLogger as Logger } from 'fastify'
+import type { Log } from '../logger.js'
 import type { SessionLifecycleManager } from './lifecycle-manager.js'
 
 export interface SweepResult {
@@ -10,7 +10,6 @@ export interface SweepResult {
 
 export interface TimeoutWorkerEvents {
   sweep: [SweepResult]
-  error: [Error]
 }
 
 /**
@@ -20,12 +19,12 @@ export interface TimeoutWorkerEvents {
 export class SessionTimeoutWorker extends EventEmitter<TimeoutWorkerEvents> {
   readonly #manager: SessionLifecycleManager
   readonly #intervalMs: number
-  readonly #log: Logger
+  readonly #log: Log
   #timer: NodeJS.Timeout | undefined
   #running: Promise<void> | undefined
   #started = false
 
-  constructor (opts: { manager: SessionLifecycleManager, intervalMs: number, logger: Logger }) {
+  constructor (opts: { manager: SessionLifecycleManager, intervalMs: number, logger: Log }) {
     super()
     this.#manager = opts.manager
     this.#intervalMs = opts.intervalMs
@@ -58,9 +57,9 @@ export class SessionTimeoutWorker extends EventEmitter<TimeoutWorkerEvents> {
 
   #schedule (delay: number): void {
     this.#timer = setTimeout(() => {
+      // a failed sweep (the database away for a moment) is retried at the next tick
       this.#running = this.sweep().then(() => {}, (err: Error) => {
         this.#log.error({ err }, 'timeout sweep failed')
-        if (this.listenerCount('error') > 0) this.emit('error', err)
       }).finally(() => {
         this.#running = undefined
         if (this.#started) this.#schedule(this.#intervalMs)

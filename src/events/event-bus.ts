@@ -1,7 +1,4 @@
-/**
- * In-process fan-out of persisted events to a session's subscribers. A frame is serialised once
- * and the same Buffer goes to every subscriber.
- */
+/** A persisted event on its way to live subscribers: serialised once, the same bytes for all. */
 export interface PublishedFrame {
   seq: number
   /** the frame as sent on the wire: `{"seq":…,"type":…,"at":…,"data":…}` */
@@ -10,7 +7,19 @@ export interface PublishedFrame {
 
 export type Subscriber = (frame: PublishedFrame) => void
 
-export class EventHub {
+/**
+ * The fan-out of stored events to a session's subscribers. The event log publishes (in sequence
+ * order, after the commit); stream connections subscribe. In-process today: a bus that crosses
+ * instances can stand behind the same three methods without touching either side.
+ */
+export interface EventBus {
+  publish (sessionId: string, frame: PublishedFrame): void
+  /** returns the unsubscribe function */
+  subscribe (sessionId: string, subscriber: Subscriber): () => void
+  subscriberCount (sessionId: string): number
+}
+
+export class InProcessEventBus implements EventBus {
   readonly #subscribers = new Map<string, Set<Subscriber>>()
 
   subscribe (sessionId: string, subscriber: Subscriber): () => void {
