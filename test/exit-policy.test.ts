@@ -34,8 +34,11 @@ t.test('classifyExit: who ended the process, and where its turn was', async (t) 
 t.test('startFailure: a session that never ran fails; anything else stays resumable', async (t) => {
   const first = startFailure({ firstStart: true, turns: 0, detail: 'exit code 3' })
   t.same(first, {
-    to: 'failed', reason: 'start failed', code: 'AGENT_START_FAILED',
-    message: 'The agent could not be started: exit code 3', lastError: 'exit code 3'
+    to: 'failed',
+    reason: 'start failed',
+    code: 'AGENT_START_FAILED',
+    message: 'The agent could not be started: exit code 3',
+    lastError: 'exit code 3'
   })
   // a restart (fresh conversation) of a session that has completed turns has work to keep
   t.equal(startFailure({ firstStart: true, turns: 4, detail: 'x' }).to, 'suspended')
