@@ -87,9 +87,12 @@ export function tooManyCrashes (crashes: number): boolean {
   return crashes >= MAX_CONSECUTIVE_CRASHES
 }
 
+/** How much of stderr an exit's description keeps: enough to name the cause, short enough for a phone. */
+const STDERR_IN_DESCRIPTION = { lines: 3, chars: 500 } as const
+
 /** An exit in a few words: how it ended and the last lines of its stderr. */
 export function describeExit (exit: ProcessExit): string {
   const how = exit.signal ? `killed by ${exit.signal}` : `exit code ${exit.code}`
-  const stderr = withoutNul(exit.stderrTail).trim().split('\n').slice(-3).join(' ').slice(0, 500)
+  const stderr = withoutNul(exit.stderrTail).trim().split('\n').slice(-STDERR_IN_DESCRIPTION.lines).join(' ').slice(0, STDERR_IN_DESCRIPTION.chars)
   return stderr ? `${how}: ${stderr}` : how
 }

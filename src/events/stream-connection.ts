@@ -12,8 +12,12 @@ export const STREAM_LIMITS = {
   highWaterBytes: 8 * 1024 * 1024,
   /** events read per replay page */
   replayPage: 500,
+  /** how often a replay checks whether the socket has drained enough for the next page */
+  drainPollMs: 10,
   /** close code for a client that does not keep up: reconnect with ?after=<last seq> */
   slowConsumerCloseCode: 4008,
+  /** close code when the replay itself failed (the database went away): reconnect later */
+  replayFailedCloseCode: 1011,
   /** close code when the service shuts down */
   goingAwayCloseCode: 1001
 } as const
@@ -90,7 +94,7 @@ export class StreamConnection {
       await this.#replay()
     } catch (err) {
       this.#log.error({ err }, 'stream replay failed')
-      this.close(1011, 'replay failed')
+      this.close(STREAM_LIMITS.replayFailedCloseCode, 'replay failed')
       return
     }
     const held = this.#held ?? []
@@ -141,7 +145,7 @@ export class StreamConnection {
   /** Replay pages wait for the socket to drain, so a long history does not pile up in memory. */
   async #drained (): Promise<void> {
     while (!this.#closed && this.#socket.bufferedAmount > STREAM_LIMITS.highWaterBytes / 4) {
-      await new Promise((resolve) => setTimeout(resolve, 10))
+      await new Promise((resolve) => setTimeout(resolve, STREAM_LIMITS.drainPollMs))
     }
   }
 
