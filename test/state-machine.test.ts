@@ -8,7 +8,7 @@ import {
   type SessionState
 } from '../src/domain/state-machine.js'
 
-// The table of DESIGN.md, written out independently of the implementation: "U" user, "S" system.
+// The table of docs/SESSION-LIFECYCLE.md ("States"), written out independently of the implementation: "U" user, "S" system.
 const EXPECTED: Record<SessionState, Partial<Record<SessionState, string>>> = {
   pending: { active: 'US', completed: 'U', failed: 'S', expired: 'S' },
   active: { suspended: 'US', paused: 'U', completed: 'U', failed: 'S', expired: 'S' },

@@ -3,7 +3,7 @@ import { SESSION_STATES, type SessionState } from '../src/domain/state-machine.j
 import { call, createSession, getSession, transition } from './helpers/api.js'
 import { build } from './helpers/build.js'
 
-// DESIGN.md's table, restated here so the test does not trust the module it checks.
+// The table of docs/SESSION-LIFECYCLE.md ("States"), restated here so the test does not trust the module it checks.
 const USER_EDGES: Record<SessionState, SessionState[]> = {
   pending: ['active', 'completed'],
   active: ['suspended', 'paused', 'completed'],
