@@ -29,9 +29,12 @@ const PROBLEM_REF = '#/components/schemas/Problem'
 
 interface ParameterObject { name: string, in: string, required?: boolean, schema?: { type?: string } }
 interface MediaTypeObject { schema?: { $ref?: string } }
-interface ResponseObject { description?: string, content?: Record<string, MediaTypeObject> }
+interface HeaderObject { description?: string, schema?: { type?: string } }
+interface ResponseObject { description?: string, headers?: Record<string, HeaderObject>, content?: Record<string, MediaTypeObject> }
 interface OperationObject {
   operationId?: string
+  summary?: string
+  description?: string
   parameters?: ParameterObject[]
   requestBody?: { required?: boolean, content?: Record<string, MediaTypeObject> }
   responses?: Record<string, ResponseObject>
@@ -63,10 +66,21 @@ const committed = YAML.parse(committedText) as OpenApiDocument
 const operations = operationsOf(committed)
 
 /**
- * Error statuses the server is known to answer for an operation without the document saying so.
- * Reported as TODO rather than failures; remove an entry once the route lists the status in its
- * `problems(...)`.
+ * The responses that carry `ETag: "<version>"`: every session response (`sendSession`), the pause
+ * (the paused session's), the heartbeat, and GET's 304. Any other success response must not
+ * declare one.
  */
+const ETAG_RESPONSES: Record<string, string[]> = {
+  createSession: ['201'],
+  getSession: ['200', '304'],
+  updateSession: ['200'],
+  transitionSession: ['200'],
+  pauseSession: ['200'],
+  resumeSession: ['200'],
+  heartbeatSession: ['200'],
+  restartSession: ['200']
+}
+
 /** A body each operation accepts, so that a probe reaches the handler (default `{}`). */
 const VALID_BODIES: Record<string, unknown> = {
   transitionSession: { to: 'completed' },
@@ -100,6 +114,51 @@ t.test('the committed openapi.yaml', async (t) => {
         seen.set(op.operationId, where)
       }
     }
+  })
+
+  t.test('every operation has a description, not only a summary', async (t) => {
+    for (const { method, path, op } of operations) {
+      const where = `${op.operationId ?? ''} (${method.toUpperCase()} ${path})`
+      t.ok(op.summary?.trim(), `${where} has a summary`)
+      t.ok(op.description?.trim(), `${where} has a description`)
+      if (op.description && op.summary) t.not(op.description.trim(), op.summary.trim(), `${where}: the description says more than the summary`)
+    }
+  })
+
+  t.test('the response headers the server sets are declared', async (t) => {
+    const declared = (response: ResponseObject | undefined, name: string) =>
+      Object.entries(response?.headers ?? {}).find(([key]) => key.toLowerCase() === name.toLowerCase())?.[1]
+    for (const operationId of Object.keys(ETAG_RESPONSES)) {
+      t.ok(operations.some(({ op }) => op.operationId === operationId), `${operationId} exists`)
+    }
+    let retryAfters = 0
+    for (const { method, path, op } of operations) {
+      const where = `${op.operationId ?? ''} (${method.toUpperCase()} ${path})`
+      const etagged = ETAG_RESPONSES[op.operationId ?? ''] ?? []
+      for (const [status, response] of Object.entries(op.responses ?? {})) {
+        const etag = declared(response, 'ETag')
+        if (etagged.includes(status)) {
+          t.ok(etag, `${where} ${status} declares ETag`)
+          t.equal(etag?.schema?.type, 'string', `${where} ${status} ETag is a string`)
+          t.ok(etag?.description, `${where} ${status} ETag is described`)
+        } else {
+          t.notOk(etag, `${where} ${status} declares no ETag`)
+        }
+        const location = declared(response, 'Location')
+        if (op.operationId === 'createSession' && status === '201') t.ok(location?.schema?.type === 'string' && location.description, `${where} 201 declares Location`)
+        else t.notOk(location, `${where} ${status} declares no Location`)
+        const retryAfter = declared(response, 'Retry-After')
+        if (status === '503') {
+          retryAfters++
+          t.equal(retryAfter?.schema?.type, 'integer', `${where} 503 declares Retry-After (seconds)`)
+        } else {
+          t.notOk(retryAfter, `${where} ${status} declares no Retry-After`)
+        }
+      }
+      // every route that uses the database lists 503 DATABASE_UNAVAILABLE
+      if (path !== '/healthz') t.ok(op.responses?.['503'], `${where} documents 503`)
+    }
+    t.ok(retryAfters >= operations.length - 1, `${retryAfters} 503 responses declare Retry-After`)
   })
 
   t.test('every error response is application/problem+json with the Problem schema', async (t) => {
@@ -144,6 +203,19 @@ t.test('against a real server', async (t) => {
     t.strictSame(served, committed, 'served document equals the committed one (run `npm run openapi` if not)')
     // what `npm run openapi:check` compares: the generated YAML text, byte for byte
     t.equal(app.swagger({ yaml: true }), committedText, 'openapi.yaml is up to date with the route schemas')
+  })
+
+  t.test('the declared headers are the ones the server sends', async (t) => {
+    const created = await fetch(`${baseUrl}/v1/sessions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{}' })
+    t.equal(created.status, 201)
+    const session = await created.json() as SessionView
+    t.equal(created.headers.get('location'), `/v1/sessions/${session.id}`, '201 Location')
+    t.match(created.headers.get('etag'), /^"[0-9]+"$/, '201 ETag matches its declared pattern')
+    const etagSchema = committed.paths['/v1/sessions']?.post?.responses?.['201']?.headers?.ETag?.schema as { pattern?: string } | undefined
+    t.ok(etagSchema?.pattern && new RegExp(etagSchema.pattern).test(created.headers.get('etag') ?? ''), 'the declared pattern accepts the ETag sent')
+    const notModified = await fetch(`${baseUrl}/v1/sessions/${session.id}`, { headers: { 'if-none-match': created.headers.get('etag') ?? '' } })
+    t.equal(notModified.status, 304)
+    t.equal(notModified.headers.get('etag'), `"${session.version}"`, '304 ETag')
   })
 
   t.test('every error the server answers is documented, as problem+json', async (t) => {

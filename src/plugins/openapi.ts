@@ -2,11 +2,15 @@ import swagger from '@fastify/swagger'
 import swaggerUi from '@fastify/swagger-ui'
 import type { FastifyInstance } from 'fastify'
 import fp from 'fastify-plugin'
+import { asyncApiDocument } from '../schemas/asyncapi.js'
 import { Problem } from '../schemas/common.js'
 import { EVENT_SCHEMAS } from '../schemas/events.js'
 import { SHARED_SCHEMAS } from '../schemas/session.js'
 
-/** Registers the shared schemas by $id and serves the OpenAPI 3.1 document built from the routes. */
+/**
+ * Registers the shared schemas by $id and serves the OpenAPI 3.1 document built from the routes,
+ * and the AsyncAPI 3.0 document of the WebSocket stream built from the frame schemas.
+ */
 export default fp(async function openapi (app: FastifyInstance, opts: { version: string }) {
   for (const schema of [Problem, ...SHARED_SCHEMAS, ...EVENT_SCHEMAS]) app.addSchema(schema)
   await app.register(swagger, {
@@ -17,7 +21,9 @@ export default fp(async function openapi (app: FastifyInstance, opts: { version:
         version: opts.version,
         description: 'Coding sessions with a Claude Code agent, for the MobVibe mobile app. ' +
           'Every session response carries `ETag: "<version>"`; mutations honour `If-Match`. ' +
-          'Errors are `application/problem+json` (RFC 9457) with a stable `code`.'
+          'Errors are `application/problem+json` (RFC 9457) with a stable `code`. ' +
+          'The WebSocket stream (`GET /v1/sessions/{id}/stream`) is not in this document: its frames are described ' +
+          'by the AsyncAPI 3.0 document asyncapi.yaml, served as JSON at `/asyncapi.json`.'
       },
       servers: [{ url: '/' }],
       tags: [
@@ -44,4 +50,6 @@ export default fp(async function openapi (app: FastifyInstance, opts: { version:
   })
   await app.register(swaggerUi, { routePrefix: '/docs' })
   app.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger())
+  const asyncapi = asyncApiDocument(opts.version)
+  app.get('/asyncapi.json', { schema: { hide: true } }, async () => asyncapi)
 }, { name: 'openapi' })

@@ -31,20 +31,52 @@ export const Problem = Type.Object({
   currentVersion: Type.Optional(Type.Integer())
 }, { $id: 'Problem', additionalProperties: true, description: 'RFC 9457 problem details' })
 
-export const ProblemRef = ref(Problem)
+const ProblemRef = ref(Problem)
+
+/**
+ * Response headers, as @fastify/swagger reads them: a `headers` map on a route's response schema
+ * becomes the response's `headers` in the OpenAPI document. Fastify itself ignores the member
+ * (it neither validates nor sets headers from it): the handlers set them.
+ */
+type ResponseHeaders = Record<string, TSchema>
+
+/** `ETag: "<version>"`, set by every response that carries a session's version */
+export const ETagHeader = Type.String({
+  pattern: '^"[0-9]+"$',
+  description: 'The session\'s version as a strong entity tag, `"<version>"`: send it back in `If-Match`'
+})
+
+/** `Location` of a created resource */
+export const LocationHeader = Type.String({ description: 'The path of the new session: `/v1/sessions/{id}`' })
+
+/** `Retry-After` (delay-seconds) of a 503 */
+const RetryAfterHeader = Type.Integer({
+  minimum: 0,
+  description: 'Seconds to wait before retrying: `1` with `DATABASE_UNAVAILABLE`'
+})
+
+/** The same response schema, with the headers the response carries declared for the document. */
+export function withHeaders<T extends TSchema> (schema: T, headers: ResponseHeaders): T {
+  return { ...schema, headers } as T
+}
 
 const ProblemResponse = {
   description: 'A problem (RFC 9457)',
   content: { 'application/problem+json': { schema: ProblemRef } }
 }
 
+type ProblemResponseSchema = typeof ProblemResponse & { headers?: ResponseHeaders }
+
 /**
  * Error responses a route may give, by status, as application/problem+json. Every route that uses
  * the database may also answer 503 `DATABASE_UNAVAILABLE` (with Retry-After) when it cannot be
- * reached, so that is always listed.
+ * reached, so that is always listed, with its header.
  */
-export function problems (...statuses: number[]): Record<number, typeof ProblemResponse> {
-  return Object.fromEntries([...new Set([...statuses, 503])].map((s) => [s, ProblemResponse]))
+export function problems (...statuses: number[]): Record<number, ProblemResponseSchema> {
+  return Object.fromEntries([...new Set([...statuses, 503])].map((s) => [
+    s,
+    s === 503 ? { ...ProblemResponse, headers: { 'Retry-After': RetryAfterHeader } } : ProblemResponse
+  ]))
 }
 
 export const IfMatchHeaders = Type.Object({

@@ -12,7 +12,6 @@ export const EventFrameSchema = Type.Object({
   at: DateTime,
   data: Type.Unknown()
 }, { $id: 'EventFrame', description: 'A persisted event, as on the stream' })
-export type EventFrame = Static<typeof EventFrameSchema>
 
 export const EventPageSchema = Type.Object({
   items: Type.Array(Type.Ref('EventFrame')),
@@ -77,6 +76,7 @@ export const AckReplySchema = Type.Object({
   duplicate: Type.Boolean({ description: 'true when this clientMessageId was already accepted; nothing was sent again' }),
   clientMessageId: Type.Optional(Type.String({ description: 'The frame\'s clientMessageId, when it had one' }))
 })
+/** @public for the stream code's replies */
 export type AckReply = Static<typeof AckReplySchema>
 
 /** Reply to a `heartbeat` frame: the body of POST /heartbeat. */
@@ -84,6 +84,7 @@ export const HeartbeatReplySchema = Type.Object({
   type: Type.Literal('heartbeat'),
   ...HeartbeatSchema.properties
 })
+/** @public for the stream code's replies */
 export type HeartbeatReply = Static<typeof HeartbeatReplySchema>
 
 /** Reply to a frame that was refused; the connection stays open. */
@@ -93,29 +94,35 @@ export const ErrorReplySchema = Type.Object({
   message: Type.String({ description: 'What went wrong, for a person' }),
   clientMessageId: Type.Optional(Type.String({ description: 'The refused message frame\'s clientMessageId, when it had one' }))
 })
+/** @public for the stream code's replies */
 export type ErrorReply = Static<typeof ErrorReplySchema>
 
-/** What the server sends that carries no seq. */
+/** What the server sends that carries no seq. @public for the stream code's replies */
 export const StreamReplySchema = Type.Union([AckReplySchema, HeartbeatReplySchema, ErrorReplySchema])
+/** @public for the stream code's replies */
 export type StreamReply = Static<typeof StreamReplySchema>
 
-// The `data` of each event type
+// The `data` of each event type (@public: for the code that writes and reads events)
 
+/** @public */
 export const UserEventDataSchema = Type.Object({
   text: Type.String(),
   clientMessageId: Type.Optional(Type.String())
 }, { description: 'A user message, as accepted' })
 
+/** @public */
 export const AgentEventDataSchema = Type.Object({}, {
   additionalProperties: true,
   description: 'One stdout line of the Claude Code CLI (stream-json): `system`, `assistant`, `user`, `result`, … ' +
     'unknown types passed on unchanged; a line that is not a JSON object is `{"type": "unparsed", "line": "…"}`'
 })
 
+/** @public */
 export const StatusEventDataSchema = Type.Object({
   message: Type.String({ description: '"Resuming session…", "Waiting for a free agent slot…", "Starting a fresh conversation…"' })
 }, { description: 'A notice about the session' })
 
+/** @public */
 export const StateEventDataSchema = Type.Object({
   from: ref(SessionStateSchema),
   to: ref(SessionStateSchema),
@@ -124,12 +131,13 @@ export const StateEventDataSchema = Type.Object({
   version: Type.Integer({ description: 'The session version the transition produced' })
 }, { description: 'A state transition' })
 
+/** @public */
 export const ErrorEventDataSchema = Type.Object({
   code: Type.String({ description: 'AGENT_START_FAILED, AGENT_RESUME_FAILED or AGENT_CRASHED' }),
   message: Type.String({ description: 'What happened and what the user can do' })
 }, { description: 'The agent failed' })
 
-/** The `data` of each event type. */
+/** The `data` of each event type. @public */
 export const EVENT_DATA_SCHEMAS = {
   user: UserEventDataSchema,
   agent: AgentEventDataSchema,
@@ -144,10 +152,15 @@ function eventFrameOf<T extends EventType> (type: T) {
   return Type.Object({ seq, type: Type.Literal(type), at, data: EVENT_DATA_SCHEMAS[type] })
 }
 
+/** @public */
 export const UserEventFrameSchema = eventFrameOf('user')
+/** @public */
 export const AgentEventFrameSchema = eventFrameOf('agent')
+/** @public */
 export const StatusEventFrameSchema = eventFrameOf('status')
+/** @public */
 export const StateEventFrameSchema = eventFrameOf('state')
+/** @public */
 export const ErrorEventFrameSchema = eventFrameOf('error')
 
 /** The event frames by type, each with its `data` shape. */

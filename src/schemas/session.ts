@@ -1,6 +1,6 @@
 import { Type, type Static } from 'typebox'
 import { SESSION_STATES } from '../domain/state-machine.js'
-import { DateTime, NO_NUL, Nullable, Uuid, ref } from './common.js'
+import { DateTime, ETagHeader, NO_NUL, Nullable, Uuid, ref, withHeaders } from './common.js'
 
 export const SessionStateSchema = Type.Enum([...SESSION_STATES], {
   $id: 'SessionState',
@@ -8,7 +8,7 @@ export const SessionStateSchema = Type.Enum([...SESSION_STATES], {
 })
 const StateRef = ref(SessionStateSchema)
 
-export const UsageSchema = Type.Object({
+const UsageSchema = Type.Object({
   activeMs: Type.Integer({ description: 'Wall time spent in `active`, including the running stretch' }),
   inputTokens: Type.Integer(),
   outputTokens: Type.Integer(),
@@ -18,7 +18,7 @@ export const UsageSchema = Type.Object({
   turns: Type.Integer()
 }, { $id: 'Usage' })
 
-export const SessionSchema = Type.Object({
+const SessionSchema = Type.Object({
   id: Uuid,
   state: StateRef,
   version: Type.Integer({ minimum: 1, description: 'Bumped by every change of state or settings; the ETag' }),
@@ -43,13 +43,15 @@ export const SessionSchema = Type.Object({
 }, { $id: 'Session' })
 export type SessionView = Static<typeof SessionSchema>
 export const SessionRef = ref(SessionSchema)
+/** A session as a response: `sendSession` sends its version as the ETag */
+export const SessionResponse = withHeaders(SessionRef, { ETag: ETagHeader })
 
 export const SessionListSchema = Type.Object({
   items: Type.Array(SessionRef),
   nextCursor: Nullable(Type.String())
 }, { $id: 'SessionList' })
 
-export const TransitionSchema = Type.Object({
+const TransitionSchema = Type.Object({
   from: Nullable(StateRef),
   to: StateRef,
   reason: Nullable(Type.String()),
