@@ -1,6 +1,6 @@
 /**
  * A fake of the Anthropic Messages API on 127.0.0.1, enough for the real Claude Code CLI to run
- * offline (see ../../shared/claude-stream-json.md, "Driving the real CLI offline in tests"):
+ * offline (integration/README.md says how the CLI is pointed at it):
  *
  * - `POST /v1/messages` (the CLI adds `?beta=true`): a server-sent-event stream — message_start
  *   (with usage), content_block_start, content_block_delta (text_delta), content_block_stop,

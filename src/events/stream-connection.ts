@@ -2,7 +2,7 @@ import type { Log } from '../logger.js'
 import { Compile } from 'typebox/compile'
 import { toProblem, type ErrorCode } from '../errors.js'
 import type { WebSocket } from 'ws'
-import { InboundFrameSchema, type InboundFrame } from '../schemas/events.js'
+import { InboundFrameSchema, type HeartbeatReply, type InboundFrame, type StreamReply } from '../schemas/events.js'
 import type { EventBus, PublishedFrame } from './event-bus.js'
 import { frameText, type EventLog } from './event-log.js'
 
@@ -26,7 +26,7 @@ const checkInbound = Compile(InboundFrameSchema)
 
 export interface StreamHandlers {
   message (text: string, clientMessageId: string | undefined): Promise<{ seq: number, duplicate: boolean }>
-  heartbeat (): Promise<Record<string, unknown>>
+  heartbeat (): Promise<Omit<HeartbeatReply, 'type'>>
 }
 
 /**
@@ -149,7 +149,7 @@ export class StreamConnection {
     }
   }
 
-  #reply (frame: Record<string, unknown>): void {
+  #reply (frame: StreamReply): void {
     if (!this.#closed) this.#socket.send(JSON.stringify(frame))
   }
 
