@@ -1,5 +1,6 @@
 import { Type, type Static, type TSchema } from 'typebox'
 import { EVENT_TYPES, type EventType } from '../domain/event-types.js'
+import { ACTORS } from '../domain/state-machine.js'
 import { DateTime, NO_NUL, ref } from './common.js'
 import { HeartbeatSchema, SessionStateSchema } from './session.js'
 
@@ -127,7 +128,7 @@ export const StateEventDataSchema = Type.Object({
   from: ref(SessionStateSchema),
   to: ref(SessionStateSchema),
   reason: Type.Union([Type.String(), Type.Null()]),
-  actor: Type.Union([Type.Literal('user'), Type.Literal('system')]),
+  actor: Type.Enum([...ACTORS]),
   version: Type.Integer({ description: 'The session version the transition produced' })
 }, { description: 'A state transition' })
 

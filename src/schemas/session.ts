@@ -1,5 +1,5 @@
 import { Type, type Static } from 'typebox'
-import { SESSION_STATES } from '../domain/state-machine.js'
+import { ACTORS, SESSION_STATES } from '../domain/state-machine.js'
 import { DateTime, ETagHeader, NO_NUL, Nullable, Uuid, ref, withHeaders } from './common.js'
 
 export const SessionStateSchema = Type.Enum([...SESSION_STATES], {
@@ -55,7 +55,7 @@ const TransitionSchema = Type.Object({
   from: Nullable(StateRef),
   to: StateRef,
   reason: Nullable(Type.String()),
-  actor: Type.Union([Type.Literal('user'), Type.Literal('system')]),
+  actor: Type.Enum([...ACTORS]),
   version: Type.Integer({ description: 'The session version this transition produced (unique within the session)' }),
   at: DateTime
 }, { $id: 'Transition' })
