@@ -11,7 +11,7 @@ import type { LoadRequest } from './load.js'
 
 /** Seeded session n has id `${ID_PREFIX}${n as 12 hex digits}`, so pgbench can compute it. */
 export const ID_PREFIX = 'b0000000-0000-4000-8000-'
-export const seededId = (n: number) => `${ID_PREFIX}${n.toString(16).padStart(12, '0')}`
+const seededId = (n: number) => `${ID_PREFIX}${n.toString(16).padStart(12, '0')}`
 
 export interface ServiceOptions {
   dir: string
@@ -58,7 +58,7 @@ export async function seedSessions (app: App, count: number): Promise<void> {
 }
 
 /** Connection i cycles over seeded sessions i+1, i+1+C, … (at most `perConnection` of them). */
-export function spread (connections: number, sessions: number, perConnection: number, make: (id: string) => LoadRequest[]): LoadRequest[][] {
+function spread (connections: number, sessions: number, perConnection: number, make: (id: string) => LoadRequest[]): LoadRequest[][] {
   const out: LoadRequest[][] = []
   for (let i = 0; i < connections; i++) {
     const reqs: LoadRequest[] = []

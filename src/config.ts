@@ -4,39 +4,150 @@ import { Value } from 'typebox/value'
 
 /**
  * The service's whole configuration: the environment, validated once at start-up. Nothing else
- * reads process.env.
+ * reads process.env. Each variable's `description`, and `x-default` where the default is computed
+ * rather than a literal, make the README's configuration table (`npm run docs`, checked by
+ * test/docs.test.ts).
  */
 export const EnvSchema = Type.Object({
-  HOST: Type.String({ default: '127.0.0.1', minLength: 1 }),
-  PORT: Type.Integer({ default: 3000, minimum: 0, maximum: 65535 }),
-  DATABASE_URL: Type.Optional(Type.String({ pattern: '^postgres(ql)?://' })),
-  DATABASE_POOL_SIZE: Type.Integer({ default: 10, minimum: 1, maximum: 1000 }),
-  MOBVIBE_DATA_DIR: Type.String({ default: './.data', minLength: 1 }),
-  MOBVIBE_WORKSPACE_ROOT: Type.String({ default: './workspaces', minLength: 1 }),
-  CLAUDE_BIN: Type.String({ default: 'claude', minLength: 1 }),
-  CLAUDE_MODEL: Type.Optional(Type.String({ minLength: 1 })),
-  CLAUDE_PERMISSION_MODE: Type.Optional(Type.String({ minLength: 1 })),
-  CLAUDE_EXTRA_ARGS: Type.Optional(Type.String()),
-  CLAUDE_CONFIG_DIR: Type.Optional(Type.String({ minLength: 1 })),
-  AGENT_ENV_PASSTHROUGH: Type.String({ default: 'ANTHROPIC_API_KEY,ANTHROPIC_BASE_URL' }),
-  IDLE_TIMEOUT_DEFAULT_SECONDS: Type.Integer({ default: 600, minimum: 1 }),
-  IDLE_TIMEOUT_MIN_SECONDS: Type.Integer({ default: 60, minimum: 1 }),
-  IDLE_TIMEOUT_MAX_SECONDS: Type.Integer({ default: 86400, minimum: 1 }),
-  SESSION_TTL_SECONDS: Type.Integer({ default: 86400, minimum: 1 }),
-  SESSION_TTL_MIN_SECONDS: Type.Integer({ default: 60, minimum: 1 }),
-  SESSION_TTL_MAX_SECONDS: Type.Integer({ default: 2592000, minimum: 1 }),
-  HEARTBEAT_COALESCE_FRACTION: Type.Number({ default: 0.05, minimum: 0, maximum: 0.5 }),
-  SWEEP_INTERVAL_MS: Type.Integer({ default: 1000, minimum: 10, maximum: 3_600_000 }),
-  KILL_GRACE_MS: Type.Integer({ default: 5000, minimum: 0, maximum: 600_000 }),
-  MAX_LIVE_AGENTS: Type.Integer({ default: 32, minimum: 1, maximum: 10_000 }),
-  BODY_LIMIT_BYTES: Type.Integer({ default: 1_048_576, minimum: 1024 }),
-  MESSAGE_MAX_BYTES: Type.Integer({ default: 262_144, minimum: 1 }),
-  WS_MAX_FRAME_BYTES: Type.Integer({ default: 1_048_576, minimum: 1024 }),
-  WS_PING_INTERVAL_MS: Type.Integer({ default: 30_000, minimum: 100, maximum: 600_000 }),
-  LOG_LEVEL: Type.Enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], { default: 'info' })
+  HOST: Type.String({
+    default: '127.0.0.1',
+    minLength: 1,
+    description: 'listen address (the Docker image sets `0.0.0.0`)'
+  }),
+  PORT: Type.Integer({
+    default: 3000,
+    minimum: 0,
+    maximum: 65535,
+    description: 'listen port (0–65535)'
+  }),
+  DATABASE_URL: Type.Optional(Type.String({
+    pattern: '^postgres(ql)?://',
+    description: '`postgres://` or `postgresql://` URL of PostgreSQL 14 or newer; unset = embedded PGlite in `$MOBVIBE_DATA_DIR/pglite`'
+  })),
+  DATABASE_POOL_SIZE: Type.Integer({
+    default: 10,
+    minimum: 1,
+    maximum: 1000,
+    description: 'postgres.js connection pool size (1–1000); ignored on PGlite'
+  }),
+  MOBVIBE_DATA_DIR: Type.String({
+    default: './.data',
+    minLength: 1,
+    description: "local state: the PGlite database, the `service.lock` file (one running service per data directory), the agents' state (`claude/`), the live agents' process records (`agents/`) and their temp directories (`tmp/`)"
+  }),
+  MOBVIBE_WORKSPACE_ROOT: Type.String({
+    default: './workspaces',
+    minLength: 1,
+    description: "every session's working directory must lie inside it; created if missing"
+  }),
+  CLAUDE_BIN: Type.String({
+    default: 'claude',
+    minLength: 1,
+    description: "the agent executable. A bare name is looked up on `PATH`. Otherwise use an absolute path: a relative one would be resolved from the session's working directory. `$PWD/test/fixtures/fake-claude.mjs` runs the fake agent"
+  }),
+  CLAUDE_MODEL: Type.Optional(Type.String({
+    minLength: 1,
+    description: "`--model <value>` for sessions created without their own `model` (a session's `model` wins); unset = the CLI's default"
+  })),
+  CLAUDE_PERMISSION_MODE: Type.Optional(Type.String({
+    minLength: 1,
+    description: "`--permission-mode <value>`, e.g. `acceptEdits` or `bypassPermissions` (as root the CLI then also wants `IS_SANDBOX=1`, see `AGENT_ENV_PASSTHROUGH`); unset = the CLI's default"
+  })),
+  CLAUDE_EXTRA_ARGS: Type.Optional(Type.String({
+    description: 'appended to the CLI\'s command line: words split on whitespace (e.g. `--include-partial-messages` for token-level `stream_event` lines), or a JSON array of strings for arguments that are empty or contain spaces (`["--setting-sources", ""]`). A value that starts with `[` but is not such an array stops start-up'
+  })),
+  CLAUDE_CONFIG_DIR: Type.Optional(Type.String({
+    minLength: 1,
+    description: "the agents' `CLAUDE_CONFIG_DIR`: their state and transcripts, created at start-up. It must stay the same across restarts (and a session's working directory must not move), or `--resume` finds nothing",
+    // the default is computed (loadConfig), not a literal: the docs show this instead
+    'x-default': '$MOBVIBE_DATA_DIR/claude'
+  })),
+  AGENT_ENV_PASSTHROUGH: Type.String({
+    default: 'ANTHROPIC_API_KEY,ANTHROPIC_BASE_URL',
+    description: "comma-separated names of the service's variables copied into each agent's environment. The agent gets only these, plus `PATH`, `HOME`, `LANG` and the variables the service sets (`CLAUDE_CONFIG_DIR`, `CLAUDE_CODE_TMPDIR`, `MOBVIBE_AGENT_SESSION`…). Setting it replaces the default list"
+  }),
+  IDLE_TIMEOUT_DEFAULT_SECONDS: Type.Integer({
+    default: 600,
+    minimum: 1,
+    description: 'idle timeout of a new session that does not set one'
+  }),
+  IDLE_TIMEOUT_MIN_SECONDS: Type.Integer({
+    default: 60,
+    minimum: 1,
+    description: 'smallest idle timeout a session may have'
+  }),
+  IDLE_TIMEOUT_MAX_SECONDS: Type.Integer({
+    default: 86400,
+    minimum: 1,
+    description: 'largest idle timeout a session may have'
+  }),
+  SESSION_TTL_SECONDS: Type.Integer({
+    default: 86400,
+    minimum: 1,
+    description: 'TTL of a new session that does not set one: time without heartbeat or activity before it expires'
+  }),
+  SESSION_TTL_MIN_SECONDS: Type.Integer({
+    default: 60,
+    minimum: 1,
+    description: 'smallest TTL a session may have'
+  }),
+  SESSION_TTL_MAX_SECONDS: Type.Integer({
+    default: 2592000,
+    minimum: 1,
+    description: 'largest TTL a session may have (30 days)'
+  }),
+  HEARTBEAT_COALESCE_FRACTION: Type.Number({
+    default: 0.05,
+    minimum: 0,
+    maximum: 0.5,
+    description: 'a heartbeat that would move the expiry deadline by less than this share of the TTL writes nothing (0–0.5)'
+  }),
+  SWEEP_INTERVAL_MS: Type.Integer({
+    default: 1000,
+    minimum: 10,
+    maximum: 3_600_000,
+    description: 'pause between two timeout-worker sweeps; bounds the precision of idle suspension and expiry (10–3600000)'
+  }),
+  KILL_GRACE_MS: Type.Integer({
+    default: 5000,
+    minimum: 0,
+    maximum: 600_000,
+    description: 'the agent stop sequence (0–600000): close stdin, wait this long, SIGTERM, wait this long again, then SIGKILL the process group. The shutdown deadline is `3 × KILL_GRACE_MS + 10 s`'
+  }),
+  MAX_LIVE_AGENTS: Type.Integer({
+    default: 32,
+    minimum: 1,
+    maximum: 10_000,
+    description: 'live agent processes at most (1–10000). At the cap, starting another one suspends the least recently active idle session (reason `eviction`). If every live agent is busy, the start waits its turn (FIFO) with a status event, until an agent ends its turn or exits'
+  }),
+  BODY_LIMIT_BYTES: Type.Integer({
+    default: 1_048_576,
+    minimum: 1024,
+    description: 'largest request body (≥ 1024); larger is `413`'
+  }),
+  MESSAGE_MAX_BYTES: Type.Integer({
+    default: 262_144,
+    minimum: 1,
+    description: 'largest message text in UTF-8 bytes (≥ 1), for `POST /messages` and stream `message` frames; larger is `413 MESSAGE_TOO_LARGE`'
+  }),
+  WS_MAX_FRAME_BYTES: Type.Integer({
+    default: 1_048_576,
+    minimum: 1024,
+    description: 'largest WebSocket frame a client may send (≥ 1024); a larger one closes the connection with `1009`'
+  }),
+  WS_PING_INTERVAL_MS: Type.Integer({
+    default: 30_000,
+    minimum: 100,
+    maximum: 600_000,
+    description: 'WebSocket ping interval (100–600000). A client that has not answered the previous ping is disconnected'
+  }),
+  LOG_LEVEL: Type.Enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], {
+    default: 'info',
+    description: 'pino level: `fatal`, `error`, `warn`, `info`, `debug`, `trace`, `silent`'
+  })
 })
 
-export type Env = Static<typeof EnvSchema>
+type Env = Static<typeof EnvSchema>
 
 const SECRET_VARIABLES = new Set(['DATABASE_URL'])
 

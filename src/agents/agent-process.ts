@@ -22,7 +22,7 @@ export interface AgentProcessEvents {
 }
 
 /** The numbers that bound one agent process's buffers. */
-export const AGENT_LIMITS = {
+const AGENT_LIMITS = {
   /** kept from stderr for error reports */
   stderrTailBytes: 16 * 1024,
   /** a stdout line longer than this is passed on in pieces of this size (the CLI's lines are JSON objects, rarely > 1 MiB) */

@@ -12,7 +12,7 @@ export interface DataDirLock {
   release (): Promise<void>
 }
 
-export class DataDirLocked extends Error {
+class DataDirLocked extends Error {
   override name = 'DataDirLocked'
 }
 

@@ -10,7 +10,7 @@ import { withoutNul } from './text.js'
 export const MAX_CONSECUTIVE_CRASHES = 3
 
 /** The codes of the `error` events these rules store (in the error catalogue, src/errors.ts). */
-export type AgentErrorCode = 'AGENT_START_FAILED' | 'AGENT_RESUME_FAILED' | 'AGENT_CRASHED'
+type AgentErrorCode = 'AGENT_START_FAILED' | 'AGENT_RESUME_FAILED' | 'AGENT_CRASHED'
 
 export interface ProcessExit {
   code: number | null

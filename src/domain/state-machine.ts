@@ -18,7 +18,7 @@ const USER: readonly Actor[] = ['user']
 const SYSTEM: readonly Actor[] = ['system']
 const BOTH: readonly Actor[] = ['user', 'system']
 
-export const TRANSITIONS: Readonly<Record<SessionState, Edges>> = {
+const TRANSITIONS: Readonly<Record<SessionState, Edges>> = {
   // pending → active may also come from the first message (the agent supervisor), hence both
   pending: { active: BOTH, completed: USER, failed: SYSTEM, expired: SYSTEM },
   active: { suspended: BOTH, paused: USER, completed: USER, failed: SYSTEM, expired: SYSTEM },

@@ -4,7 +4,7 @@
  */
 
 /** A heartbeat that would move the deadline by less than this share of the TTL writes nothing. */
-export const HEARTBEAT_COALESCE_FRACTION = 0.05
+const HEARTBEAT_COALESCE_FRACTION = 0.05
 
 export function addSeconds (at: Date, seconds: number): Date {
   return new Date(at.getTime() + seconds * 1000)

@@ -3,7 +3,7 @@ import type { LifecycleEvents, TransitionEvent } from '../sessions/lifecycle-man
 import type { EventLog } from './event-log.js'
 
 /** The numbers of state recording, named once. */
-export const STATE_RECORDING = {
+const STATE_RECORDING = {
   /**
    * A sweep's changes beyond this many are recorded on the next turn of the event loop, off the
    * sweep's critical path (a sweep of 100k expiries must not wait for 100k events to be queued).

@@ -18,7 +18,7 @@ const p = sql.placeholder
 const ts = (name: string) => sql`${p(name)}::timestamptz`
 
 /** Settings a resume restores from a snapshot. */
-export interface RestoredSettings {
+interface RestoredSettings {
   title: string | null
   workdir: string
   model: string | null

@@ -10,7 +10,7 @@ import type { App } from '../../src/app.js'
 import type { Config } from '../../src/config.js'
 import { call, getSession } from './api.js'
 
-export const FAKE_CLAUDE = fileURLToPath(new URL('../fixtures/fake-claude.mjs', import.meta.url))
+const FAKE_CLAUDE = fileURLToPath(new URL('../fixtures/fake-claude.mjs', import.meta.url))
 
 /** The environment of an app whose agents are the fake, with timers short enough for tests. */
 export function agentEnv (extra: Record<string, string> = {}): Record<string, string> {
@@ -23,7 +23,7 @@ export function agentEnv (extra: Record<string, string> = {}): Record<string, st
   }
 }
 
-export const WAIT_MS = 15_000
+const WAIT_MS = 15_000
 
 export interface Frame {
   seq: number
@@ -109,12 +109,8 @@ export async function waitSession (app: App, id: string, what: string, ready: (s
   }, { ...(timeoutMs ? { timeoutMs } : {}), describe: () => `session: ${JSON.stringify(last)}` })
 }
 
-export function waitState (app: App, id: string, state: string, timeoutMs?: number) {
-  return waitSession(app, id, `state ${state}`, (s) => s.state === state, timeoutMs)
-}
-
 /** The state event that moved the session to `to` (the first after `afterSeq`). */
-export const stateEvent = (frames: Frame[], to: string, afterSeq = 0): Frame | undefined =>
+const stateEvent = (frames: Frame[], to: string, afterSeq = 0): Frame | undefined =>
   frames.find((f) => f.seq > afterSeq && f.type === 'state' && f.data.to === to)
 
 /**

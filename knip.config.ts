@@ -1,0 +1,35 @@
+import type { KnipConfig } from 'knip'
+
+/**
+ * Unused files, exports and dependencies (`npm run knip`, run by .ci/run). Knip's plugins add the
+ * entry points that package.json and the tools' configs already name: src/server.ts (`main`,
+ * `npm run dev`), bench/run.ts (`npm run bench`), drizzle.config.ts and eslint.config.js.
+ */
+const config: KnipConfig = {
+  entry: [
+    // loaded by URL as a worker thread (src/db/pglite-thread.ts), not imported
+    'src/db/pglite-worker.ts',
+    'scripts/*.ts',
+    // worker threads of the bench, loaded by URL (bench/worker-rpc.ts)
+    'bench/*-worker.ts',
+    // agents the bench and the tests spawn as CLAUDE_BIN
+    'bench/*.mjs',
+    'test/fixtures/*.mjs',
+    'test/**/*.test.ts',
+    // type-checked on its own by test/openapi.test.ts (tsconfig.sdk.json)
+    'test/fixtures/sdk-client.ts',
+    'integration/*.ts'
+  ],
+  project: [
+    'src/**/*.ts',
+    'scripts/**/*.ts',
+    'bench/**/*.{ts,mts,mjs}',
+    'test/**/*.{ts,mjs}',
+    'integration/**/*.ts',
+    '!test/.generated/**'
+  ],
+  // PostgreSQL's benchmark tool, run by bench/anchors.ts: a system binary, not an npm package
+  ignoreBinaries: ['pgbench']
+}
+
+export default config
