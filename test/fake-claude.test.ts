@@ -1,7 +1,7 @@
 /**
  * The fake Claude Code CLI (test/fixtures/fake-claude.mjs) that the service's agent tests use as
  * CLAUDE_BIN: its arguments, transcripts, turns, directives, control requests, ways of ending and
- * environment switches, each checked against the protocol notes (claude-stream-json.md).
+ * environment switches, each checked against the protocol the real CLI speaks (docs/AGENTS.md, "How the CLI is run").
  *
  * Every child gets an explicit environment, a temp CLAUDE_CONFIG_DIR and a temp cwd. Waiting is on
  * events (a stdout line, a stderr note, the exit), never on sleeps, and every wait is bounded. Every

@@ -25,7 +25,7 @@ import type { ProcessRegistry } from './process-registry.js'
 import { parseAgentLine, turnUsage } from './stream-json.js'
 
 /** Numbers that shape supervision; named once. */
-export const SUPERVISION = {
+const SUPERVISION = {
   /** unstored agent lines per session before its stdout is paused */
   outputHighWater: 2000,
   outputLowWater: 500,
