@@ -19,8 +19,6 @@ export interface PooledAgent {
   readonly sessionId: string
   readonly proc: AgentProcess
   phase: AgentPhase
-  /** clock time of its last output or message, for choosing whom to evict */
-  lastActiveAt: number
   /** a turn is running: never evicted */
   readonly inflight: object | null
 }
@@ -29,8 +27,11 @@ export interface AgentPoolOptions {
   config: Pick<Config, 'agent' | 'dataDir'>
   registry: ProcessRegistry
   logger: Log
-  /** suspends a session to make room (through the lifecycle manager); its agent's exit frees a slot */
-  evict: (sessionId: string) => Promise<void>
+  /**
+   * Suspends a session to make room (through the lifecycle manager); its agent's exit frees a
+   * slot. False when the session could not be suspended.
+   */
+  evict: (sessionId: string) => Promise<boolean>
   parentEnv?: NodeJS.ProcessEnv
 }
 
@@ -49,6 +50,7 @@ export interface LaunchOptions {
 export class AgentPool<A extends PooledAgent> {
   readonly #o: AgentPoolOptions
   readonly #slots: AgentSlots
+  /** in order of activity, least recent first: touch() moves an agent to the end */
   readonly #live = new Map<string, A>()
   /** the on-disk record of each process, written while it starts */
   readonly #recorded = new Map<A, Promise<void>>()
@@ -76,11 +78,19 @@ export class AgentPool<A extends PooledAgent> {
     return reaped
   }
 
+  /** The agent printed something or was given a message: it is the most recently active. */
+  touch (agent: A): void {
+    if (this.#live.get(agent.sessionId) !== agent) return
+    this.#live.delete(agent.sessionId)
+    this.#live.set(agent.sessionId, agent)
+  }
+
   /** Takes a slot; at the cap, evicts the least recently active idle agent, or waits its turn. */
   async acquireSlot (sessionId: string, onWait: () => Promise<void>): Promise<void> {
     if (this.#slots.tryAcquire()) return
     const granted = this.#slots.acquire()
-    if (!await this.evictIdle(sessionId)) await onWait()
+    // the slot is this caller's once granted, whatever happens to the notice: never leak it
+    if (!await this.evictIdle(sessionId)) await onWait().catch((err: Error) => this.#o.logger.warn({ err, sessionId }, 'slot wait notice not stored'))
     await granted
   }
 
@@ -88,16 +98,24 @@ export class AgentPool<A extends PooledAgent> {
     this.#slots.release()
   }
 
-  /** Suspends the least recently active idle agent, if there is one; false when all are busy. */
+  /**
+   * Makes room: suspends the least recently active idle agent. An idle agent already on its way
+   * out (stopping for another reason) frees a slot by itself, so nobody else is evicted for it.
+   * False when every agent is busy or already being evicted: the caller waits its turn.
+   */
   async evictIdle (except?: string): Promise<boolean> {
     let victim: A | undefined
     for (const agent of this.#live.values()) {
-      if (agent.sessionId === except || agent.inflight || agent.phase !== 'live') continue
-      if (!victim || agent.lastActiveAt < victim.lastActiveAt) victim = agent
+      if (agent.sessionId !== except && !agent.inflight && agent.phase !== 'evicting') {
+        victim = agent
+        break
+      }
     }
     if (!victim) return false
+    if (victim.phase === 'leaving') return true
     victim.phase = 'evicting'
-    await this.#o.evict(victim.sessionId)
+    // an eviction that did not happen (the session moved on meanwhile) leaves the agent as it was
+    if (!await this.#o.evict(victim.sessionId) && victim.phase === 'evicting') victim.phase = 'live'
     return true
   }
 

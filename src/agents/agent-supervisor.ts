@@ -238,7 +238,7 @@ export class AgentSupervisor {
       if (!agent) return
       if (!live && !await this.#stillActive(sessionId, agent)) return
       agent.inflight = { seq: next.seq, confirmed: false }
-      agent.lastActiveAt = this.#clock().getTime()
+      this.#pool.touch(agent)
       const sent = agent.proc.send({
         type: 'user',
         message: { role: 'user', content: next.text },
@@ -307,7 +307,6 @@ export class AgentSupervisor {
       ...conversation,
       phase: 'live' satisfies AgentPhase,
       inflight: null,
-      lastActiveAt: this.#clock().getTime(),
       lastActivityWrite: 0,
       unstored: 0,
       chain: Promise.resolve()
@@ -321,9 +320,14 @@ export class AgentSupervisor {
   }
 
   /** The pool's eviction: the session is suspended through the manager, which stops its agent. */
-  async #evict (sessionId: string): Promise<void> {
-    await this.#o.manager.transitionState(sessionId, 'suspended', { actor: 'system', reason: 'eviction' })
-      .catch((err: Error) => this.#log.warn({ err, sessionId }, 'eviction failed'))
+  async #evict (sessionId: string): Promise<boolean> {
+    try {
+      await this.#o.manager.transitionState(sessionId, 'suspended', { actor: 'system', reason: 'eviction' })
+      return true
+    } catch (err) {
+      this.#log.warn({ err, sessionId }, 'eviction failed')
+      return false
+    }
   }
 
   #onLine (live: LiveAgent, line: string): void {
@@ -339,7 +343,7 @@ export class AgentSupervisor {
       if (live.unstored === SUPERVISION.outputLowWater) live.proc.resumeOutput()
     })
     live.chain = live.chain.then(async () => {
-      live.lastActiveAt = this.#clock().getTime()
+      this.#pool.touch(live)
       if (parsed.kind === 'init') await this.#onTurnStart(live)
       else if (parsed.kind === 'result') await this.#onTurnEnd(live, parsed.message, stored)
       else await this.#maybeRecordActivity(live)
@@ -350,10 +354,7 @@ export class AgentSupervisor {
     if (!live.inflight || live.inflight.confirmed) return
     live.inflight.confirmed = true
     // from here on the message belongs to the transcript: a crash must not send it again
-    await Promise.all([
-      this.#o.events.markDelivered(live.sessionId, live.inflight.seq),
-      this.#o.turns.conversationConfirmed(live.sessionId, live.agentSessionId)
-    ])
+    await this.#o.events.markDelivered(live.sessionId, live.inflight.seq, live.agentSessionId)
     live.firstStart = false
   }
 

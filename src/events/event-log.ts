@@ -134,9 +134,16 @@ export class EventLog {
       where e.session_id = ${p('id')}::uuid and e.type = 'user'
         and e.seq > coalesce((select delivered_seq from session_event_seqs where session_id = ${p('id')}::uuid), 0)
       order by e.seq limit 1`)
+    // The message leaves the queue and the conversation that took it up becomes the one to
+    // resume, in one statement: apart, a failure between the two would send the message twice
+    // (queue not advanced) or resume a conversation that does not hold it (id not recorded)
     this.#deliveredStmt = prepareSql(this.#db, 'events_mark_delivered', sql`
-      update session_event_seqs set delivered_seq = greatest(delivered_seq, ${p('seq')}::bigint)
-      where session_id = ${p('id')}::uuid`)
+      with queue as (
+        update session_event_seqs set delivered_seq = greatest(delivered_seq, ${p('seq')}::bigint)
+        where session_id = ${p('id')}::uuid
+      )
+      update sessions set agent_session_id = ${p('agent')}::uuid, last_error = null
+      where id = ${p('id')}::uuid and (agent_session_id is distinct from ${p('agent')}::uuid or last_error is not null)`)
   }
 
   /** The oldest user message the agent has not taken up yet, or null when the queue is empty. */
@@ -146,9 +153,13 @@ export class EventLog {
     return { seq: Number(row.seq), text: (JSON.parse(String(row.json)) as { text: string }).text }
   }
 
-  /** The agent took up message `seq` (its turn started): it leaves the queue for good. */
-  async markDelivered (sessionId: string, seq: number): Promise<void> {
-    await this.#deliveredStmt.execute({ id: sessionId, seq })
+  /**
+   * The agent took up message `seq` (its turn started) in conversation `agentSessionId`: the
+   * message leaves the queue for good, and that conversation is the session's to resume (its
+   * last error cleared: it runs).
+   */
+  async markDelivered (sessionId: string, seq: number, agentSessionId: string): Promise<void> {
+    await this.#deliveredStmt.execute({ id: sessionId, seq, agent: agentSessionId })
   }
 
   /** Appends an event; resolves with its sequence number once it is stored (and published). */

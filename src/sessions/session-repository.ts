@@ -246,10 +246,6 @@ export function createSessionRepository (db: Database, opts: SessionRepositoryOp
     where id = ${p('id')}::uuid and busy
     returning id`)
 
-  const conversationStmt = prepareSql(db, 'session_conversation_confirmed', sql`
-    update sessions set agent_session_id = ${p('agent')}::uuid, last_error = null
-    where id = ${p('id')}::uuid and (agent_session_id is distinct from ${p('agent')}::uuid or last_error is not null)`)
-
   const activityStmt = prepareSql(db, 'session_activity', sql`
     update sessions set
       last_activity_at = greatest(last_activity_at, ${ts('at')}),
@@ -425,11 +421,6 @@ export function createSessionRepository (db: Database, opts: SessionRepositoryOp
     /** A turn ended without a result (crash, failed start): busy off, the idle timer runs again. */
     async releaseBusy (id: string, at: Date): Promise<void> {
       await releaseStmt.execute({ id, at: at.toISOString() })
-    },
-
-    /** A turn of conversation `agentSessionId` started: it is the one to resume, and nothing is wrong. */
-    async conversationConfirmed (id: string, agentSessionId: string): Promise<void> {
-      await conversationStmt.execute({ id, agent: agentSessionId })
     },
 
     async recordActivity (id: string, at: Date): Promise<void> {
