@@ -51,7 +51,11 @@ export async function buildApp (opts: BuildAppOptions) {
     requestTimeout: 30_000,
     forceCloseConnections: 'idle',
     // errors Fastify raises before routing (a malformed URL) get the same problem+json
-    frameworkErrors: (err, request, reply) => sendProblem(reply, request, toProblem(err.statusCode ? err : Object.assign(err, { statusCode: 400 })))
+    frameworkErrors: (err, request, reply) => {
+      const problem = toProblem(err.statusCode ? err : Object.assign(err, { statusCode: 400 }))
+      if (problem.status >= 500) request.log.error({ err }, 'request failed before routing')
+      return sendProblem(reply, request, problem)
+    }
   }).withTypeProvider<TypeBoxTypeProvider>()
   app.setValidatorCompiler(createValidatorCompiler([Problem, ...SHARED_SCHEMAS, ...EVENT_SCHEMAS]))
 
