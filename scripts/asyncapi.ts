@@ -4,10 +4,11 @@
  * the schemas produce (`npm run asyncapi:check`, run by CI). The document itself is built by
  * src/schemas/asyncapi.ts, which the service also serves at /asyncapi.json.
  */
-import { readFile, writeFile } from 'node:fs/promises'
+import { readFile } from 'node:fs/promises'
 import { fileURLToPath } from 'node:url'
 import YAML from 'yaml'
 import { asyncApiDocument } from '../src/schemas/asyncapi.js'
+import { writeOrCheck } from './generated-file.js'
 
 const target = fileURLToPath(new URL('../asyncapi.yaml', import.meta.url))
 const pkg = JSON.parse(await readFile(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }
@@ -16,14 +17,4 @@ const HEADER = '# Generated from the TypeBox frame schemas by scripts/asyncapi.t
 // YAML 1.1 rules for quoting, so that a 1.1 reader does not take an example's timestamp for a date
 const yaml = HEADER + YAML.stringify(asyncApiDocument(pkg.version), { lineWidth: 0, version: '1.1' })
 
-if (process.argv.includes('--check')) {
-  const committed = await readFile(target, 'utf8').catch(() => '')
-  if (committed !== yaml) {
-    process.stderr.write('asyncapi.yaml is out of date with the frame schemas: run `npm run asyncapi` and commit it\n')
-    process.exit(1)
-  }
-  process.stdout.write('asyncapi.yaml matches the frame schemas\n')
-} else {
-  await writeFile(target, yaml)
-  process.stdout.write(`wrote ${target}\n`)
-}
+await writeOrCheck({ target, text: yaml, source: 'the frame schemas', command: 'npm run asyncapi' })

@@ -8,10 +8,11 @@
  *
  * test/docs.test.ts parses the tables back and compares them with the code.
  */
-import { readFile, writeFile } from 'node:fs/promises'
+import { readFile } from 'node:fs/promises'
 import { fileURLToPath, pathToFileURL } from 'node:url'
 import { EnvSchema } from '../src/config.js'
 import { ERROR_CATALOGUE } from '../src/errors.js'
+import { writeOrCheck } from './generated-file.js'
 
 export const README = fileURLToPath(new URL('../README.md', import.meta.url))
 
@@ -102,20 +103,8 @@ function code (text: string): string {
 }
 
 async function main (): Promise<void> {
-  const current = await readFile(README, 'utf8')
-  const rendered = renderReadme(current)
-  if (process.argv.includes('--check')) {
-    if (rendered !== current) {
-      process.stderr.write('README.md\'s generated tables are out of date with src/config.ts or src/errors.ts: run `npm run docs` and commit README.md\n')
-      process.exit(1)
-    }
-    process.stdout.write('README.md\'s generated tables match the code\n')
-  } else if (rendered === current) {
-    process.stdout.write('README.md\'s generated tables are up to date\n')
-  } else {
-    await writeFile(README, rendered)
-    process.stdout.write(`wrote the generated tables of ${README}\n`)
-  }
+  const text = renderReadme(await readFile(README, 'utf8'))
+  await writeOrCheck({ target: README, text, source: 'src/config.ts and src/errors.ts (its generated tables)', command: 'npm run docs' })
 }
 
 if (process.argv[1] !== undefined && import.meta.url === pathToFileURL(process.argv[1]).href) await main()

@@ -2,13 +2,14 @@
  * Writes openapi.yaml from the route schemas (`npm run openapi`), or with --check fails when the
  * committed file differs from what the routes produce (`npm run openapi:check`, run by CI).
  */
-import { readFile, writeFile, mkdtemp, rm } from 'node:fs/promises'
+import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { buildApp } from '../src/app.js'
 import { loadConfig } from '../src/config.js'
 import { createLogger } from '../src/logger.js'
+import { writeOrCheck } from './generated-file.js'
 
 const target = fileURLToPath(new URL('../openapi.yaml', import.meta.url))
 
@@ -26,15 +27,4 @@ export async function generateOpenApiYaml (): Promise<string> {
   }
 }
 
-const yaml = await generateOpenApiYaml()
-if (process.argv.includes('--check')) {
-  const committed = await readFile(target, 'utf8').catch(() => '')
-  if (committed !== yaml) {
-    process.stderr.write('openapi.yaml is out of date with the route schemas: run `npm run openapi` and commit it\n')
-    process.exit(1)
-  }
-  process.stdout.write('openapi.yaml matches the routes\n')
-} else {
-  await writeFile(target, yaml)
-  process.stdout.write(`wrote ${target}\n`)
-}
+await writeOrCheck({ target, text: await generateOpenApiYaml(), source: 'the route schemas', command: 'npm run openapi' })
