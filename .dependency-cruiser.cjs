@@ -50,15 +50,13 @@ module.exports = {
       from: { path: '^src/agents/' },
       to: { path: '(^|/)node_modules/(fastify|fastify-[^/]+|@fastify/[^/]+)/' }
     },
-    // Wanted, but does not hold today: src/errors.ts imports `@fastify/error` (createError).
-    // Enable once the error classes no longer come from @fastify/error:
-    // {
-    //   name: 'fastify-only-in-web-layer',
-    //   comment: 'only src/plugins, src/routes, src/app.ts and src/server.ts import fastify-related packages',
-    //   severity: 'error',
-    //   from: { path: '^src/', pathNot: '^src/(plugins/|routes/|app\\.ts$|server\\.ts$)' },
-    //   to: { path: '(^|/)node_modules/(fastify|fastify-[^/]+|@fastify/[^/]+)/' }
-    // },
+    {
+      name: 'fastify-only-in-web-layer',
+      comment: 'only src/plugins, src/routes, src/app.ts and src/server.ts import fastify-related packages: the components below them run without a web server',
+      severity: 'error',
+      from: { path: '^src/', pathNot: '^src/(plugins/|routes/|app\\.ts$|server\\.ts$)' },
+      to: { path: '(^|/)node_modules/(fastify|fastify-[^/]+|@fastify/[^/]+)/' }
+    },
     {
       name: 'no-circular',
       comment: 'no dependency cycles (type-only imports included)',

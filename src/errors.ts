@@ -1,4 +1,4 @@
-import createError from '@fastify/error'
+import { format } from 'node:util'
 import { isDatabaseUnavailable } from './db/database-errors.js'
 import type { SessionState } from './domain/state-machine.js'
 
@@ -45,7 +45,34 @@ export const ERROR_CATALOGUE = {
 export type ErrorCode = keyof typeof ERROR_CATALOGUE
 type HttpErrorCode = { [C in ErrorCode]: typeof ERROR_CATALOGUE[C]['status'] extends number ? C : never }[ErrorCode]
 
-const define = (code: HttpErrorCode, message: string) => createError(code, message, ERROR_CATALOGUE[code].status)
+type ProblemDetails = Record<string, unknown>
+
+/**
+ * An error a client may see: its stable code and HTTP status come from the catalogue, and
+ * `details` become members of the problem body. (Fastify renders `statusCode` and `code` the same
+ * way for its own errors, so one mapping serves both.)
+ */
+class ServiceError extends Error {
+  readonly code: HttpErrorCode
+  readonly statusCode: number
+  details?: ProblemDetails
+
+  constructor (code: HttpErrorCode, message: string) {
+    super(message)
+    this.name = 'ServiceError'
+    this.code = code
+    this.statusCode = ERROR_CATALOGUE[code].status
+  }
+}
+
+/** An error class for one code; its message is `template` with the arguments in place of `%s`. */
+function define (code: HttpErrorCode, template: string) {
+  return class extends ServiceError {
+    constructor (...args: (string | number)[]) {
+      super(code, format(template, ...args))
+    }
+  }
+}
 
 export const SessionNotFound = define('SESSION_NOT_FOUND', 'Session %s not found')
 export const SnapshotNotFound = define('SNAPSHOT_NOT_FOUND', 'Snapshot %s not found for session %s')
@@ -63,11 +90,8 @@ export const MessageNotAccepted = define('SESSION_NOT_ACCEPTING_MESSAGES', 'Sess
 export const MessageTooLarge = define('MESSAGE_TOO_LARGE', 'The message is %s bytes; at most %s are accepted')
 export const ServiceUnavailable = define('SERVICE_UNAVAILABLE', '%s')
 
-type ProblemDetails = Record<string, unknown>
-type WithDetails = Error & { details?: ProblemDetails }
-
-function withDetails<E extends Error> (err: E, details: ProblemDetails): E {
-  (err as WithDetails).details = details
+function withDetails (err: ServiceError, details: ProblemDetails): ServiceError {
+  err.details = details
   return err
 }
 
@@ -158,7 +182,7 @@ export function toProblem (err: unknown): Problem {
     return { status, code: 'INTERNAL_ERROR', detail: 'The service failed to handle this request; it has been logged', extra: {}, headers: {} }
   }
   const code = (e.code && FASTIFY_CODES[e.code]) ?? e.code ?? 'BAD_REQUEST'
-  return { status, code, detail: e.message, extra: (err as WithDetails).details ?? {}, headers: {} }
+  return { status, code, detail: e.message, extra: (err as { details?: ProblemDetails }).details ?? {}, headers: {} }
 }
 
 /** The problem+json body (RFC 9457) of a problem, for the request at `instance`. */
