@@ -10,11 +10,13 @@ import database from './plugins/database.js'
 import errorHandler, { sendProblem } from './plugins/error-handler.js'
 import events from './plugins/events.js'
 import openapi from './plugins/openapi.js'
+import requestId, { requestIdOf } from './plugins/request-id.js'
 import { createValidatorCompiler } from './plugins/validators.js'
 import { Problem } from './schemas/common.js'
 import { EVENT_SCHEMAS } from './schemas/events.js'
 import { SHARED_SCHEMAS } from './schemas/session.js'
 import sessions from './plugins/sessions.js'
+import webSecurity from './plugins/web-security.js'
 import healthRoutes from './routes/health.js'
 import sessionActionRoutes from './routes/session-actions.js'
 import sessionRecordRoutes from './routes/session-records.js'
@@ -50,6 +52,8 @@ export async function buildApp (opts: BuildAppOptions) {
     // Clients retry over flaky mobile links; never let one hang a socket forever
     requestTimeout: 30_000,
     forceCloseConnections: 'idle',
+    // X-Request-Id from the client when sane, else a fresh UUID: echoed, logged, in problems
+    genReqId: requestIdOf,
     // errors Fastify raises before routing (a malformed URL) get the same problem+json
     frameworkErrors: (err, request, reply) => {
       const problem = toProblem(err.statusCode ? err : Object.assign(err, { statusCode: 400 }))
@@ -78,6 +82,8 @@ export async function buildApp (opts: BuildAppOptions) {
   app.decorate('config', config)
   // database first: Fastify runs onClose hooks in reverse, so it closes last
   await app.register(database, { config })
+  await app.register(requestId)
+  await app.register(webSecurity, { config })
   await app.register(errorHandler)
   await app.register(openapi, { version: pkg.version })
   await app.register(websocket, {

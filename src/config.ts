@@ -141,6 +141,9 @@ export const EnvSchema = Type.Object({
     maximum: 600_000,
     description: 'WebSocket ping interval (100–600000). A client that has not answered the previous ping is disconnected'
   }),
+  CORS_ORIGINS: Type.Optional(Type.String({
+    description: 'comma-separated origins (`https://app.example.com`) that browsers may call the API from; unset: no CORS headers, so no browser page of another origin can read the API'
+  })),
   LOG_LEVEL: Type.Enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], {
     default: 'info',
     description: 'pino level: `fatal`, `error`, `warn`, `info`, `debug`, `trace`, `silent`'
@@ -173,6 +176,8 @@ export interface Config {
   heartbeatCoalesceFraction: number
   sweepIntervalMs: number
   limits: { bodyBytes: number, messageBytes: number, wsFrameBytes: number, wsPingIntervalMs: number }
+  /** origins allowed to call the API from a browser; empty: none */
+  corsOrigins: string[]
   logLevel: Env['LOG_LEVEL']
 }
 
@@ -225,8 +230,26 @@ export function loadConfig (env: NodeJS.ProcessEnv = process.env): Config {
     heartbeatCoalesceFraction: e.HEARTBEAT_COALESCE_FRACTION,
     sweepIntervalMs: e.SWEEP_INTERVAL_MS,
     limits: { bodyBytes: e.BODY_LIMIT_BYTES, messageBytes: e.MESSAGE_MAX_BYTES, wsFrameBytes: e.WS_MAX_FRAME_BYTES, wsPingIntervalMs: e.WS_PING_INTERVAL_MS },
+    corsOrigins: parseOrigins(e.CORS_ORIGINS),
     logLevel: e.LOG_LEVEL
   }
+}
+
+/** CORS_ORIGINS: each an origin as a browser sends it (scheme, host, optional port; no path). */
+function parseOrigins (raw: string | undefined): string[] {
+  if (raw === undefined) return []
+  return raw.split(',').map((s) => s.trim()).filter(Boolean).map((origin) => {
+    let url: URL
+    try {
+      url = new URL(origin)
+    } catch {
+      throw new ConfigError(`invalid configuration: CORS_ORIGINS=${JSON.stringify(origin)}: not an origin (https://host[:port])`)
+    }
+    if ((url.protocol !== 'https:' && url.protocol !== 'http:') || url.origin !== origin.replace(/\/$/, '')) {
+      throw new ConfigError(`invalid configuration: CORS_ORIGINS=${JSON.stringify(origin)}: not an origin (https://host[:port], no path)`)
+    }
+    return url.origin
+  })
 }
 
 /**

@@ -185,15 +185,16 @@ export function toProblem (err: unknown): Problem {
   return { status, code, detail: e.message, extra: (err as { details?: ProblemDetails }).details ?? {}, headers: {} }
 }
 
-/** The problem+json body (RFC 9457) of a problem, for the request at `instance`. */
-export function problemBody (problem: Pick<Problem, 'status' | 'code' | 'detail' | 'extra'>, instance: string): Record<string, unknown> {
+/** The problem+json body (RFC 9457) of a problem, for one request (its URL and its id). */
+export function problemBody (problem: Pick<Problem, 'status' | 'code' | 'detail' | 'extra'>, request: { instance: string, requestId: string }): Record<string, unknown> {
   return {
     type: `https://mobvibe.dev/problems/${problem.code.toLowerCase().replaceAll('_', '-')}`,
     title: TITLES[problem.status] ?? 'Error',
     status: problem.status,
-    instance,
+    instance: request.instance,
     code: problem.code,
     detail: problem.detail,
+    requestId: request.requestId,
     ...problem.extra
   }
 }

@@ -22,6 +22,7 @@ export const Problem = Type.Object({
   detail: Type.String(),
   code: Type.String({ description: 'Stable, machine-readable error code' }),
   instance: Type.Optional(Type.String()),
+  requestId: Type.Optional(Type.String({ description: 'The request\'s id, as in the X-Request-Id response header and the service\'s log lines' })),
   errors: Type.Optional(Type.Array(Type.Object({
     field: Type.String(),
     message: Type.String()

@@ -1,0 +1,110 @@
+/**
+ * What every response carries whatever the route: a request id (the client's when sane, echoed,
+ * logged, in problems), security headers, and CORS for the configured origins only.
+ */
+import { Writable } from 'node:stream'
+import { mkdtemp, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import t from 'tap'
+import { buildApp } from '../src/app.js'
+import { ConfigError, loadConfig } from '../src/config.js'
+import { createLogger } from '../src/logger.js'
+import { build, freshDatabaseUrl } from './helpers/build.js'
+
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/
+
+t.test('request ids: the client\'s when sane, a fresh one otherwise, echoed and in problems', async (t) => {
+  const { app } = await build(t)
+  const given = await app.inject({ method: 'GET', url: '/healthz', headers: { 'x-request-id': 'phone-42.retry:3' } })
+  t.equal(given.headers['x-request-id'], 'phone-42.retry:3', 'a sane client id is kept')
+  const none = await app.inject({ method: 'GET', url: '/healthz' })
+  t.match(String(none.headers['x-request-id']), UUID, 'none given: a fresh UUID')
+  for (const bad of ['has space', 'x'.repeat(129), 'line\\nbreak', '{"json":1}', '']) {
+    const res = await app.inject({ method: 'GET', url: '/healthz', headers: { 'x-request-id': bad } })
+    t.match(String(res.headers['x-request-id']), UUID, `${JSON.stringify(bad.slice(0, 20))} is replaced`)
+  }
+  const problem = await app.inject({ method: 'GET', url: '/v1/sessions/00000000-0000-4000-8000-000000000000', headers: { 'x-request-id': 'trace-me' } })
+  t.equal(problem.statusCode, 404)
+  t.equal(problem.headers['x-request-id'], 'trace-me')
+  t.equal(problem.json().requestId, 'trace-me', 'the problem names the request')
+  const notFound = await app.inject({ method: 'GET', url: '/nowhere' })
+  t.equal(notFound.json().requestId, notFound.headers['x-request-id'], 'so does a 404 for no route')
+  const invalid = await app.inject({ method: 'POST', url: '/v1/sessions', payload: '{', headers: { 'content-type': 'application/json' } })
+  t.equal(invalid.statusCode, 400)
+  t.equal(invalid.json().requestId, invalid.headers['x-request-id'], 'and a body that does not parse')
+})
+
+t.test('the request id is on the service\'s log lines for that request', async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), 'mobvibe-reqid-'))
+  const databaseUrl = await freshDatabaseUrl(t)
+  const lines: Record<string, unknown>[] = []
+  const sink = new Writable({
+    write (chunk: Buffer, _enc, done) {
+      for (const line of chunk.toString('utf8').split('\n').filter(Boolean)) lines.push(JSON.parse(line) as Record<string, unknown>)
+      done()
+    }
+  })
+  const config = loadConfig({
+    MOBVIBE_DATA_DIR: join(dir, 'data'),
+    MOBVIBE_WORKSPACE_ROOT: join(dir, 'workspaces'),
+    LOG_LEVEL: 'info',
+    ...(databaseUrl ? { DATABASE_URL: databaseUrl } : {})
+  })
+  const app = await buildApp({ config, logger: createLogger(config, sink), startWorker: false })
+  t.teardown(async () => {
+    await app.close()
+    await rm(dir, { recursive: true, force: true })
+  })
+  await app.ready()
+  await app.inject({ method: 'GET', url: '/v1/sessions/00000000-0000-4000-8000-000000000000', headers: { 'x-request-id': 'find-me-in-logs' } })
+  const mine = lines.filter((l) => l.reqId === 'find-me-in-logs')
+  t.ok(mine.some((l) => l.msg === 'incoming request'), 'the request line')
+  t.ok(mine.some((l) => l.code === 'SESSION_NOT_FOUND'), 'the error line')
+  t.ok(mine.some((l) => l.msg === 'request completed'), 'the response line')
+})
+
+t.test('security headers on API responses, problems and the docs', async (t) => {
+  const { app } = await build(t)
+  for (const url of ['/healthz', '/v1/sessions', '/v1/sessions/not-a-uuid', '/docs/']) {
+    const res = await app.inject({ method: 'GET', url })
+    t.equal(res.headers['x-content-type-options'], 'nosniff', `${url}: nosniff`)
+    t.equal(res.headers['x-frame-options'], 'SAMEORIGIN', `${url}: no framing by others`)
+    t.match(String(res.headers['content-security-policy']), /default-src 'self'/, `${url}: a CSP`)
+  }
+  t.equal((await app.inject({ method: 'GET', url: '/docs/' })).statusCode, 200, 'the Swagger UI still serves')
+})
+
+t.test('CORS: none unless configured, then exactly the configured origins', async (t) => {
+  const preflight = (origin: string) => ({
+    method: 'OPTIONS' as const,
+    url: '/v1/sessions',
+    headers: { origin, 'access-control-request-method': 'POST', 'access-control-request-headers': 'content-type,if-match' }
+  })
+  await t.test('unset', async (t) => {
+    const { app } = await build(t)
+    const res = await app.inject({ method: 'GET', url: '/v1/sessions', headers: { origin: 'https://evil.example' } })
+    t.equal(res.statusCode, 200)
+    t.notOk(res.headers['access-control-allow-origin'], 'no page of another origin may read it')
+    t.notOk((await app.inject(preflight('https://app.example'))).headers['access-control-allow-origin'])
+  })
+  await t.test('configured', async (t) => {
+    const { app } = await build(t, { env: { CORS_ORIGINS: 'https://app.example, http://localhost:8081' } })
+    const ok = await app.inject(preflight('https://app.example'))
+    t.equal(ok.statusCode, 204)
+    t.equal(ok.headers['access-control-allow-origin'], 'https://app.example')
+    t.match(String(ok.headers['access-control-allow-methods']), /PATCH/)
+    t.equal((await app.inject(preflight('http://localhost:8081'))).headers['access-control-allow-origin'], 'http://localhost:8081')
+    t.notOk((await app.inject(preflight('https://evil.example'))).headers['access-control-allow-origin'], 'another origin is not allowed')
+    const created = await app.inject({ method: 'POST', url: '/v1/sessions', payload: {}, headers: { origin: 'https://app.example' } })
+    t.equal(created.headers['access-control-allow-origin'], 'https://app.example')
+    t.match(String(created.headers['access-control-expose-headers']), /ETag.*Location.*Retry-After.*X-Request-Id/, 'a browser client can read the version and the new resource')
+  })
+  t.test('a bad origin stops start-up, naming the variable', async (t) => {
+    for (const bad of ['app.example', 'ftp://app.example', 'https://app.example/path']) {
+      t.throws(() => loadConfig({ CORS_ORIGINS: bad }), ConfigError)
+      t.throws(() => loadConfig({ CORS_ORIGINS: bad }), /CORS_ORIGINS/)
+    }
+    t.same(loadConfig({ CORS_ORIGINS: 'https://a.example/,https://b.example:8443' }).corsOrigins, ['https://a.example', 'https://b.example:8443'])
+  })
+})
