@@ -109,6 +109,35 @@ t.test('the liveness cache ages entries out and stays bounded', async (t) => {
   t.equal(cache.get('b', 0), undefined)
 })
 
+t.test('the liveness cache keeps no answer that a write overtook', async (t) => {
+  const cache = new LivenessCache()
+  const v1 = { state: 'active' as const, version: 1, expiresAt: T0, ttlSeconds: 60, cachedAt: 0 }
+  const v2 = { ...v1, version: 2 }
+  // a read, then a write of this instance invalidates while it is in flight: its v1 is not cached
+  const overtaken = cache.beginRead('a')
+  cache.delete('a')
+  cache.endRead(overtaken, v1)
+  t.equal(cache.get('a', 0), undefined, 'the overtaken answer is dropped')
+  // a read with no write meanwhile is cached
+  const clean = cache.beginRead('a')
+  cache.endRead(clean, v2)
+  t.same(cache.get('a', 0), v2)
+  // two reads in flight, one write: neither is cached; another session's write touches neither
+  cache.delete('a')
+  const r1 = cache.beginRead('a')
+  const r2 = cache.beginRead('a')
+  const other = cache.beginRead('b')
+  cache.delete('a')
+  cache.endRead(r1, v1)
+  cache.endRead(r2, v1)
+  cache.endRead(other, v1)
+  t.equal(cache.get('a', 0), undefined)
+  t.same(cache.get('b', 0), v1, 'a write to a does not spoil a read of b')
+  // a read that ends without an answer (an error) leaves nothing behind
+  cache.endRead(cache.beginRead('c'))
+  t.equal(cache.readsInFlight, 0, 'no read is left in flight')
+})
+
 t.test('uuid ranges cover the whole id space without overlap', async (t) => {
   const { uuidRanges } = await import('../src/sessions/session-repository.js')
   t.same(uuidRanges(1), [['00000000-0000-0000-0000-000000000000', 'ffffffff-ffff-ffff-ffff-ffffffffffff']])

@@ -25,7 +25,7 @@ import {
   versionConflict
 } from '../errors.js'
 import type { CreateSessionInput, PatchSessionInput } from '../schemas/session.js'
-import { LivenessCache } from './liveness-cache.js'
+import { LivenessCache, type LivenessEntry } from './liveness-cache.js'
 import type { SessionRepository, SweepHit, TransitionWrite } from './session-repository.js'
 import { snapshotDataOf, type SnapshotData } from './session-view.js'
 import { prepareWorkdir } from './workspace.js'
@@ -241,19 +241,26 @@ export class SessionLifecycleManager extends EventEmitter<LifecycleEvents> {
       const plan = planHeartbeat({ now, expiresAt: cached.expiresAt, ttlSeconds: cached.ttlSeconds, coalesceFraction: this.#config.heartbeatCoalesceFraction })
       if (!plan.write) return { state: cached.state, version: cached.version, expiresAt: cached.expiresAt, serverTime: now }
     }
-    // One statement decides and writes; only when it writes nothing is the row read to say why
-    const written = await this.#repo.heartbeat({
-      id, now, fraction: this.#config.heartbeatCoalesceFraction, versions: ifMatch === undefined || ifMatch === '*' ? null : ifMatch
-    })
-    if (written) {
-      this.#liveness.set(id, { ...written, cachedAt: now.getTime() })
-      return { state: written.state, version: written.version, expiresAt: written.expiresAt, serverTime: now }
+    // One statement decides and writes; only when it writes nothing is the row read to say why.
+    // What it answers is cached only if no write of this instance overtook it meanwhile.
+    const read = this.#liveness.beginRead(id)
+    let answer: LivenessEntry | undefined
+    try {
+      const written = await this.#repo.heartbeat({
+        id, now, fraction: this.#config.heartbeatCoalesceFraction, versions: ifMatch === undefined || ifMatch === '*' ? null : ifMatch
+      })
+      if (written) {
+        answer = { ...written, cachedAt: now.getTime() }
+        return { state: written.state, version: written.version, expiresAt: written.expiresAt, serverTime: now }
+      }
+      const row = await this.get(id)
+      if (isTerminal(row.state)) throw sessionTerminal(row.state, row.version)
+      if (!ifMatchAccepts(ifMatch, row.version)) throw versionConflict(formatIfMatch(ifMatch), row)
+      answer = { state: row.state, version: row.version, expiresAt: row.expiresAt, ttlSeconds: row.ttlSeconds, cachedAt: now.getTime() }
+      return { state: row.state, version: row.version, expiresAt: row.expiresAt, serverTime: now }
+    } finally {
+      this.#liveness.endRead(read, answer)
     }
-    const row = await this.get(id)
-    if (isTerminal(row.state)) throw sessionTerminal(row.state, row.version)
-    if (!ifMatchAccepts(ifMatch, row.version)) throw versionConflict(formatIfMatch(ifMatch), row)
-    this.#liveness.set(id, { state: row.state, version: row.version, expiresAt: row.expiresAt, ttlSeconds: row.ttlSeconds, cachedAt: now.getTime() })
-    return { state: row.state, version: row.version, expiresAt: row.expiresAt, serverTime: now }
   }
 
   /** Expires every live session past its deadline; returns their ids. */
