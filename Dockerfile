@@ -13,8 +13,10 @@ WORKDIR /app
 ENV NPM_CONFIG_UPDATE_NOTIFIER=false \
   NPM_CONFIG_FUND=false \
   NPM_CONFIG_AUDIT=false
-# Dependencies first, so editing the source does not invalidate the npm ci layer
+# Dependencies first, so editing the source does not invalidate the npm ci layer. npm ci runs
+# the postinstall script, which patches the postgres driver (scripts/patch-postgres.mjs)
 COPY package.json package-lock.json ./
+COPY scripts/patch-postgres.mjs ./scripts/
 RUN --mount=type=cache,target=/root/.npm npm ci
 COPY tsconfig.json tsconfig.build.json ./
 COPY src ./src
@@ -36,8 +38,10 @@ ENV NODE_ENV=production \
   MOBVIBE_WORKSPACE_ROOT=/app/workspaces
 # package.json must sit at /app/package.json: dist/app.js reads ../package.json for the API version.
 # Production dependencies only; none needs an install script, so none is run.
+# The driver patch is applied by hand: --ignore-scripts skips postinstall.
 COPY package.json package-lock.json ./
-RUN npm ci --omit=dev --ignore-scripts --no-audit --no-fund && npm cache clean --force
+COPY scripts/patch-postgres.mjs ./scripts/
+RUN npm ci --omit=dev --ignore-scripts --no-audit --no-fund && node scripts/patch-postgres.mjs && npm cache clean --force
 # Migrations are applied at start-up from /app/drizzle (dist/db/database.js resolves ../../drizzle)
 COPY drizzle ./drizzle
 COPY --from=build /app/dist ./dist

@@ -28,6 +28,9 @@ export interface OpenDatabaseOptions {
   poolSize?: number
 }
 
+/** How the pool behaves when Postgres goes away and comes back (test/database-outage.test.ts). */
+const POSTGRES_RECONNECT = { backoffSeconds: 0.05, connectTimeoutSeconds: 5 } as const
+
 export const MIGRATIONS_FOLDER = fileURLToPath(new URL('../../drizzle', import.meta.url))
 
 /** Opens the database for either driver and applies every pending migration before returning. */
@@ -42,6 +45,12 @@ async function openPostgres (url: string, max: number): Promise<DatabaseHandle> 
     onnotice: () => {},
     // Sessions are written under optimistic locking; nothing here needs a long-idle connection.
     idle_timeout: 60,
+    // While the database is away every request answers 503 at once; when it is back the next
+    // request reconnects. The default backoff grows to seconds and outlives the outage (it
+    // resets only on a successful connect), which held requests long after recovery.
+    backoff: () => POSTGRES_RECONNECT.backoffSeconds,
+    // a server that does not answer (not even a refusal) is a 503 after this, not after 30 s
+    connect_timeout: POSTGRES_RECONNECT.connectTimeoutSeconds,
     connection: { application_name: 'mobvibe-session-service' }
   })
   const db = drizzlePostgres(client, { schema }) as unknown as Database

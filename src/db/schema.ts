@@ -135,6 +135,5 @@ export const sessionEventSeqs = pgTable('session_event_seqs', {
 })
 
 export type SessionRow = typeof sessions.$inferSelect
-export type NewSessionRow = typeof sessions.$inferInsert
 export type TransitionRow = typeof sessionTransitions.$inferSelect
 export type SnapshotRow = typeof sessionSnapshots.$inferSelect

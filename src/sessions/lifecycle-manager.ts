@@ -128,17 +128,13 @@ export class SessionLifecycleManager extends EventEmitter<LifecycleEvents> {
     const now = this.#clock()
     return this.#repo.insert({
       id,
-      state: 'pending',
-      version: 1,
       title: input.title ?? null,
       workdir,
       model: input.model ?? null,
       idleTimeoutSeconds: idle,
       ttlSeconds: ttl,
       expiresAt: addSeconds(now, ttl),
-      stateChangedAt: now,
-      createdAt: now,
-      updatedAt: now
+      createdAt: now
     })
   }
 

@@ -6,7 +6,6 @@ import {
   sessionTransitions,
   sessions,
   sqlList,
-  type NewSessionRow,
   type SessionRow,
   type SnapshotRow,
   type TransitionRow
@@ -68,6 +67,18 @@ export interface SweepHit {
   version: number
 }
 
+/** A new session: always `pending` at version 1, created by its user. */
+export interface NewSession {
+  id: string
+  title: string | null
+  workdir: string
+  model: string | null
+  idleTimeoutSeconds: number
+  ttlSeconds: number
+  expiresAt: Date
+  createdAt: Date
+}
+
 export interface SessionCursor {
   createdAt: Date
   id: string
@@ -100,6 +111,21 @@ export interface SessionRepositoryOptions {
 export function createSessionRepository (db: Database, opts: SessionRepositoryOptions = {}) {
   const toSession = rowMapper(sessions)
   const notDeleted = isNull(sessions.deletedAt)
+
+  // The new row and its first history row in one statement: no transaction to leave open (or to
+  // lose mid-way) when the connection drops
+  const insertStmt = prepareSql(db, 'session_insert', sql`
+    with created as (
+      insert into sessions (id, state, version, title, workdir, model, idle_timeout_seconds, ttl_seconds,
+        expires_at, state_changed_at, created_at, updated_at)
+      values (${p('id')}::uuid, 'pending', 1, ${p('title')}::text, ${p('workdir')}::text, ${p('model')}::text,
+        ${p('idle')}::int, ${p('ttl')}::int, ${ts('expires')}, ${ts('now')}, ${ts('now')}, ${ts('now')})
+      returning *
+    ), logged as (
+      insert into session_transitions (session_id, from_state, to_state, reason, actor, version, at)
+      select id, null, state, 'created', 'user', version, created_at from created
+    )
+    select * from created`)
 
   const byId = db.select().from(sessions)
     .where(and(eq(sessions.id, p('id')), notDeleted))
@@ -326,14 +352,18 @@ export function createSessionRepository (db: Database, opts: SessionRepositoryOp
     rows.map((r) => ({ id: String(r.id), from: r.from_state as SessionState, version: Number(r.version) }))
 
   return {
-    async insert (row: NewSessionRow & { id: string, createdAt: Date }): Promise<SessionRow> {
-      return db.transaction(async (tx) => {
-        const [created] = await tx.insert(sessions).values(row).returning()
-        await tx.insert(sessionTransitions).values({
-          sessionId: row.id, fromState: null, toState: row.state, reason: 'created', actor: 'user', version: 1, at: row.createdAt
-        })
-        return created!
+    async insert (row: NewSession): Promise<SessionRow> {
+      const [created] = await insertStmt.execute({
+        id: row.id,
+        title: row.title,
+        workdir: row.workdir,
+        model: row.model,
+        idle: row.idleTimeoutSeconds,
+        ttl: row.ttlSeconds,
+        expires: row.expiresAt.toISOString(),
+        now: row.createdAt.toISOString()
       })
+      return toSession(created!)
     },
 
     async findById (id: string): Promise<SessionRow | null> {
