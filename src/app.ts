@@ -105,6 +105,12 @@ export async function buildApp (opts: BuildAppOptions) {
   })
   await app.register(healthRoutes)
   await app.register(async (v1) => {
+    // A session id is a key in memory (agents, locks, subscribers) as well as in the database:
+    // one spelling for it, whatever case the client sends (iOS prints UUIDs in upper case)
+    v1.addHook('preValidation', async (request) => {
+      const params = request.params as { id?: unknown }
+      if (typeof params.id === 'string') params.id = params.id.toLowerCase()
+    })
     await v1.register(sessionRoutes)
     await v1.register(sessionActionRoutes)
     await v1.register(sessionRecordRoutes)

@@ -607,3 +607,33 @@ t.test('no input produces a 500', async (t) => {
   const readiness = await call(app, 'GET', '/readyz')
   t.equal(readiness.status, 200, 'the service is still healthy afterwards')
 })
+
+t.test('a session id in upper case is the same session (found by the fuzz test)', async (t) => {
+  const s = await createSession(app)
+  const upper = s.id.toUpperCase()
+  t.equal((await call(app, 'GET', `/v1/sessions/${upper}`)).body.id, s.id)
+  t.equal((await transition(app, upper, 'active')).status, 200)
+  const paused = await call(app, 'POST', `/v1/sessions/${upper}/pause`)
+  t.equal(paused.status, 200)
+  t.equal(paused.body.sessionId, s.id, 'the snapshot names the session as the service spells it')
+  t.equal((await call(app, 'POST', `/v1/sessions/${upper}/resume`)).status, 200)
+  t.equal((await transition(app, upper, 'suspended')).status, 200)
+  const restarted = await call(app, 'POST', `/v1/sessions/${upper}/restart`)
+  t.equal(restarted.status, 200, 'a restart by the upper-case id works')
+  t.equal(restarted.body.state, 'active')
+  await app.events.flush()
+  const events = (await call(app, 'GET', `/v1/sessions/${upper}/events`)).body.items as { type: string, data: Record<string, unknown> }[]
+  t.same(events.map((e) => e.type === 'state' ? `${String(e.data.from)}->${String(e.data.to)}` : String(e.type)),
+    ['pending->active', 'active->paused', 'paused->active', 'active->suspended', 'suspended->active', 'status'], 'no event lost to the other spelling')
+})
+
+t.test('an event position beyond what a seq can be is a 400, not a 500 (found by the fuzz test)', async (t) => {
+  const s = await createSession(app)
+  for (const after of ['9223372036854775807', '99999999999999999999', '1e20', '1e400', String(Number.MAX_SAFE_INTEGER + 2)]) {
+    const res = await call(app, 'GET', `/v1/sessions/${s.id}/events?after=${after}`)
+    t.equal(res.status, 400, `after=${after}`)
+    t.equal(res.body.code, 'VALIDATION_FAILED')
+  }
+  t.equal((await call(app, 'GET', `/v1/sessions/${s.id}/events?after=${Number.MAX_SAFE_INTEGER}`)).status, 200, 'the largest safe position is fine')
+  t.equal((await call(app, 'GET', `/v1/sessions/${s.id}/snapshots?surprise=1`)).status, 400, 'snapshots take no query, like the other lists')
+})

@@ -1,4 +1,5 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
+import { Type } from 'typebox'
 import { decodeSeqCursor, encodeSeqCursor } from '../domain/cursor.js'
 import { PG_INT_MAX } from '../domain/limits.js'
 import { InvalidCursor } from '../errors.js'
@@ -44,6 +45,7 @@ const sessionRecordRoutes: FastifyPluginAsyncTypebox = async (app) => {
       description: 'Each pause takes one. POST /resume starts from the latest, or from the one named by ' +
         '`snapshotId`.',
       params: SessionParams,
+      querystring: Type.Object({}, { additionalProperties: false }),
       response: { 200: ref(SnapshotListSchema), ...problems(400, 404) }
     }
   }, async (request) => {

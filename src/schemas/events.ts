@@ -39,12 +39,12 @@ export const MessageAcceptedSchema = Type.Object({
 }, { $id: 'MessageAccepted' })
 
 export const EventsQuery = Type.Object({
-  after: Type.Optional(Type.Integer({ minimum: 0, default: 0, description: 'Events with a larger sequence number' })),
+  after: Type.Optional(Type.Integer({ minimum: 0, maximum: Number.MAX_SAFE_INTEGER, default: 0, description: 'Events with a larger sequence number' })),
   limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 1000, default: 100 }))
 }, { additionalProperties: false })
 
 export const StreamQuery = Type.Object({
-  after: Type.Optional(Type.Integer({ minimum: 0, default: 0, description: 'Replay events after this sequence number, then go live' }))
+  after: Type.Optional(Type.Integer({ minimum: 0, maximum: Number.MAX_SAFE_INTEGER, default: 0, description: 'Replay events after this sequence number, then go live' }))
 }, { additionalProperties: false })
 
 export const RestartBody = Type.Object({
