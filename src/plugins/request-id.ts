@@ -17,7 +17,9 @@ export function requestIdOf (request: IncomingMessage): string {
 
 /** Echoes the request id on every response; Fastify already binds it to every log line (`reqId`). */
 export default fp(async function requestId (app: FastifyInstance) {
-  app.addHook('onRequest', async (request, reply) => {
+  // a callback hook, not an async one: this runs on every request, heartbeats included
+  app.addHook('onRequest', (request, reply, done) => {
     reply.header('x-request-id', request.id)
+    done()
   })
 }, { name: 'request-id' })
