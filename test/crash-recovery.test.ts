@@ -21,116 +21,19 @@
  * Waits are events (log lines, exits, frames) or bounded polling, never sleeps; every child and
  * every process carrying one of the sessions' markers is killed in teardown.
  */
-import { spawn, type ChildProcess } from 'node:child_process'
 import { readFile, readdir, mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { fileURLToPath } from 'node:url'
-import t, { type Test } from 'tap'
+import t from 'tap'
 import WebSocket from 'ws'
 import type { SessionView } from '../src/schemas/session.js'
 import { agentEnv, grandchildPid, isRunning, kinds, markedPids, procStat, replies, results, waitUntil, type Frame } from './helpers/agents.js'
 import { freshDatabaseUrl } from './helpers/build.js'
+import { launch } from './helpers/service-process.js'
 
-const root = fileURLToPath(new URL('../', import.meta.url))
-/** PGlite's first start on a busy 2-core machine takes seconds */
-const START_TIMEOUT_MS = 30_000
-const EXIT_TIMEOUT_MS = 10_000
 const WAIT_MS = 15_000
 /** a turn still in progress long after the test is over: only a kill ends these agents */
 const LONG_TURN_MS = 120_000
-
-// ---------------------------------------------------------------------------------------------
-// The service as a child process (as in server-process.test.ts)
-
-interface LogLine { level?: number, msg?: string, [key: string]: unknown }
-interface Exit { code: number | null, signal: NodeJS.Signals | null }
-
-class Service {
-  readonly lines: LogLine[] = []
-  output = ''
-  exit: Exit | undefined
-  readonly exited: Promise<Exit>
-  #stdoutRest = ''
-  #waiters = new Set<() => void>()
-
-  constructor (readonly name: string, readonly proc: ChildProcess) {
-    proc.stdout?.setEncoding('utf8').on('data', (chunk: string) => {
-      this.output += chunk
-      const parts = (this.#stdoutRest + chunk).split('\n')
-      this.#stdoutRest = parts.pop() ?? ''
-      for (const part of parts) {
-        try {
-          this.lines.push(JSON.parse(part) as LogLine)
-        } catch {
-          // not a log line (tsx or Node warnings): kept in output only
-        }
-      }
-      this.#wake()
-    })
-    proc.stderr?.setEncoding('utf8').on('data', (chunk: string) => { this.output += chunk })
-    this.exited = new Promise((resolve) => {
-      proc.once('exit', (code, signal) => {
-        this.exit = { code, signal }
-        this.#wake()
-        resolve(this.exit)
-      })
-    })
-  }
-
-  #wake (): void {
-    for (const w of this.#waiters) w()
-  }
-
-  /** The base URL from the "Server listening at …" line; rejects if the child exits first or on timeout. */
-  ready (): Promise<string> {
-    const listening = (l: LogLine) => typeof l.msg === 'string' && l.msg.startsWith('Server listening at ')
-    return new Promise((resolve, reject) => {
-      const check = () => {
-        const line = this.lines.find(listening)
-        if (line) return done(() => resolve(String(line.msg).slice('Server listening at '.length)))
-        if (this.exit) return done(() => reject(new Error(`${this.name} exited (${JSON.stringify(this.exit)}) before listening:\n${this.output}`)))
-      }
-      const timer = setTimeout(() => done(() => reject(new Error(`${this.name}: not listening within ${START_TIMEOUT_MS} ms:\n${this.output}`))), START_TIMEOUT_MS)
-      const done = (settle: () => void) => {
-        clearTimeout(timer)
-        this.#waiters.delete(check)
-        settle()
-      }
-      this.#waiters.add(check)
-      check()
-    })
-  }
-
-  async stop (signal: NodeJS.Signals): Promise<Exit> {
-    this.proc.kill(signal)
-    return withTimeout(this.exited, EXIT_TIMEOUT_MS, () => `${this.name} did not exit on ${signal}:\n${this.output.slice(-4000)}`)
-  }
-}
-
-const children = new Set<Service>()
-// the teardown of the test covers failures; this, a test process that dies
-process.once('exit', () => {
-  for (const child of children) if (!child.exit) child.proc.kill('SIGKILL')
-})
-
-/** `node --import tsx src/server.ts` with only the environment given (plus PATH, HOME…); SIGKILLed in teardown. */
-function launch (t: Test, name: string, env: Record<string, string | undefined>): Service {
-  const clean: Record<string, string> = {}
-  for (const key of ['PATH', 'HOME', 'LANG', 'TMPDIR']) {
-    const value = process.env[key]
-    if (value !== undefined) clean[key] = value
-  }
-  for (const [key, value] of Object.entries(env)) if (value !== undefined) clean[key] = value
-  const proc = spawn(process.execPath, ['--import', 'tsx', 'src/server.ts'], { cwd: root, env: clean, stdio: ['ignore', 'pipe', 'pipe'] })
-  const service = new Service(name, proc)
-  children.add(service)
-  t.teardown(async () => {
-    if (!service.exit) service.proc.kill('SIGKILL')
-    await service.exited
-  })
-  return service
-}
 
 async function withTimeout<T> (promise: Promise<T>, ms: number, what: () => string): Promise<T> {
   let timer: NodeJS.Timeout | undefined
