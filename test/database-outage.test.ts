@@ -31,6 +31,7 @@ import WebSocket from 'ws'
 import { toProblem } from '../src/errors.js'
 import { build, freshDatabaseUrl } from './helpers/build.js'
 import { startTcpProxy } from './helpers/tcp-proxy.js'
+import { prng } from './helpers/prng.js'
 
 const CLIENTS = 20
 const OUTAGE_MS = Number(process.env.OUTAGE_MS ?? 1500)
@@ -149,18 +150,6 @@ interface Call {
 }
 
 interface Probe { path: string, sentAt: number, receivedAt: number, status: number, contentType: string, body: any, error?: string }
-
-/** mulberry32, so that a failing mix can be replayed with OUTAGE_SEED */
-function prng (seed: number): () => number {
-  let a = seed >>> 0
-  return () => {
-    a = (a + 0x6D2B79F5) >>> 0
-    let x = a
-    x = Math.imul(x ^ (x >>> 15), x | 1)
-    x ^= x + Math.imul(x ^ (x >>> 7), x | 61)
-    return ((x ^ (x >>> 14)) >>> 0) / 4294967296
-  }
-}
 
 function versionOfEtag (etag: string | null): number | undefined {
   const m = etag === null ? null : /^"(\d+)"$/.exec(etag)

@@ -1,6 +1,7 @@
 import { performance } from 'node:perf_hooks'
 import t from 'tap'
 import { build } from './helpers/build.js'
+import { prng } from './helpers/prng.js'
 
 // A bounded load test over the real network: 50 clients hammer 5 shared sessions for about 5 s
 // with heartbeats, transitions, pauses, resumes and PATCHes, half of them with If-Match. Every
@@ -45,18 +46,6 @@ interface Call {
   etag: string | null
   body: any
   error?: string
-}
-
-/** mulberry32: a small seeded PRNG, so that a failing mix can be replayed with LOAD_SEED */
-function prng (seed: number): () => number {
-  let a = seed >>> 0
-  return () => {
-    a = (a + 0x6D2B79F5) >>> 0
-    let x = a
-    x = Math.imul(x ^ (x >>> 15), x | 1)
-    x ^= x + Math.imul(x ^ (x >>> 7), x | 61)
-    return ((x ^ (x >>> 14)) >>> 0) / 4294967296
-  }
 }
 
 const { baseUrl } = await build(t, { listen: true, startWorker: false })
