@@ -144,6 +144,67 @@ export const EnvSchema = Type.Object({
   CORS_ORIGINS: Type.Optional(Type.String({
     description: 'comma-separated origins (`https://app.example.com`) that browsers may call the API from; unset: no CORS headers, so no browser page of another origin can read the API'
   })),
+  JWT_SECRET: Type.Optional(Type.String({
+    minLength: 32,
+    description: 'HS256 key (at least 32 characters) that verifies the bearer tokens. Unset together with `JWT_JWKS_URL`: the first start generates one into `$MOBVIBE_DATA_DIR/jwt-secret` (mode 0600) and `npm run token -- <user>` mints tokens with it'
+  })),
+  JWT_JWKS_URL: Type.Optional(Type.String({
+    pattern: '^https?://',
+    description: "the identity provider's JSON Web Key Set (`https://…/.well-known/jwks.json`): tokens signed with RS256/384/512, PS256/384/512, ES256/384/512 or EdDSA. Keys are cached and fetched again for an unknown `kid`. Exclusive with `JWT_SECRET`"
+  })),
+  JWT_ISSUER: Type.Optional(Type.String({
+    minLength: 1,
+    description: 'when set, a token\'s `iss` must equal it'
+  })),
+  JWT_AUDIENCE: Type.Optional(Type.String({
+    minLength: 1,
+    description: 'when set, a token\'s `aud` must contain it'
+  })),
+  JWT_CLOCK_TOLERANCE_SECONDS: Type.Integer({
+    default: 30,
+    minimum: 0,
+    maximum: 300,
+    description: 'clock skew allowed on `exp`, `nbf` and `iat` (0–300)'
+  }),
+  UNOWNED_SESSIONS_OWNER: Type.Optional(Type.String({
+    minLength: 1,
+    maxLength: 255,
+    description: 'the user (`sub`) that start-up gives the sessions created before users existed (no owner); unset: such sessions stay unreachable through the API'
+  })),
+  AGENT_SANDBOX: Type.Enum(['auto', 'bwrap', 'none'], {
+    default: 'auto',
+    description: "`bwrap`: every agent runs in a bubblewrap sandbox (its working directory and state read-write, the system read-only, the data directory and other users' files hidden, its own PID namespace) and start-up fails without a working `bwrap`; `auto`: the same when `bwrap` works on the host, else agents run unconfined after a start-up warning; `none`: unconfined"
+  }),
+  RATE_LIMIT_PER_MINUTE: Type.Integer({
+    default: 1200,
+    minimum: 0,
+    maximum: 1_000_000,
+    description: 'requests per user per minute on `/v1` (heartbeats apart); beyond: `429` with `Retry-After`. 0 = no limit'
+  }),
+  HEARTBEAT_RATE_LIMIT_PER_MINUTE: Type.Integer({
+    default: 1200,
+    minimum: 0,
+    maximum: 1_000_000,
+    description: 'heartbeats per user per minute, a bucket of their own; 0 = no limit'
+  }),
+  MAX_STREAMS_PER_USER: Type.Integer({
+    default: 32,
+    minimum: 1,
+    maximum: 100_000,
+    description: 'open stream connections per user; one more is refused with `429`'
+  }),
+  MAX_LIVE_AGENTS_PER_USER: Type.Integer({
+    default: 8,
+    minimum: 1,
+    maximum: 10_000,
+    description: "live agent processes per user. At this cap, starting another suspends the user's own least recently active idle agent, or waits for one of theirs to end its turn, as `MAX_LIVE_AGENTS` does for everybody"
+  }),
+  MAX_EVENT_LOOP_DELAY_MS: Type.Integer({
+    default: 1000,
+    minimum: 0,
+    maximum: 60_000,
+    description: 'above this event-loop delay the service answers `503` with `Retry-After` instead of queueing work without bound; 0 = never'
+  }),
   LOG_LEVEL: Type.Enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], {
     default: 'info',
     description: 'pino level: `fatal`, `error`, `warn`, `info`, `debug`, `trace`, `silent`'
@@ -152,7 +213,7 @@ export const EnvSchema = Type.Object({
 
 type Env = Static<typeof EnvSchema>
 
-const SECRET_VARIABLES = new Set(['DATABASE_URL'])
+const SECRET_VARIABLES = new Set(['DATABASE_URL', 'JWT_SECRET'])
 
 export interface Config {
   host: string
@@ -178,6 +239,23 @@ export interface Config {
   limits: { bodyBytes: number, messageBytes: number, wsFrameBytes: number, wsPingIntervalMs: number }
   /** origins allowed to call the API from a browser; empty: none */
   corsOrigins: string[]
+  auth: {
+    /** HS256 key; undefined with a JWKS (or before the generated one is loaded) */
+    secret: string | undefined
+    jwksUrl: string | undefined
+    issuer: string | undefined
+    audience: string | undefined
+    clockToleranceSeconds: number
+  }
+  unownedSessionsOwner: string | undefined
+  sandbox: Env['AGENT_SANDBOX']
+  perUser: {
+    requestsPerMinute: number
+    heartbeatsPerMinute: number
+    streams: number
+    liveAgents: number
+  }
+  maxEventLoopDelayMs: number
   logLevel: Env['LOG_LEVEL']
 }
 
@@ -207,6 +285,9 @@ export function loadConfig (env: NodeJS.ProcessEnv = process.env): Config {
   const e = parsed as Env
   checkRange('IDLE_TIMEOUT', e.IDLE_TIMEOUT_MIN_SECONDS, e.IDLE_TIMEOUT_DEFAULT_SECONDS, e.IDLE_TIMEOUT_MAX_SECONDS)
   checkRange('SESSION_TTL', e.SESSION_TTL_MIN_SECONDS, e.SESSION_TTL_SECONDS, e.SESSION_TTL_MAX_SECONDS)
+  if (e.JWT_SECRET !== undefined && e.JWT_JWKS_URL !== undefined) {
+    throw new ConfigError('invalid configuration: JWT_SECRET and JWT_JWKS_URL are exclusive: set one')
+  }
   const dataDir = resolve(e.MOBVIBE_DATA_DIR)
   return {
     host: e.HOST,
@@ -231,6 +312,22 @@ export function loadConfig (env: NodeJS.ProcessEnv = process.env): Config {
     sweepIntervalMs: e.SWEEP_INTERVAL_MS,
     limits: { bodyBytes: e.BODY_LIMIT_BYTES, messageBytes: e.MESSAGE_MAX_BYTES, wsFrameBytes: e.WS_MAX_FRAME_BYTES, wsPingIntervalMs: e.WS_PING_INTERVAL_MS },
     corsOrigins: parseOrigins(e.CORS_ORIGINS),
+    auth: {
+      secret: e.JWT_SECRET,
+      jwksUrl: e.JWT_JWKS_URL,
+      issuer: e.JWT_ISSUER,
+      audience: e.JWT_AUDIENCE,
+      clockToleranceSeconds: e.JWT_CLOCK_TOLERANCE_SECONDS
+    },
+    unownedSessionsOwner: e.UNOWNED_SESSIONS_OWNER,
+    sandbox: e.AGENT_SANDBOX,
+    perUser: {
+      requestsPerMinute: e.RATE_LIMIT_PER_MINUTE,
+      heartbeatsPerMinute: e.HEARTBEAT_RATE_LIMIT_PER_MINUTE,
+      streams: e.MAX_STREAMS_PER_USER,
+      liveAgents: e.MAX_LIVE_AGENTS_PER_USER
+    },
+    maxEventLoopDelayMs: e.MAX_EVENT_LOOP_DELAY_MS,
     logLevel: e.LOG_LEVEL
   }
 }
