@@ -6,11 +6,14 @@ import type { Logger } from 'pino'
 import type { Config } from './config.js'
 import { toProblem } from './errors.js'
 import agents from './plugins/agents.js'
+import auth from './plugins/auth.js'
 import database from './plugins/database.js'
 import errorHandler, { sendProblem } from './plugins/error-handler.js'
 import events from './plugins/events.js'
+import loadShedding from './plugins/load-shedding.js'
 import openapi from './plugins/openapi.js'
-import requestId, { requestIdOf } from './plugins/request-id.js'
+import rateLimits from './plugins/rate-limits.js'
+import requestId, { requestIdOf, withoutAccessToken } from './plugins/request-id.js'
 import { createValidatorCompiler } from './plugins/validators.js'
 import { Problem } from './schemas/common.js'
 import { EVENT_SCHEMAS } from './schemas/events.js'
@@ -23,6 +26,7 @@ import sessionRecordRoutes from './routes/session-records.js'
 import sessionMessageRoutes from './routes/session-messages.js'
 import sessionStreamRoutes from './routes/session-stream.js'
 import sessionRoutes from './routes/sessions.js'
+import usageRoutes from './routes/usage.js'
 
 const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }
 
@@ -51,9 +55,25 @@ export async function buildApp (opts: BuildAppOptions) {
     bodyLimit: config.limits.bodyBytes,
     // Clients retry over flaky mobile links; never let one hang a socket forever
     requestTimeout: 30_000,
+    // the embedded database's first start on a loaded machine (or a long migration) takes a while
+    pluginTimeout: 120_000,
     forceCloseConnections: 'idle',
     // X-Request-Id from the client when sane, else a fresh UUID: echoed, logged, in problems
     genReqId: requestIdOf,
+    // a WebSocket client's token may ride in the URL (?access_token=): never into a log line
+    childLoggerFactory: (logger, bindings, opts, rawReq) => logger.child(bindings, {
+      ...opts,
+      serializers: {
+        ...opts.serializers,
+        req: (req: { method?: string, url?: string, host?: string, ip?: string, socket?: { remotePort?: number } }) => ({
+          method: req.method,
+          url: withoutAccessToken(req.url ?? rawReq.url ?? ''),
+          host: req.host,
+          remoteAddress: req.ip,
+          remotePort: req.socket?.remotePort
+        })
+      }
+    }),
     // errors Fastify raises before routing (a malformed URL) get the same problem+json
     frameworkErrors: (err, request, reply) => {
       const problem = toProblem(err.statusCode ? err : Object.assign(err, { statusCode: 400 }))
@@ -84,7 +104,9 @@ export async function buildApp (opts: BuildAppOptions) {
   await app.register(database, { config })
   await app.register(requestId)
   await app.register(webSecurity, { config })
+  await app.register(loadShedding, { config })
   await app.register(errorHandler)
+  await app.register(auth, { config })
   await app.register(openapi, { version: pkg.version })
   await app.register(websocket, {
     options: { maxPayload: config.limits.wsFrameBytes },
@@ -105,17 +127,27 @@ export async function buildApp (opts: BuildAppOptions) {
   })
   await app.register(healthRoutes)
   await app.register(async (v1) => {
+    // Every /v1 route needs a valid bearer token; health, docs and the API documents stay public
+    v1.addHook('onRequest', app.authenticate)
+    await v1.register(rateLimits, { config })
     // A session id is a key in memory (agents, locks, subscribers) as well as in the database:
     // one spelling for it, whatever case the client sends (iOS prints UUIDs in upper case)
     v1.addHook('preValidation', async (request) => {
       const params = request.params as { id?: unknown }
       if (typeof params.id === 'string') params.id = params.id.toLowerCase()
     })
+    // Another user's session is a 404 on every route that names one, the stream included (this
+    // runs before the upgrade), before any handler reads or writes it
+    v1.addHook('preHandler', async (request) => {
+      const { id } = request.params as { id?: string }
+      if (id !== undefined) await app.sessions.assertOwned(id, request.user.userId)
+    })
     await v1.register(sessionRoutes)
     await v1.register(sessionActionRoutes)
     await v1.register(sessionRecordRoutes)
     await v1.register(sessionMessageRoutes)
     await v1.register(sessionStreamRoutes)
+    await v1.register(usageRoutes)
   }, { prefix: '/v1' })
   return app
 }

@@ -19,6 +19,7 @@ export const ERROR_CATALOGUE = {
   VALUE_OUT_OF_RANGE: { status: 400, where: 'http', meaning: '`idleTimeoutSeconds` or `ttlSeconds` outside the configured range; adds `field`, `minimum`, `maximum`' },
   WORKDIR_OUTSIDE_ROOT: { status: 400, where: 'http', meaning: '`workdir` leads outside `MOBVIBE_WORKSPACE_ROOT` (symlinks included)' },
   WORKDIR_UNUSABLE: { status: 400, where: 'http', meaning: '`workdir` cannot be resolved or created' },
+  UNAUTHORIZED: { status: 401, where: 'http', meaning: 'No bearer token, or one that is malformed, expired, not yet valid, forged, or for another issuer or audience; `WWW-Authenticate: Bearer` carries `error="invalid_token"` and the reason when a token was sent (also before a stream upgrade)' },
   ROUTE_NOT_FOUND: { status: 404, where: 'http', meaning: 'No such route' },
   SESSION_NOT_FOUND: { status: 404, where: 'http', meaning: 'No such session, or it was deleted (also before a stream upgrade, and as a stream error reply)' },
   SNAPSHOT_NOT_FOUND: { status: 404, where: 'http', meaning: '`resume` named a snapshot this session does not have' },
@@ -31,9 +32,13 @@ export const ERROR_CATALOGUE = {
   BODY_TOO_LARGE: { status: 413, where: 'http', meaning: 'The body is larger than `BODY_LIMIT_BYTES`' },
   MESSAGE_TOO_LARGE: { status: 413, where: 'http', meaning: 'A message\'s `text` is longer than `MESSAGE_MAX_BYTES` (UTF-8 bytes) (also a stream error reply)' },
   UNSUPPORTED_MEDIA_TYPE: { status: 415, where: 'http', meaning: 'A body whose content type is not JSON (`text/plain` included)' },
+  RATE_LIMITED: { status: 429, where: 'http', meaning: 'More `/v1` requests from this user in the current minute than `RATE_LIMIT_PER_MINUTE` (or heartbeats than `HEARTBEAT_RATE_LIMIT_PER_MINUTE`, a bucket of their own); carries `Retry-After` (seconds until the window resets) and `RateLimit-Limit`, `RateLimit-Remaining`, `RateLimit-Reset`. The request did nothing' },
+  TOO_MANY_STREAMS: { status: 429, where: 'http', meaning: 'Before a stream upgrade: this user already has `MAX_STREAMS_PER_USER` streams open; close one first. Carries `Retry-After`; adds `limit`' },
   INTERNAL_ERROR: { status: 500, where: 'http', meaning: 'A bug; the details are in the log only (also a stream error reply)' },
   DATABASE_UNAVAILABLE: { status: 503, where: 'http', meaning: 'The database cannot be reached (connection refused or lost, server shutting down, out of connections, the embedded database\'s thread gone); carries `Retry-After: 1`: send the same request again (a message with a `clientMessageId` is stored once). Also a stream error reply' },
+  AUTH_KEYS_UNAVAILABLE: { status: 503, where: 'http', meaning: 'The identity provider\'s keys (`JWT_JWKS_URL`) cannot be fetched, so no token can be checked; carries `Retry-After`' },
   SERVICE_UNAVAILABLE: { status: 503, where: 'http', meaning: '`/readyz`: the database does not answer' },
+  SERVICE_OVERLOADED: { status: 503, where: 'http', meaning: 'The event loop is saturated (its delay is above `MAX_EVENT_LOOP_DELAY_MS`): the request was refused before any work, instead of queueing; carries `Retry-After`. Never on `/healthz`' },
   // the stream
   INVALID_FRAME: { status: null, where: 'stream', meaning: 'Stream error reply: a client frame that is not JSON text (binary included), not one of the two client frames, or has extra members; the connection stays open' },
   // stored `error` events
@@ -56,6 +61,8 @@ class ServiceError extends Error {
   readonly code: HttpErrorCode
   readonly statusCode: number
   details?: ProblemDetails
+  /** response headers the problem needs (`WWW-Authenticate`, `Retry-After`) */
+  headers?: Record<string, string>
 
   constructor (code: HttpErrorCode, message: string) {
     super(message)
@@ -89,6 +96,61 @@ const OutOfRange = define('VALUE_OUT_OF_RANGE', '%s must be between %s and %s')
 export const MessageNotAccepted = define('SESSION_NOT_ACCEPTING_MESSAGES', 'Session %s does not take messages now: %s')
 export const MessageTooLarge = define('MESSAGE_TOO_LARGE', 'The message is %s bytes; at most %s are accepted')
 export const ServiceUnavailable = define('SERVICE_UNAVAILABLE', '%s')
+const Unauthorized = define('UNAUTHORIZED', '%s')
+const AuthKeysUnavailable = define('AUTH_KEYS_UNAVAILABLE', 'The identity provider\'s keys cannot be fetched: %s')
+
+/**
+ * A 401 with its RFC 6750 challenge: a request without credentials gets the bare scheme, a bad
+ * token `error="invalid_token"` and why, so a client can tell "log in" from "refresh the token".
+ */
+export function unauthorized (reason: string, tokenSent: boolean): Error {
+  const err = new Unauthorized(reason)
+  const description = reason.replace(/["\\]/g, "'")
+  err.headers = {
+    'www-authenticate': tokenSent
+      ? `Bearer realm="mobvibe", error="invalid_token", error_description="${description}"`
+      : 'Bearer realm="mobvibe"'
+  }
+  return err
+}
+
+export function authKeysUnavailable (why: string): Error {
+  const err = new AuthKeysUnavailable(why)
+  err.headers = { 'retry-after': '5' }
+  return err
+}
+
+const RateLimited = define('RATE_LIMITED', 'Too many %s from this user: at most %s a minute; retry in %s s')
+const TooManyStreams = define('TOO_MANY_STREAMS', 'This user already has %s streams open, the most allowed at once; close one first')
+const ServiceOverloaded = define('SERVICE_OVERLOADED', 'The service is overloaded; retry in %s s')
+
+/**
+ * A 429 of a per-user rate-limit bucket (`what`: requests or heartbeats), with the headers of
+ * @fastify/rate-limit's draft-spec mode, so the refusal carries the same ones as a success.
+ */
+export function rateLimited (what: string, limit: number, retryAfterSeconds: number): Error {
+  const err = new RateLimited(what, limit, retryAfterSeconds)
+  err.headers = {
+    'retry-after': String(retryAfterSeconds),
+    'ratelimit-limit': String(limit),
+    'ratelimit-remaining': '0',
+    'ratelimit-reset': String(retryAfterSeconds)
+  }
+  return err
+}
+
+export function tooManyStreams (limit: number, retryAfterSeconds: number): Error {
+  const err = withDetails(new TooManyStreams(limit), { limit })
+  err.headers = { 'retry-after': String(retryAfterSeconds) }
+  return err
+}
+
+/** The 503 of load shedding: nothing about the measurement, only when to come back. */
+export function serviceOverloaded (retryAfterSeconds: number): Error {
+  const err = new ServiceOverloaded(retryAfterSeconds)
+  err.headers = { 'retry-after': String(retryAfterSeconds) }
+  return err
+}
 
 function withDetails (err: ServiceError, details: ProblemDetails): ServiceError {
   err.details = details
@@ -128,12 +190,14 @@ const FASTIFY_CODES: Record<string, ErrorCode> = {
 
 const TITLES: Record<number, string> = {
   400: 'Bad Request',
+  401: 'Unauthorized',
   404: 'Not Found',
   405: 'Method Not Allowed',
   409: 'Conflict',
   412: 'Precondition Failed',
   413: 'Content Too Large',
   415: 'Unsupported Media Type',
+  429: 'Too Many Requests',
   500: 'Internal Server Error',
   503: 'Service Unavailable'
 }
@@ -177,12 +241,13 @@ export function toProblem (err: unknown): Problem {
     return { status: 503, code: 'DATABASE_UNAVAILABLE', detail: 'The database cannot be reached right now; retry shortly', extra: {}, headers: { 'retry-after': '1' } }
   }
   const status = e.statusCode && e.statusCode >= 400 && e.statusCode < 600 ? e.statusCode : 500
-  if (status === 503) return { status, code: e.code ?? 'SERVICE_UNAVAILABLE', detail: e.message, extra: {}, headers: {} }
+  const headers = (err as { headers?: Record<string, string> }).headers ?? {}
+  if (status === 503) return { status, code: e.code ?? 'SERVICE_UNAVAILABLE', detail: e.message, extra: {}, headers }
   if (status >= 500) {
     return { status, code: 'INTERNAL_ERROR', detail: 'The service failed to handle this request; it has been logged', extra: {}, headers: {} }
   }
   const code = (e.code && FASTIFY_CODES[e.code]) ?? e.code ?? 'BAD_REQUEST'
-  return { status, code, detail: e.message, extra: (err as { details?: ProblemDetails }).details ?? {}, headers: {} }
+  return { status, code, detail: e.message, extra: (err as { details?: ProblemDetails }).details ?? {}, headers }
 }
 
 /** The problem+json body (RFC 9457) of a problem, for one request (its URL and its id). */

@@ -37,7 +37,7 @@ t.test('state events are recorded by the events layer, with no agent side at all
     await rm(dir, { recursive: true, force: true })
   })
   t.notOk(app.hasDecorator('agents'), 'no supervisor in this app')
-  const created = await app.sessions.create({})
+  const created = await app.sessions.create({}, 'layers-user')
   await app.sessions.transitionState(created.id, 'active', { reason: 'by hand' })
   await app.sessions.pauseSession(created.id)
   await app.events.flush()
@@ -57,7 +57,7 @@ t.test('the supervisor\'s turn store writes turn facts only: no state, no settin
   t.equal(app.turns.transition, undefined)
   // @ts-expect-error nor its settings
   t.equal(app.turns.updateSettings, undefined)
-  const created = await app.sessions.create({})
+  const created = await app.sessions.create({}, 'layers-user')
   t.notOk(await app.turns.claimBusy(created.id, new Date()), 'a pending session cannot be claimed: claims never move state')
   t.equal((await app.sessions.get(created.id)).state, 'pending')
 })

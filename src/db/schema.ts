@@ -3,6 +3,7 @@ import {
   bigint,
   check,
   boolean,
+  date,
   doublePrecision,
   index,
   integer,
@@ -73,11 +74,12 @@ export const sessions = pgTable('sessions', {
   check('sessions_version_check', sql`version > 0`),
   index('sessions_expiry_idx').on(t.expiresAt).where(LIVE_STATES_SQL),
   index('sessions_idle_idx').on(t.idleDeadlineAt).where(sql`state = 'active'`),
-  // NULLS FIRST is what a plain ORDER BY … DESC means: with NULLS LAST the planner cannot use these
-  index('sessions_list_idx').on(t.createdAt.desc().nullsFirst(), t.id.desc().nullsFirst()).where(sql`deleted_at is null`),
+  // Every list is one user's: the owner leads both list indexes. NULLS FIRST is what a plain
+  // ORDER BY … DESC means: with NULLS LAST the planner cannot use these
+  index('sessions_owner_list_idx').on(t.owner, t.createdAt.desc().nullsFirst(), t.id.desc().nullsFirst()).where(sql`deleted_at is null`),
   // Only live states: a session that ends leaves this index instead of being rewritten in it, which
-  // keeps a sweep of many expiries cheap; lists of finished sessions use sessions_list_idx
-  index('sessions_live_list_idx').on(t.state, t.createdAt.desc().nullsFirst(), t.id.desc().nullsFirst())
+  // keeps a sweep of many expiries cheap; lists of finished sessions use sessions_owner_list_idx
+  index('sessions_owner_live_list_idx').on(t.owner, t.state, t.createdAt.desc().nullsFirst(), t.id.desc().nullsFirst())
     .where(sql`deleted_at is null and ${LIVE_STATES_SQL}`)
 ])
 
@@ -133,6 +135,26 @@ export const sessionEventSeqs = pgTable('session_event_seqs', {
   lastSeq: bigint('last_seq', { mode: 'number' }).notNull(),
   deliveredSeq: bigint('delivered_seq', { mode: 'number' }).notNull().default(0)
 })
+
+// What each session spent on each UTC day: the figures of sessions' usage columns, split by the day
+// of the turn that reported them. Written by the same statement that adds a turn's usage to its
+// session (one upsert per turn, no extra round trip), read by GET /v1/usage. `owner` is copied from
+// the session so one user's days are an index range; it is null only for sessions created before
+// users existed. No foreign key, like the logs: sessions are archived, never deleted.
+export const sessionUsageDaily = pgTable('session_usage_daily', {
+  sessionId: uuid('session_id').notNull(),
+  owner: text('owner'),
+  day: date('day', { mode: 'string' }).notNull(),
+  inputTokens: bigint('input_tokens', { mode: 'number' }).notNull().default(0),
+  outputTokens: bigint('output_tokens', { mode: 'number' }).notNull().default(0),
+  cacheReadTokens: bigint('cache_read_tokens', { mode: 'number' }).notNull().default(0),
+  cacheCreationTokens: bigint('cache_creation_tokens', { mode: 'number' }).notNull().default(0),
+  costUsd: doublePrecision('cost_usd').notNull().default(0),
+  turns: integer('turns').notNull().default(0)
+}, (t) => [
+  primaryKey({ name: 'session_usage_daily_pkey', columns: [t.sessionId, t.day] }),
+  index('session_usage_daily_owner_idx').on(t.owner, t.day)
+])
 
 export type SessionRow = typeof sessions.$inferSelect
 export type TransitionRow = typeof sessionTransitions.$inferSelect

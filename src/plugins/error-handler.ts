@@ -1,11 +1,12 @@
 import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
 import { problemBody, toProblem, type Problem } from '../errors.js'
+import { withoutAccessToken } from './request-id.js'
 
 /** Sends a problem as application/problem+json (RFC 9457), with the headers it carries. */
 export function sendProblem (reply: FastifyReply, request: FastifyRequest, problem: Problem): FastifyReply {
   return reply.status(problem.status).headers(problem.headers).type('application/problem+json')
-    .send(problemBody(problem, { instance: request.url, requestId: request.id }))
+    .send(problemBody(problem, { instance: withoutAccessToken(request.url), requestId: request.id }))
 }
 
 /** Renders every error through the one catalogue mapping; 5xx internals stay in the log. */

@@ -15,6 +15,11 @@ export function requestIdOf (request: IncomingMessage): string {
   return typeof header === 'string' && CLIENT_REQUEST_ID.test(header) ? header : randomUUID()
 }
 
+/** A URL as it may be logged or shown: an `access_token` query parameter's value replaced. */
+export function withoutAccessToken (url: string): string {
+  return url.includes('access_token') ? url.replace(/([?&]access_token=)[^&#]*/gi, '$1[redacted]') : url
+}
+
 /** Echoes the request id on every response; Fastify already binds it to every log line (`reqId`). */
 export default fp(async function requestId (app: FastifyInstance) {
   // a callback hook, not an async one: this runs on every request, heartbeats included

@@ -35,6 +35,10 @@ export default fp(async function sessionsPlugin (app: FastifyInstance, opts: { c
     intervalMs: opts.config.sweepIntervalMs,
     logger: app.log.child({ component: 'timeout-worker' })
   })
+  if (opts.config.unownedSessionsOwner !== undefined) {
+    const adopted = await repo.adoptUnowned(opts.config.unownedSessionsOwner)
+    if (adopted > 0) app.log.info({ adopted, owner: opts.config.unownedSessionsOwner }, 'sessions created before users existed now belong to UNOWNED_SESSIONS_OWNER')
+  }
   app.decorate('sessions', manager)
   app.decorate('timeoutWorker', worker)
   app.decorate('turns', createTurnStore(repo))

@@ -31,14 +31,14 @@ const sessionRoutes: FastifyPluginAsyncTypebox = async (app) => {
       tags: ['sessions'],
       operationId: 'createSession',
       summary: 'Create a session (pending, no agent yet)',
-      description: 'Every member is optional: the workdir (inside the workspace root, created if missing) ' +
-        'defaults to `<workspace root>/<session id>`, the timeouts to the configured defaults. No agent starts ' +
+      description: 'Every member is optional: the workdir (inside the user\'s own area of the workspace root, ' +
+        'created if missing) defaults to `<workspace root>/<user key>/<session id>`, the timeouts to the configured defaults. No agent starts ' +
         'until the first message. The answer is the session, with its ETag and its Location.',
       body: CreateSessionBody,
       response: { 201: withHeaders(SessionRef, { ETag: ETagHeader, Location: LocationHeader }), ...problems(400, 413, 415) }
     }
   }, async (request, reply) => {
-    const row = await sessions.create(request.body ?? {})
+    const row = await sessions.create(request.body ?? {}, request.user.userId)
     reply.header('location', `/v1/sessions/${row.id}`)
     return sendSession(reply, row, sessions.now(), 201)
   })
@@ -47,8 +47,8 @@ const sessionRoutes: FastifyPluginAsyncTypebox = async (app) => {
     schema: {
       tags: ['sessions'],
       operationId: 'listSessions',
-      summary: 'List sessions, newest first, with keyset pagination',
-      description: 'Deleted sessions are not listed. Filter by `state` (repeat it for several states). A page ' +
+      summary: 'List your sessions, newest first, with keyset pagination',
+      description: 'Only the caller\'s own sessions; deleted sessions are not listed. Filter by `state` (repeat it for several states). A page ' +
         'holds at most `limit` sessions; when more exist, `nextCursor` is set: pass it as `cursor` for the next ' +
         'page. A cursor this service did not issue is 400 INVALID_CURSOR.',
       querystring: ListQuery,
@@ -59,7 +59,7 @@ const sessionRoutes: FastifyPluginAsyncTypebox = async (app) => {
     const cursor = rawCursor === undefined ? undefined : decodeCursor(rawCursor)
     if (cursor === null) throw new InvalidCursor()
     // one row more than asked tells whether another page exists without a count
-    const rows = await sessions.list({ states: state, cursor, limit: limit + 1 })
+    const rows = await sessions.list({ owner: request.user.userId, states: state, cursor, limit: limit + 1 })
     const page = rows.slice(0, limit)
     const last = page[page.length - 1]
     const now = sessions.now()

@@ -44,7 +44,8 @@ export const EventsQuery = Type.Object({
 }, { additionalProperties: false })
 
 export const StreamQuery = Type.Object({
-  after: Type.Optional(Type.Integer({ minimum: 0, maximum: Number.MAX_SAFE_INTEGER, default: 0, description: 'Replay events after this sequence number, then go live' }))
+  after: Type.Optional(Type.Integer({ minimum: 0, maximum: Number.MAX_SAFE_INTEGER, default: 0, description: 'Replay events after this sequence number, then go live' })),
+  access_token: Type.Optional(Type.String({ minLength: 1, maxLength: 8192, description: 'The bearer token, for WebSocket clients that cannot set an `Authorization` header (browsers); it is never logged. The header wins when both are sent' }))
 }, { additionalProperties: false })
 
 export const RestartBody = Type.Object({

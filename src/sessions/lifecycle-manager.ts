@@ -28,7 +28,7 @@ import type { CreateSessionInput, PatchSessionInput } from '../schemas/session.j
 import { LivenessCache, type LivenessEntry } from './liveness-cache.js'
 import type { SessionRepository, SweepHit, TransitionWrite } from './session-repository.js'
 import { snapshotDataOf, type SnapshotData } from './session-view.js'
-import { prepareWorkdir } from './workspace.js'
+import { prepareWorkdir, userWorkspace } from './workspace.js'
 
 /**
  * What the lifecycle asks of whoever runs the agents (the supervisor). The manager stays the one
@@ -85,6 +85,9 @@ export interface LifecycleManagerOptions {
 /** A write that lost a race is re-read and re-checked this many times before giving up. */
 const MAX_CAS_ATTEMPTS = 8
 
+/** Session owners remembered (an owner never changes): the ownership check costs no query for them. */
+const OWNER_CACHE_SIZE = 50_000
+
 /**
  * The one writer of session state. Every change is a versioned compare-and-set checked against the
  * transition table; a caller that sent If-Match gets 412 when it lost, one that did not is
@@ -97,6 +100,7 @@ export class SessionLifecycleManager extends EventEmitter<LifecycleEvents> {
   readonly #clock: () => Date
   readonly #hooks: SessionProcessHooks
   readonly #liveness = new LivenessCache()
+  readonly #owners = new Map<string, string | null>()
 
   constructor (opts: LifecycleManagerOptions) {
     super()
@@ -119,15 +123,20 @@ export class SessionLifecycleManager extends EventEmitter<LifecycleEvents> {
     Object.assign(this.#hooks, hooks)
   }
 
-  async create (input: CreateSessionInput): Promise<SessionRow> {
+  /**
+   * A new session of `owner` (a user's `sub`). Its working directory lies in the owner's own
+   * area of the workspace root, `<root>/<userKey(owner)>`, which no other user's path can reach.
+   */
+  async create (input: CreateSessionInput, owner: string): Promise<SessionRow> {
     const idle = input.idleTimeoutSeconds ?? this.#config.idleTimeout.defaultSeconds
     const ttl = input.ttlSeconds ?? this.#config.ttl.defaultSeconds
     this.#checkRanges({ idleTimeoutSeconds: idle, ttlSeconds: ttl })
     const id = randomUUID()
-    const workdir = await prepareWorkdir(this.#config.workspaceRoot, input.workdir ?? id)
+    const workdir = await prepareWorkdir(userWorkspace(this.#config.workspaceRoot, owner), input.workdir ?? id)
     const now = this.#clock()
-    return this.#repo.insert({
+    const row = await this.#repo.insert({
       id,
+      owner,
       title: input.title ?? null,
       workdir,
       model: input.model ?? null,
@@ -136,6 +145,8 @@ export class SessionLifecycleManager extends EventEmitter<LifecycleEvents> {
       expiresAt: addSeconds(now, ttl),
       createdAt: now
     })
+    this.#rememberOwner(id, owner)
+    return row
   }
 
   async get (id: string): Promise<SessionRow> {
@@ -144,12 +155,33 @@ export class SessionLifecycleManager extends EventEmitter<LifecycleEvents> {
     return row
   }
 
+  /**
+   * Another user's session is, to `userId`, a session that does not exist: the same 404, so ids
+   * reveal nothing. Sessions created before users existed (no owner) are nobody's.
+   */
+  async assertOwned (id: string, userId: string): Promise<void> {
+    let owner = this.#owners.get(id)
+    if (owner === undefined) {
+      const found = await this.#repo.ownerOf(id)
+      if (found === undefined) throw new SessionNotFound(id)
+      owner = found
+      this.#rememberOwner(id, owner)
+    }
+    if (owner === null || owner !== userId) throw new SessionNotFound(id)
+  }
+
+  #rememberOwner (id: string, owner: string | null): void {
+    if (this.#owners.size >= OWNER_CACHE_SIZE) this.#owners.delete(this.#owners.keys().next().value!)
+    this.#owners.set(id, owner)
+  }
+
   /** As get, with null for a session that does not exist (or was deleted). */
   async find (id: string): Promise<SessionRow | null> {
     return this.#repo.findById(id)
   }
 
-  async list (q: { states?: SessionState[] | undefined, cursor?: KeysetCursor | undefined, limit: number }): Promise<SessionRow[]> {
+  /** One user's sessions, newest first. */
+  async list (q: { owner: string, states?: SessionState[] | undefined, cursor?: KeysetCursor | undefined, limit: number }): Promise<SessionRow[]> {
     return this.#repo.list(q)
   }
 

@@ -70,6 +70,7 @@ export interface SweepHit {
 /** A new session: always `pending` at version 1, created by its user. */
 export interface NewSession {
   id: string
+  owner: string
   title: string | null
   workdir: string
   model: string | null
@@ -116,9 +117,9 @@ export function createSessionRepository (db: Database, opts: SessionRepositoryOp
   // lose mid-way) when the connection drops
   const insertStmt = prepareSql(db, 'session_insert', sql`
     with created as (
-      insert into sessions (id, state, version, title, workdir, model, idle_timeout_seconds, ttl_seconds,
+      insert into sessions (id, owner, state, version, title, workdir, model, idle_timeout_seconds, ttl_seconds,
         expires_at, state_changed_at, created_at, updated_at)
-      values (${p('id')}::uuid, 'pending', 1, ${p('title')}::text, ${p('workdir')}::text, ${p('model')}::text,
+      values (${p('id')}::uuid, ${p('owner')}::text, 'pending', 1, ${p('title')}::text, ${p('workdir')}::text, ${p('model')}::text,
         ${p('idle')}::int, ${p('ttl')}::int, ${ts('expires')}, ${ts('now')}, ${ts('now')}, ${ts('now')})
       returning *
     ), logged as (
@@ -130,6 +131,11 @@ export function createSessionRepository (db: Database, opts: SessionRepositoryOp
   const byId = db.select().from(sessions)
     .where(and(eq(sessions.id, p('id')), notDeleted))
     .prepare('session_by_id')
+
+  // deleted sessions included: the owner of an id never changes, so it may be remembered
+  const ownerStmt = db.select({ owner: sessions.owner }).from(sessions)
+    .where(eq(sessions.id, p('id')))
+    .prepare('session_owner')
 
   // One statement: the compare-and-set, its history row and (for a pause) the snapshot commit or
   // fail together, in one round trip.
@@ -232,26 +238,52 @@ export function createSessionRepository (db: Database, opts: SessionRepositoryOp
     where id = ${p('id')}::uuid and version = ${p('version')}::int and deleted_at is null
     returning *`)
 
+  // The session's totals and the day's row of session_usage_daily in one statement: no extra round
+  // trip on the agent's path, and no transaction. The day's cost is the same increment the session
+  // gets, computed once from the conversation's figure as locked here (RETURNING sees only new values)
   const usageStmt = prepareSql(db, 'session_turn_usage', sql`
-    update sessions set
-      input_tokens = input_tokens + ${p('input')}::bigint,
-      output_tokens = output_tokens + ${p('output')}::bigint,
-      cache_read_tokens = cache_read_tokens + ${p('cacheRead')}::bigint,
-      cache_creation_tokens = cache_creation_tokens + ${p('cacheCreation')}::bigint,
-      -- total_cost_usd is cumulative within a conversation and never shrinks: a lower or missing
-      -- figure (a failed resume reports 0) must not take back what was counted
-      cost_usd = cost_usd + greatest(0, coalesce(${p('cost')}::float8, 0) - conversation_cost_usd),
-      conversation_cost_usd = greatest(conversation_cost_usd, coalesce(${p('cost')}::float8, 0)),
-      turns = turns + 1,
-      last_activity_at = greatest(last_activity_at, ${ts('at')}),
-      expires_at = case when state in ${LIVE}
-        then greatest(expires_at, ${ts('at')} + make_interval(secs => ttl_seconds)) else expires_at end,
-      -- the turn is over: the idle timer starts now
-      busy = false,
-      idle_deadline_at = case when state = 'active'
-        then ${ts('at')} + make_interval(secs => idle_timeout_seconds) end
-    where id = ${p('id')}::uuid
-    returning *`)
+    with cur as (
+      select id, greatest(0, coalesce(${p('cost')}::float8, 0) - conversation_cost_usd) as cost_delta
+      from sessions where id = ${p('id')}::uuid
+      for update
+    ), moved as (
+      update sessions s set
+        input_tokens = input_tokens + ${p('input')}::bigint,
+        output_tokens = output_tokens + ${p('output')}::bigint,
+        cache_read_tokens = cache_read_tokens + ${p('cacheRead')}::bigint,
+        cache_creation_tokens = cache_creation_tokens + ${p('cacheCreation')}::bigint,
+        -- total_cost_usd is cumulative within a conversation and never shrinks: a lower or missing
+        -- figure (a failed resume reports 0) must not take back what was counted
+        cost_usd = cost_usd + cur.cost_delta,
+        conversation_cost_usd = greatest(conversation_cost_usd, coalesce(${p('cost')}::float8, 0)),
+        turns = turns + 1,
+        last_activity_at = greatest(last_activity_at, ${ts('at')}),
+        expires_at = case when state in ${LIVE}
+          then greatest(expires_at, ${ts('at')} + make_interval(secs => ttl_seconds)) else expires_at end,
+        -- the turn is over: the idle timer starts now
+        busy = false,
+        idle_deadline_at = case when state = 'active'
+          then ${ts('at')} + make_interval(secs => idle_timeout_seconds) end
+      from cur
+      where s.id = cur.id
+      returning s.*, cur.cost_delta
+    ), daily as (
+      -- the turn's usage on the UTC day it was reported
+      insert into session_usage_daily as d (session_id, owner, day, input_tokens, output_tokens,
+        cache_read_tokens, cache_creation_tokens, cost_usd, turns)
+      select id, owner, (${ts('at')} at time zone 'UTC')::date, ${p('input')}::bigint, ${p('output')}::bigint,
+        ${p('cacheRead')}::bigint, ${p('cacheCreation')}::bigint, cost_delta, 1
+      from moved
+      on conflict (session_id, day) do update set
+        owner = excluded.owner,
+        input_tokens = d.input_tokens + excluded.input_tokens,
+        output_tokens = d.output_tokens + excluded.output_tokens,
+        cache_read_tokens = d.cache_read_tokens + excluded.cache_read_tokens,
+        cache_creation_tokens = d.cache_creation_tokens + excluded.cache_creation_tokens,
+        cost_usd = d.cost_usd + excluded.cost_usd,
+        turns = d.turns + excluded.turns
+    )
+    select * from moved`)
 
   // A turn starts: the session is busy (never idle-suspended) and the message counts as activity.
   // Only an active session can be claimed; anything else means the state moved on.
@@ -327,7 +359,7 @@ export function createSessionRepository (db: Database, opts: SessionRepositoryOp
     const key = `${withStates}:${withCursor}:${liveOnly}`
     let stmt = listStmts.get(key)
     if (!stmt) {
-      const conditions: SQL[] = [sql`${sessions.deletedAt} is null`]
+      const conditions: SQL[] = [sql`${sessions.owner} = ${p('owner')}::text`, sql`${sessions.deletedAt} is null`]
       if (withStates) conditions.push(sql`${sessions.state} = any(${p('states')}::text[])`)
       // spelled as in the partial index's predicate, so the planner can use sessions_live_list_idx
       if (liveOnly) conditions.push(sql`state in ${LIVE}`)
@@ -355,6 +387,7 @@ export function createSessionRepository (db: Database, opts: SessionRepositoryOp
     async insert (row: NewSession): Promise<SessionRow> {
       const [created] = await insertStmt.execute({
         id: row.id,
+        owner: row.owner,
         title: row.title,
         workdir: row.workdir,
         model: row.model,
@@ -369,6 +402,18 @@ export function createSessionRepository (db: Database, opts: SessionRepositoryOp
     async findById (id: string): Promise<SessionRow | null> {
       const [row] = await byId.execute({ id })
       return row ?? null
+    },
+
+    /** The session's owner; null for one created before users existed, undefined for no such id. */
+    async ownerOf (id: string): Promise<string | null | undefined> {
+      const [row] = await ownerStmt.execute({ id })
+      return row === undefined ? undefined : row.owner
+    },
+
+    /** Gives every session without an owner to `owner`; returns how many. */
+    async adoptUnowned (owner: string): Promise<number> {
+      const rows = await db.update(sessions).set({ owner }).where(isNull(sessions.owner)).returning({ id: sessions.id })
+      return rows.length
     },
 
     /** The compare-and-set: null when the version moved on (someone else won). */
@@ -474,10 +519,11 @@ export function createSessionRepository (db: Database, opts: SessionRepositoryOp
       return sweepAll(idleStmt, now)
     },
 
-    async list (q: { states?: SessionState[] | undefined, cursor?: SessionCursor | undefined, limit: number }): Promise<SessionRow[]> {
+    async list (q: { owner: string, states?: SessionState[] | undefined, cursor?: SessionCursor | undefined, limit: number }): Promise<SessionRow[]> {
       const withStates = q.states !== undefined && q.states.length > 0
       const liveOnly = withStates && q.states!.every((s) => (LIVE_STATES as readonly SessionState[]).includes(s))
       return listStmt(withStates, q.cursor !== undefined, liveOnly).execute({
+        owner: q.owner,
         limit: q.limit,
         ...(withStates ? { states: q.states } : {}),
         ...(q.cursor ? { cAt: q.cursor.createdAt.toISOString(), cId: q.cursor.id } : {})

@@ -1,6 +1,12 @@
 import { mkdir, realpath } from 'node:fs/promises'
-import { dirname, isAbsolute, relative, resolve, sep } from 'node:path'
+import { dirname, isAbsolute, join, relative, resolve, sep } from 'node:path'
+import { userKey } from '../domain/user-key.js'
 import { WorkdirOutsideRoot, WorkdirUnusable } from '../errors.js'
+
+/** A user's own area of the workspace root: every working directory of theirs lies inside it. */
+export function userWorkspace (workspaceRoot: string, owner: string): string {
+  return join(workspaceRoot, userKey(owner))
+}
 
 function strictlyInside (root: string, path: string): boolean {
   const rel = relative(root, path)
@@ -8,8 +14,9 @@ function strictlyInside (root: string, path: string): boolean {
 }
 
 /**
- * Resolves a session's working directory inside the workspace root and creates it. Checked twice:
- * lexically, then after resolving symlinks, so a link inside the root cannot lead out of it.
+ * Resolves a session's working directory inside `root` (the user's area of the workspace root)
+ * and creates it. Checked twice: lexically, then after resolving symlinks, so a link inside the
+ * root cannot lead out of it (into another user's area, or anywhere else).
  */
 export async function prepareWorkdir (root: string, requested: string): Promise<string> {
   if (requested.includes('\0')) throw new WorkdirUnusable(JSON.stringify(requested), 'contains a NUL byte')

@@ -10,12 +10,33 @@ export interface ApiResponse<T = any> {
   contentType: string
 }
 
-/** Thin inject wrapper: JSON in, parsed JSON out. */
+const defaultTokens = new WeakMap<object, string>()
+
+/** The token `call` sends for this app when the headers carry no Authorization (set by build()). */
+export function registerDefaultToken (app: object, token: string): void {
+  defaultTokens.set(app, token)
+}
+
+/** `{ authorization: 'Bearer <the default token of app>' }`, for requests made without `call`. */
+export function authHeader (app: object): { authorization: string } {
+  const token = defaultTokens.get(app)
+  if (token === undefined || token === '') throw new Error('this app has no default token')
+  return { authorization: `Bearer ${token}` }
+}
+
+/**
+ * Thin inject wrapper: JSON in, parsed JSON out, as the default user unless `headers` has its
+ * own `authorization` (an empty one: no Authorization header at all).
+ */
 export async function call<T = any> (app: App, method: Method, url: string, body?: unknown, headers: Record<string, string> = {}): Promise<ApiResponse<T>> {
+  const token = defaultTokens.get(app)
+  let sent: Record<string, string> = headers
+  if (headers.authorization === undefined && token) sent = { authorization: `Bearer ${token}`, ...headers }
+  else if (headers.authorization === '') sent = Object.fromEntries(Object.entries(headers).filter(([k]) => k !== 'authorization'))
   const res = await app.inject({
     method,
     url,
-    headers: body === undefined ? headers : { 'content-type': 'application/json', ...headers },
+    headers: body === undefined ? sent : { 'content-type': 'application/json', ...sent },
     ...(body === undefined ? {} : { payload: JSON.stringify(body) })
   })
   return {

@@ -7,6 +7,8 @@ import type { Test } from 'tap'
 import { buildApp, type App } from '../../src/app.js'
 import { loadConfig, type Config } from '../../src/config.js'
 import { createLogger } from '../../src/logger.js'
+import { registerDefaultToken } from './api.js'
+import { mintToken } from './tokens.js'
 
 export interface BuildOptions {
   /** environment variables, as an operator would set them */
@@ -24,7 +26,14 @@ export interface Built {
   dir: string
   /** http://127.0.0.1:<port> when listening */
   baseUrl: string
+  /** the default user's token (`call` sends it unless told otherwise) */
+  token: string
+  /** a token of another user, signed with this app's key */
+  tokenFor: (user: string, opts?: { ttlSeconds?: number }) => Promise<string>
 }
+
+/** The user every test acts as unless it says otherwise. */
+export const TEST_USER = 'test-user'
 
 /**
  * A fresh Postgres database for one test app when DATABASE_URL is set (dropped in teardown), so
@@ -51,8 +60,12 @@ export async function freshDatabaseUrl (t: Test): Promise<string | undefined> {
 export async function build (t: Test, opts: BuildOptions = {}): Promise<Built> {
   const dir = await mkdtemp(join(tmpdir(), 'mobvibe-test-'))
   const databaseUrl = await freshDatabaseUrl(t)
+  // a key of its own per app, unless the test configures authentication itself
+  const configuresAuth = opts.env?.JWT_JWKS_URL !== undefined || opts.env?.JWT_SECRET !== undefined
+  const secret = opts.env?.JWT_SECRET ?? randomBytes(32).toString('base64url')
   const config = loadConfig({
     MOBVIBE_DATA_DIR: join(dir, 'data'),
+    ...(configuresAuth ? {} : { JWT_SECRET: secret }),
     MOBVIBE_WORKSPACE_ROOT: join(dir, 'workspaces'),
     LOG_LEVEL: process.env.TEST_LOG_LEVEL ?? 'silent',
     ...(databaseUrl ? { DATABASE_URL: databaseUrl } : {}),
@@ -76,7 +89,11 @@ export async function build (t: Test, opts: BuildOptions = {}): Promise<Built> {
   } else {
     await app.ready()
   }
-  return { app, config, dir, baseUrl }
+  const tokenFor = async (user: string, o: { ttlSeconds?: number } = {}) =>
+    mintToken({ secret, sub: user, ...o, issuer: config.auth.issuer, audience: config.auth.audience })
+  const token = configuresAuth && opts.env?.JWT_SECRET === undefined ? '' : await tokenFor(TEST_USER)
+  registerDefaultToken(app, token)
+  return { app, config, dir, baseUrl, token, tokenFor }
 }
 
 /** A clock the test moves by hand. */
