@@ -27,7 +27,7 @@ import {
 } from '../src/schemas/events.js'
 import { HeartbeatSchema, SessionStateSchema } from '../src/schemas/session.js'
 import { agentEnv } from './helpers/agents.js'
-import { createSession } from './helpers/api.js'
+import { authHeader, createSession } from './helpers/api.js'
 import { build } from './helpers/build.js'
 
 const addFormats = addFormatsModule as unknown as (ajv: Ajv) => Ajv
@@ -184,7 +184,7 @@ t.test('against a real server', async (t) => {
     const matches = (frame: unknown) => [...new Set(serverIds)].filter((id) => validators[id]!(frame))
 
     const session = await createSession(app, { title: 'asyncapi' })
-    const ws = new WebSocket(`${baseUrl.replace(/^http/, 'ws')}/v1/sessions/${session.id}/stream?after=0`)
+    const ws = new WebSocket(`${baseUrl.replace(/^http/, 'ws')}/v1/sessions/${session.id}/stream?after=0`, { headers: authHeader(app) })
     const frames: unknown[] = []
     let notify = () => {}
     ws.on('message', (data) => { frames.push(JSON.parse(String(data))); notify() })

@@ -2,14 +2,16 @@ import { mkdir, stat, writeFile, readFile } from 'node:fs/promises'
 import { isAbsolute, join } from 'node:path'
 import t, { type Test } from 'tap'
 import type { SessionView } from '../src/schemas/session.js'
-import { call, createSession, getSession, transition } from './helpers/api.js'
-import { build, manualClock } from './helpers/build.js'
+import { call, createSession, getSession, transition, authHeader } from './helpers/api.js'
+import { userKey } from '../src/domain/user-key.js'
+import { build, manualClock, TEST_USER } from './helpers/build.js'
 
 // One app for the whole file, on a clock the tests move by hand: timestamps, deadlines and
 // durations are then exact. The worker is off so nothing changes behind the tests' backs.
 const clock = manualClock()
 const { app, config } = await build(t, { clock: clock.now, startWorker: false })
-const root = config.workspaceRoot
+// the test user's own area of the workspace root: where its working directories live
+const root = join(config.workspaceRoot, userKey(TEST_USER))
 
 const SECOND = 1000
 const iso = (ms: number) => new Date(ms).toISOString()
@@ -139,21 +141,21 @@ t.test('get', async (t) => {
   t.equal(res.headers.etag, '"1"')
   t.same(res.body, created, 'the same resource as the create returned')
 
-  const notModified = await app.inject({ method: 'GET', url: `/v1/sessions/${created.id}`, headers: { 'if-none-match': '"1"' } })
+  const notModified = await app.inject({ method: 'GET', url: `/v1/sessions/${created.id}`, headers: { ...authHeader(app), 'if-none-match': '"1"' } })
   t.equal(notModified.statusCode, 304, 'If-None-Match with the current ETag')
   t.equal(notModified.headers.etag, '"1"')
   t.equal(notModified.body, '', 'no body')
 
   for (const tag of ['W/"1"', '"7", "1"', '*']) {
-    const r = await app.inject({ method: 'GET', url: `/v1/sessions/${created.id}`, headers: { 'if-none-match': tag } })
+    const r = await app.inject({ method: 'GET', url: `/v1/sessions/${created.id}`, headers: { ...authHeader(app), 'if-none-match': tag } })
     t.equal(r.statusCode, 304, `If-None-Match: ${tag}`)
   }
-  const other = await app.inject({ method: 'GET', url: `/v1/sessions/${created.id}`, headers: { 'if-none-match': '"2"' } })
+  const other = await app.inject({ method: 'GET', url: `/v1/sessions/${created.id}`, headers: { ...authHeader(app), 'if-none-match': '"2"' } })
   t.equal(other.statusCode, 200, 'another ETag gets the resource')
 
   const patched = await call(app, 'PATCH', `/v1/sessions/${created.id}`, { title: 'changed' })
   t.equal(patched.status, 200)
-  const stale = await app.inject({ method: 'GET', url: `/v1/sessions/${created.id}`, headers: { 'if-none-match': '"1"' } })
+  const stale = await app.inject({ method: 'GET', url: `/v1/sessions/${created.id}`, headers: { ...authHeader(app), 'if-none-match': '"1"' } })
   t.equal(stale.statusCode, 200, 'after a change the old ETag is not current')
   t.equal(stale.headers.etag, '"2"')
   t.equal(JSON.parse(stale.body).title, 'changed')
@@ -389,7 +391,7 @@ t.test('a TTL patch recomputes expiresAt from the last sign of life, earlier or 
 
 t.test('delete', async (t) => {
   const s = await fresh({ title: 'to delete' })
-  const res = await app.inject({ method: 'DELETE', url: `/v1/sessions/${s.id}` })
+  const res = await app.inject({ headers: authHeader(app), method: 'DELETE', url: `/v1/sessions/${s.id}` })
   t.equal(res.statusCode, 204)
   t.equal(res.body, '')
 
@@ -425,7 +427,7 @@ t.test('delete works in every state', async (t) => {
 
   for (const [state, id] of Object.entries(ids)) {
     t.equal((await getSession(app, id)).state, state, `set up in ${state}`)
-    const res = await app.inject({ method: 'DELETE', url: `/v1/sessions/${id}` })
+    const res = await app.inject({ headers: authHeader(app), method: 'DELETE', url: `/v1/sessions/${id}` })
     t.equal(res.statusCode, 204, `DELETE of a ${state} session`)
     t.equal((await call(app, 'GET', `/v1/sessions/${id}`)).status, 404, `${state}: gone afterwards`)
   }
@@ -443,7 +445,7 @@ t.test('delete honours If-Match', async (t) => {
   t.equal(still.version, 2, 'the session still exists, unchanged')
   t.equal(still.title, 'v2')
 
-  const ok = await app.inject({ method: 'DELETE', url: `/v1/sessions/${s.id}`, headers: { 'if-match': '"2"' } })
+  const ok = await app.inject({ method: 'DELETE', url: `/v1/sessions/${s.id}`, headers: { ...authHeader(app), 'if-match': '"2"' } })
   t.equal(ok.statusCode, 204)
   t.equal((await call(app, 'GET', `/v1/sessions/${s.id}`)).status, 404)
 })
@@ -489,10 +491,10 @@ t.test('/openapi.json and /docs', async (t) => {
   t.ok(doc.body.paths['/v1/sessions'].post && doc.body.paths['/v1/sessions'].get, 'create and list')
   t.ok(doc.body.components?.schemas?.Session, 'the Session schema is a component')
 
-  let res = await app.inject({ method: 'GET', url: '/docs' })
+  let res = await app.inject({ headers: authHeader(app), method: 'GET', url: '/docs' })
   if (res.statusCode >= 300 && res.statusCode < 400) {
     t.type(res.headers.location, 'string', 'a redirect says where')
-    res = await app.inject({ method: 'GET', url: String(res.headers.location) })
+    res = await app.inject({ headers: authHeader(app), method: 'GET', url: String(res.headers.location) })
   }
   t.equal(res.statusCode, 200, 'Swagger UI')
   t.match(String(res.headers['content-type']), /text\/html/)

@@ -14,6 +14,7 @@ import t from 'tap'
 import YAML from 'yaml'
 import type { SessionView, SnapshotView } from '../src/schemas/session.js'
 import { build } from './helpers/build.js'
+import { authHeader } from './helpers/api.js'
 
 const root = fileURLToPath(new URL('../', import.meta.url))
 const specUrl = new URL('../openapi.yaml', import.meta.url)
@@ -148,9 +149,9 @@ t.test('the committed openapi.yaml', async (t) => {
         if (op.operationId === 'createSession' && status === '201') t.ok(location?.schema?.type === 'string' && location.description, `${where} 201 declares Location`)
         else t.notOk(location, `${where} ${status} declares no Location`)
         const retryAfter = declared(response, 'Retry-After')
-        if (status === '503') {
+        if (status === '503' || status === '429') {
           retryAfters++
-          t.equal(retryAfter?.schema?.type, 'integer', `${where} 503 declares Retry-After (seconds)`)
+          t.equal(retryAfter?.schema?.type, 'integer', `${where} ${status} declares Retry-After (seconds)`)
         } else {
           t.notOk(retryAfter, `${where} ${status} declares no Retry-After`)
         }
@@ -187,6 +188,7 @@ t.test('the committed openapi.yaml', async (t) => {
       if (params.some((p) => p.in === 'path' && p.name === 'id')) expected.add(404)
       if (params.some((p) => p.in === 'header' && p.name === 'if-match')) expected.add(412).add(400)
       if (op.requestBody) expected.add(400).add(413).add(415)
+      if (path.startsWith('/v1/')) expected.add(401).add(429)
       for (const s of expected) t.ok(statuses.includes(s), `${where} documents ${s}`)
     }
   })
@@ -194,7 +196,7 @@ t.test('the committed openapi.yaml', async (t) => {
 
 t.test('against a real server', async (t) => {
   // a small body limit makes the 413 probe cheap
-  const { app, baseUrl } = await build(t, { listen: true, env: { BODY_LIMIT_BYTES: '2048' } })
+  const { app, baseUrl, token, tokenFor } = await build(t, { listen: true, env: { BODY_LIMIT_BYTES: '2048' } })
 
   t.test('the document served at /openapi.json is the committed openapi.yaml', async (t) => {
     const res = await fetch(`${baseUrl}/openapi.json`)
@@ -206,26 +208,27 @@ t.test('against a real server', async (t) => {
   })
 
   t.test('the declared headers are the ones the server sends', async (t) => {
-    const created = await fetch(`${baseUrl}/v1/sessions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{}' })
+    const created = await fetch(`${baseUrl}/v1/sessions`, { method: 'POST', headers: { ...authHeader(app), 'content-type': 'application/json' }, body: '{}' })
     t.equal(created.status, 201)
     const session = await created.json() as SessionView
     t.equal(created.headers.get('location'), `/v1/sessions/${session.id}`, '201 Location')
     t.match(created.headers.get('etag'), /^"[0-9]+"$/, '201 ETag matches its declared pattern')
     const etagSchema = committed.paths['/v1/sessions']?.post?.responses?.['201']?.headers?.ETag?.schema as { pattern?: string } | undefined
     t.ok(etagSchema?.pattern && new RegExp(etagSchema.pattern).test(created.headers.get('etag') ?? ''), 'the declared pattern accepts the ETag sent')
-    const notModified = await fetch(`${baseUrl}/v1/sessions/${session.id}`, { headers: { 'if-none-match': created.headers.get('etag') ?? '' } })
+    const notModified = await fetch(`${baseUrl}/v1/sessions/${session.id}`, { headers: { ...authHeader(app), 'if-none-match': created.headers.get('etag') ?? '' } })
     t.equal(notModified.status, 304)
     t.equal(notModified.headers.get('etag'), `"${session.version}"`, '304 ETag')
   })
 
   t.test('every error the server answers is documented, as problem+json', async (t) => {
-    const created = await app.inject({ method: 'POST', url: '/v1/sessions', payload: { title: 'probe' } })
+    const created = await app.inject({ headers: authHeader(app), method: 'POST', url: '/v1/sessions', payload: { title: 'probe' } })
     t.equal(created.statusCode, 201)
     const session = created.json<SessionView>()
     const unknownId = randomUUID()
 
     const json = { 'content-type': 'application/json' }
-    interface Probe { why: string, url: string, headers?: Record<string, string>, payload?: string, expect: number }
+    interface Probe { why: string, url: string, headers?: Record<string, string>, payload?: string, expect: number, as?: Record<string, string> }
+    const stranger = { authorization: `Bearer ${await tokenFor('a-stranger')}` }
     for (const { method, path, op } of operations) {
       const params = op.parameters ?? []
       const hasId = params.some((p) => p.in === 'path' && p.name === 'id')
@@ -238,6 +241,11 @@ t.test('against a real server', async (t) => {
       if (hasId) {
         probes.push({ why: 'malformed id', url: withId('not-a-uuid'), ...valid, expect: 400 })
         probes.push({ why: 'unknown id', url: withId(unknownId), ...valid, expect: 404 })
+        probes.push({ why: 'another user\'s session', url: withId(session.id), ...valid, as: stranger, expect: 404 })
+      }
+      if (path.startsWith('/v1/')) {
+        probes.push({ why: 'no token', url: withId(session.id), ...valid, as: {}, expect: 401 })
+        probes.push({ why: 'a forged token', url: withId(session.id), ...valid, as: { authorization: 'Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4In0.AAAA' }, expect: 401 })
       }
       if (intQuery) probes.push({ why: `non-integer ${intQuery.name}`, url: `${withId(session.id)}?${intQuery.name}=abc`, expect: 400 })
       if (takesIfMatch) {
@@ -255,7 +263,7 @@ t.test('against a real server', async (t) => {
         const res = await app.inject({
           method: method.toUpperCase() as 'GET',
           url: probe.url,
-          headers: probe.headers ?? {},
+          headers: { ...(probe.as ?? authHeader(app)), ...probe.headers },
           ...(probe.payload === undefined ? {} : { payload: probe.payload })
         })
         const label = `${name}, ${probe.why}: ${res.statusCode}`
@@ -266,7 +274,7 @@ t.test('against a real server', async (t) => {
         t.ok(documented.includes(res.statusCode), `${label} is documented`)
       }
     }
-    const after = await app.inject({ method: 'GET', url: `/v1/sessions/${session.id}` })
+    const after = await app.inject({ headers: authHeader(app), method: 'GET', url: `/v1/sessions/${session.id}` })
     t.equal(after.json<SessionView>().version, session.version, 'no probe changed the session')
     t.equal(after.json<SessionView>().state, 'pending')
   })
@@ -289,7 +297,7 @@ t.test('against a real server', async (t) => {
 
     // 3. run it against the real listening server
     const sdk = await import(sdkModuleUrl) as SdkModule
-    const seen = await sdk.runLifecycle(baseUrl)
+    const seen = await sdk.runLifecycle(baseUrl, token)
     const id = seen.created.id
 
     t.match(seen.created, { state: 'pending', version: 1, title: 'sdk lifecycle', ttlSeconds: 3600 }, 'created pending')
@@ -317,7 +325,7 @@ t.test('against a real server', async (t) => {
     t.match(seen.staleIfMatch.problem, { status: 412, currentVersion: 4 })
 
     // the history that the SDK left behind, seen independently of it
-    const history = await app.inject({ method: 'GET', url: `/v1/sessions/${id}/history` })
+    const history = await app.inject({ headers: authHeader(app), method: 'GET', url: `/v1/sessions/${id}/history` })
     t.same(history.json<{ items: { to: string }[] }>().items.map((i) => i.to), ['pending', 'active', 'paused', 'active'])
   })
 })
@@ -330,7 +338,7 @@ interface SeenProblem {
 
 /** The shape of test/fixtures/sdk-client.ts, restated: that module is type-checked on its own. */
 interface SdkModule {
-  runLifecycle (baseUrl: string): Promise<{
+  runLifecycle (baseUrl: string, token: string): Promise<{
     created: SessionView
     createdEtag: string | null
     activated: SessionView

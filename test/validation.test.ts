@@ -3,13 +3,17 @@ import { mkdir, readdir, symlink, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import t, { type Test } from 'tap'
 import type { SessionView } from '../src/schemas/session.js'
-import { call, createSession, getSession, transition, type ApiResponse } from './helpers/api.js'
-import { build } from './helpers/build.js'
+import { call, createSession, getSession, transition, type ApiResponse, authHeader } from './helpers/api.js'
+import { userKey } from '../src/domain/user-key.js'
+import { build, TEST_USER } from './helpers/build.js'
 
 // One app with the default configuration (idle 60..86400, TTL 60..2592000, bodies up to 1 MiB).
 const { app, config, dir } = await build(t, { startWorker: false })
-const root = config.workspaceRoot
+// the test user's own area of the workspace root; another user's area is as much "outside" as /etc
+const root = join(config.workspaceRoot, userKey(TEST_USER))
+const othersArea = join(config.workspaceRoot, userKey('another-user'))
 await mkdir(root, { recursive: true })
+await mkdir(join(othersArea, 'their-project'), { recursive: true })
 
 const UNKNOWN_ID = '0d6f3f0e-1b7a-4c55-8a51-6c1f3f2a9e01'
 
@@ -28,7 +32,7 @@ interface Problem {
 
 /** Raw request: the payload is sent as given (malformed JSON, odd content types). */
 async function raw (method: string, url: string, payload?: string, headers: Record<string, string> = {}): Promise<ApiResponse<any>> {
-  const res = await app.inject({
+  const res = await app.inject({ headers: authHeader(app),
     method: method as 'POST',
     url,
     headers: payload === undefined ? headers : { 'content-type': 'application/json', ...headers },
@@ -160,6 +164,7 @@ t.test('create: workdir outside the workspace root', async (t) => {
   const outside = join(dir, 'outside')
   await mkdir(outside, { recursive: true })
   await symlink(outside, join(root, 'escape'))
+  await symlink(othersArea, join(root, 'neighbour'))
   await writeFile(join(root, 'a-file'), 'not a directory')
   const before = await countSessions()
 
@@ -172,13 +177,20 @@ t.test('create: workdir outside the workspace root', async (t) => {
     ['.', root],
     [root, root],
     ['escape', outside],
-    ['escape/sub/deeper', join(outside, 'sub')]
+    ['escape/sub/deeper', join(outside, 'sub')],
+    [`../${userKey('another-user')}/their-project`, join(othersArea, 'their-project', 'x')],
+    [`../${userKey('another-user')}/new`, join(othersArea, 'new')],
+    [join(othersArea, 'their-project'), join(othersArea, 'their-project', 'x')],
+    [join(othersArea, 'created-by-me'), join(othersArea, 'created-by-me')],
+    ['neighbour/their-project', join(othersArea, 'their-project', 'x')],
+    ['neighbour/planted', join(othersArea, 'planted')],
+    [config.workspaceRoot, config.workspaceRoot]
   ]
   for (const [workdir, mustNotExist] of cases) {
     await t.test(`workdir ${workdir}`, async (t) => {
       const res = await call(app, 'POST', '/v1/sessions', { workdir })
       problem(t, res, 400, 'WORKDIR_OUTSIDE_ROOT', 'body.workdir')
-      if (mustNotExist !== root && mustNotExist !== outside && mustNotExist !== '/etc') {
+      if (![root, outside, '/etc', config.workspaceRoot].includes(mustNotExist)) {
         t.notOk(existsSync(mustNotExist), `${mustNotExist} was not created`)
       }
     })

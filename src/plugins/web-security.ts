@@ -6,7 +6,7 @@ import helmet from 'helmet'
 import type { Config } from '../config.js'
 
 /** The headers a client reads across origins: versions, new resources, back-off, tracing. */
-const EXPOSED_HEADERS = ['ETag', 'Location', 'Retry-After', 'X-Request-Id']
+const EXPOSED_HEADERS = ['ETag', 'Location', 'Retry-After', 'X-Request-Id', 'WWW-Authenticate', 'RateLimit-Limit', 'RateLimit-Remaining', 'RateLimit-Reset']
 
 /**
  * The headers helmet sets with its defaults (nosniff, frame denial, a strict CSP that the Swagger

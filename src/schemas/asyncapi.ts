@@ -249,7 +249,9 @@ export function asyncApiDocument (version: string): Record<string, Json> {
         description: 'The stream is served by the HTTP API\'s own host and port (`wss` behind a TLS proxy).',
         variables: {
           host: { default: 'localhost:3000', description: 'host[:port] of the HTTP API, as in its requests' }
-        }
+        },
+        // either one: the header where the client can set it, the query parameter where it cannot
+        security: [{ $ref: '#/components/securitySchemes/bearer' }, { $ref: '#/components/securitySchemes/accessToken' }]
       }
     },
     channels: {
@@ -304,7 +306,22 @@ export function asyncApiDocument (version: string): Record<string, Json> {
     },
     components: {
       schemas,
-      messages: componentMessages
+      messages: componentMessages,
+      securitySchemes: {
+        bearer: {
+          type: 'http',
+          scheme: 'bearer',
+          bearerFormat: 'JWT',
+          description: 'The same token as the HTTP API (`Authorization: Bearer <JWT>` on the upgrade request). ' +
+            'Missing or invalid: the upgrade is refused with 401; another user\'s session: 404'
+        },
+        accessToken: {
+          type: 'httpApiKey',
+          name: 'access_token',
+          in: 'query',
+          description: 'For WebSocket clients that cannot set headers (browsers): the token as `?access_token=`; never logged'
+        }
+      }
     }
   }
 }
