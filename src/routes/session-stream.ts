@@ -1,6 +1,7 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
-import { MessageTooLarge } from '../errors.js'
+import { MessageTooLarge, tooManyStreams } from '../errors.js'
 import { StreamConnection } from '../events/stream-connection.js'
+import { StreamQuota } from '../events/stream-quota.js'
 import { problems } from '../schemas/common.js'
 import { StreamQuery } from '../schemas/events.js'
 import { SessionParams } from '../schemas/session.js'
@@ -9,6 +10,11 @@ import { SessionParams } from '../schemas/session.js'
 const sessionStreamRoutes: FastifyPluginAsyncTypebox = async (app) => {
   const { sessions, agents, events, eventBus, config } = app
   const connections = new Set<StreamConnection>()
+  // MAX_STREAMS_PER_USER: a slot is taken before the upgrade and given back when the socket closes
+  const quota = new StreamQuota(config.perUser.streams)
+  const releases = new WeakMap<object, () => void>()
+  // a slot held by a vanished client frees within one to two ping intervals
+  const quotaRetryAfterSeconds = Math.max(1, Math.ceil(config.limits.wsPingIntervalMs / 1000))
 
   // Shutdown: every stream is told the service is going away (1001) before anything else stops
   app.addHook('preClose', async () => {
@@ -27,12 +33,26 @@ const sessionStreamRoutes: FastifyPluginAsyncTypebox = async (app) => {
         '?after=<last seq>. See docs/STREAM.md.',
       params: SessionParams,
       querystring: StreamQuery,
-      response: { ...problems(400, 404) }
+      response: { ...problems(400, 404, 429) }
     },
-    // an unknown session is refused before the upgrade, with a plain 404
-    preHandler: async (request) => { await sessions.get((request.params as { id: string }).id) }
+    preHandler: [
+      // an unknown session is refused before the upgrade, with a plain 404
+      async (request) => { await sessions.get((request.params as { id: string }).id) },
+      // so is one stream more than the user may have open: 429 TOO_MANY_STREAMS
+      async (request) => {
+        if (!request.ws) return
+        const release = quota.tryAcquire(request.user.userId)
+        if (!release) throw tooManyStreams(quota.limit, quotaRetryAfterSeconds)
+        releases.set(request.raw, release)
+        // every end of the connection closes its TCP socket (client or server close, ping
+        // timeout, 4008, shutdown), and so does an upgrade that never completes
+        request.raw.socket?.once('close', release)
+      }
+    ]
   }, async (socket, request) => {
     const sessionId = request.params.id
+    const release = releases.get(request.raw)
+    if (release) socket.once('close', release)
     const connection = new StreamConnection({
       socket,
       sessionId,
