@@ -9,6 +9,8 @@ const config: KnipConfig = {
   entry: [
     // loaded by URL as a worker thread (src/db/pglite-thread.ts), not imported
     'src/db/pglite-worker.ts',
+    // `npm run token` (node dist/token.js)
+    'src/token.ts',
     'scripts/*.ts',
     // worker threads of the bench, loaded by URL (bench/worker-rpc.ts)
     'bench/*-worker.ts',

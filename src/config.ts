@@ -38,7 +38,7 @@ export const EnvSchema = Type.Object({
   MOBVIBE_WORKSPACE_ROOT: Type.String({
     default: './workspaces',
     minLength: 1,
-    description: "every session's working directory must lie inside it; created if missing"
+    description: "the users' working directories: each user's lie inside their own area `<root>/<user key>` (the user's `sub`, cleaned, plus a hash of it), which no other user's `workdir` can reach; created if missing"
   }),
   CLAUDE_BIN: Type.String({
     default: 'claude',
@@ -58,7 +58,7 @@ export const EnvSchema = Type.Object({
   })),
   CLAUDE_CONFIG_DIR: Type.Optional(Type.String({
     minLength: 1,
-    description: "the agents' `CLAUDE_CONFIG_DIR`: their state and transcripts, created at start-up. It must stay the same across restarts (and a session's working directory must not move), or `--resume` finds nothing",
+    description: "the root of the agents' state and transcripts, created at start-up: each session's CLI gets its own `CLAUDE_CONFIG_DIR` in it, `users/<user>/sessions/<session id>`. It must stay the same across restarts (and a session's working directory must not move), or `--resume` finds nothing",
     // the default is computed (loadConfig), not a literal: the docs show this instead
     'x-default': '$MOBVIBE_DATA_DIR/claude'
   })),

@@ -22,11 +22,15 @@ const HIGH_WATER = 8 * 1024 * 1024
 
 // The main app: a small frame limit for the inbound-frame tests, the default (30 s) ping interval
 // so that a client that stops reading is cut off by flow control, not by the ping check.
+/** The bearer token of each app under test, by its base URL: every stream opens as that app's user. */
+const tokens = new Map<string, string>()
 const main = await build(t, {
   listen: true,
-  env: { CLAUDE_BIN: FAKE, WS_MAX_FRAME_BYTES: String(FRAME_LIMIT), KILL_GRACE_MS: '1000' }
+  // 100 subscribers of one user on one session, in one test: above the per-user stream cap's default
+  env: { CLAUDE_BIN: FAKE, WS_MAX_FRAME_BYTES: String(FRAME_LIMIT), KILL_GRACE_MS: '1000', MAX_STREAMS_PER_USER: '200' }
 })
 const { app } = main
+tokens.set(main.baseUrl, main.token)
 
 interface Frame {
   seq?: number
@@ -167,10 +171,16 @@ function wsBase (baseUrl: string): string {
   return baseUrl.replace(/^http/, 'ws')
 }
 
+const authFor = (url: string): Record<string, string> => {
+  const token = [...tokens].find(([base]) => url.startsWith(wsBase(base)))?.[1]
+  return token === undefined ? {} : { authorization: `Bearer ${token}` }
+}
+
 /** Opens a stream; every client is closed at the end of the subtest that opened it. */
 async function open (t: Test, baseUrl: string, id: string, after?: number, options: WebSocket.ClientOptions = {}): Promise<StreamClient> {
   const query = after === undefined ? '' : `?after=${after}`
-  const ws = new WebSocket(`${wsBase(baseUrl)}/v1/sessions/${id}/stream${query}`, { perMessageDeflate: false, ...options })
+  const url = `${wsBase(baseUrl)}/v1/sessions/${id}/stream${query}`
+  const ws = new WebSocket(url, { perMessageDeflate: false, ...options, headers: { ...authFor(url), ...options.headers } })
   const client = new StreamClient(ws, after ?? 0)
   t.teardown(() => client.close())
   await new Promise<void>((resolve, reject) => {
@@ -186,9 +196,9 @@ async function open (t: Test, baseUrl: string, id: string, after?: number, optio
 }
 
 /** An upgrade the server must refuse: the HTTP status and body it answered with. */
-function refusedUpgrade (url: string): Promise<{ status: number | undefined, body: string }> {
+function refusedUpgrade (url: string, headers: Record<string, string> = authFor(url)): Promise<{ status: number | undefined, body: string }> {
   return new Promise((resolve, reject) => {
-    const ws = new WebSocket(url, { perMessageDeflate: false })
+    const ws = new WebSocket(url, { perMessageDeflate: false, headers })
     const timer = setTimeout(() => { ws.terminate(); reject(new Error('no answer to the upgrade')) }, 10_000)
     ws.on('error', () => {})
     ws.once('open', () => {
@@ -287,7 +297,7 @@ function socketOf (client: StreamClient): Socket {
   return (client.ws as unknown as { _socket: Socket })._socket
 }
 
-t.test('the upgrade is refused before it happens: 404 for an unknown session, 400 for a malformed id', async (t) => {
+t.test('the upgrade is refused before it happens: 404 for an unknown or another user\'s session, 400 for a malformed id, 401 without a token', async (t) => {
   const unknown = await refusedUpgrade(`${wsBase(main.baseUrl)}/v1/sessions/7a1c9f0e-2b3d-4c5e-8f60-718293a4b5c6/stream`)
   t.equal(unknown.status, 404, 'unknown session: 404')
   t.match(JSON.parse(unknown.body), { status: 404 }, 'with a problem body')
@@ -296,6 +306,12 @@ t.test('the upgrade is refused before it happens: 404 for an unknown session, 40
   const { id } = await createSession(app)
   const badAfter = await refusedUpgrade(`${wsBase(main.baseUrl)}/v1/sessions/${id}/stream?after=-1`)
   t.equal(badAfter.status, 400, 'a negative after: 400')
+  const anonymous = await refusedUpgrade(`${wsBase(main.baseUrl)}/v1/sessions/${id}/stream`, {})
+  t.equal(anonymous.status, 401, 'no token: 401')
+  t.match(JSON.parse(anonymous.body), { code: 'UNAUTHORIZED' })
+  const stranger = await refusedUpgrade(`${wsBase(main.baseUrl)}/v1/sessions/${id}/stream`, { authorization: `Bearer ${await main.tokenFor('a-stranger')}` })
+  t.equal(stranger.status, 404, 'another user\'s session: 404, as if it did not exist')
+  t.match(JSON.parse(stranger.body), { code: 'SESSION_NOT_FOUND' })
   const ok = await open(t, main.baseUrl, id)
   t.equal(ok.ws.readyState, WebSocket.OPEN, 'an existing session upgrades')
 })
@@ -606,6 +622,7 @@ t.test('with a second app: ping/pong liveness, then shutdown', async (t) => {
     listen: true,
     env: { CLAUDE_BIN: FAKE, WS_PING_INTERVAL_MS: '200', KILL_GRACE_MS: '1000' }
   })
+  tokens.set(second.baseUrl, second.token)
   const { id } = await createSession(second.app)
 
   await t.test('a client that does not answer pings is terminated; one that does stays', async (t) => {

@@ -32,10 +32,11 @@ interface Problem {
 
 /** Raw request: the payload is sent as given (malformed JSON, odd content types). */
 async function raw (method: string, url: string, payload?: string, headers: Record<string, string> = {}): Promise<ApiResponse<any>> {
-  const res = await app.inject({ headers: authHeader(app),
+  const sent = { ...authHeader(app), ...headers }
+  const res = await app.inject({
     method: method as 'POST',
     url,
-    headers: payload === undefined ? headers : { 'content-type': 'application/json', ...headers },
+    headers: payload === undefined ? sent : { 'content-type': 'application/json', ...sent },
     ...(payload === undefined ? {} : { payload })
   })
   let body: unknown

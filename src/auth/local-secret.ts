@@ -3,7 +3,7 @@ import { chmod, mkdir, open, readFile, stat } from 'node:fs/promises'
 import { join } from 'node:path'
 
 /** The generated HS256 key's file in the data directory. */
-export function localSecretPath (dataDir: string): string {
+function localSecretPath (dataDir: string): string {
   return join(dataDir, 'jwt-secret')
 }
 

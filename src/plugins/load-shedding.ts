@@ -39,6 +39,12 @@ export default fp(async function loadShedding (app: FastifyInstance, opts: { con
   const problem = toProblem(serviceOverloaded(RETRY_AFTER_SECONDS))
   let lastWarnAt = 0
   let shedSinceWarn = 0
+  // Start-up (migrations, compiling schemas, the embedded database's first load) blocks the loop
+  // before the first request can arrive, and the samples taken meanwhile would shed the first
+  // requests of a service that is in fact idle: decisions count from two samples after ready on
+  const interval = sampleIntervalMs(maxEventLoopDelay)
+  let trustedFrom = Infinity
+  app.addHook('onReady', async () => { trustedFrom = Date.now() + 2 * interval })
   /**
    * What under-pressure does with a request while the loop is saturated: nothing for `/healthz`,
    * else the problem, returned as the hook's reply. under-pressure sends any value returned other
@@ -48,7 +54,7 @@ export default fp(async function loadShedding (app: FastifyInstance, opts: { con
    */
   function shed (request: FastifyRequest, reply: FastifyReply, _type: string, value: number | undefined): Record<string, unknown> | undefined {
     // liveness: an overloaded process is alive; a failing probe would get it restarted
-    if (request.routeOptions.url === '/healthz') return undefined
+    if (request.routeOptions.url === '/healthz' || Date.now() < trustedFrom) return undefined
     shedSinceWarn++
     const now = Date.now()
     if (now - lastWarnAt >= WARN_EVERY_MS) {
@@ -69,7 +75,7 @@ export default fp(async function loadShedding (app: FastifyInstance, opts: { con
 
   await app.register(underPressure, {
     maxEventLoopDelay,
-    sampleInterval: sampleIntervalMs(maxEventLoopDelay),
+    sampleInterval: interval,
     // no status route: the measurements stay inside the service (and in its log)
     exposeStatusRoute: false,
     pressureHandler

@@ -66,6 +66,10 @@ export async function build (t: Test, opts: BuildOptions = {}): Promise<Built> {
   const config = loadConfig({
     MOBVIBE_DATA_DIR: join(dir, 'data'),
     ...(configuresAuth ? {} : { JWT_SECRET: secret }),
+    // Load shedding answers 503 whenever this process's event loop lags by a second on average,
+    // which a CI box running test files side by side on two cores can do for reasons of its own:
+    // the tests of everything else are about correctness; test/load-shedding.test.ts turns it on
+    MAX_EVENT_LOOP_DELAY_MS: '0',
     MOBVIBE_WORKSPACE_ROOT: join(dir, 'workspaces'),
     LOG_LEVEL: process.env.TEST_LOG_LEVEL ?? 'silent',
     ...(databaseUrl ? { DATABASE_URL: databaseUrl } : {}),
