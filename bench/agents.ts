@@ -19,7 +19,7 @@ import { LINE_MARKER } from './agent-lines.mjs'
 import type { Closers } from './closers.js'
 import type { LoadDriver, LoadRequest } from './load.js'
 import { failuresOf, fmt, type Db, type Report } from './report.js'
-import { startService } from './scenarios.js'
+import { BENCH_AUTH, startService } from './scenarios.js'
 import { rawFanout, rawRelay, rawSpawn, type AgentCommand } from './stream-anchor.js'
 import type { StreamClients } from './stream-clients.js'
 import type { CollectResult } from './stream-worker.js'
@@ -75,14 +75,15 @@ const percentile = (values: number[], p: number) => {
 }
 const linesPerS = (r: { lines: number, windowMs: number }) => r.lines / (r.windowMs / 1000)
 
-/** The public API, over HTTP, for the set-up steps (never timed). */
+/** The public API, over HTTP, as the bench's user, for the set-up steps (never timed). */
 class Api {
   constructor (readonly base: string) {}
 
   async call<T = unknown> (method: string, path: string, body?: unknown): Promise<T> {
     const res = await fetch(this.base + path, {
       method,
-      ...(body === undefined ? {} : { headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) })
+      headers: body === undefined ? BENCH_AUTH : { ...BENCH_AUTH, 'content-type': 'application/json' },
+      ...(body === undefined ? {} : { body: JSON.stringify(body) })
     })
     const text = await res.text()
     if (!res.ok) throw new Error(`${method} ${path}: ${res.status} ${text.slice(0, 500)}`)

@@ -17,6 +17,7 @@ declare module 'autocannon' {
     duration?: number
     timeout?: number
     overallRate?: number
+    headers?: Record<string, string>
     requests?: Request[]
     setupClient?: (client: Client) => void
   }

@@ -12,6 +12,8 @@ export interface LoadMessage {
   requests: LoadRequest[][]
   /** overall requests per second (paced), or undefined for as fast as the server answers */
   rate?: number | undefined
+  /** sent with every request (the bearer token) */
+  headers?: Record<string, string> | undefined
 }
 
 async function runLoad (msg: LoadMessage): Promise<LoadSummary> {
@@ -22,6 +24,7 @@ async function runLoad (msg: LoadMessage): Promise<LoadSummary> {
     duration: msg.durationS,
     timeout: 30,
     ...(msg.rate ? { overallRate: msg.rate } : {}),
+    ...(msg.headers ? { headers: msg.headers } : {}),
     setupClient: (client) => {
       client.setRequests(msg.requests[next++ % msg.requests.length]!.map((r) => ({ ...r })))
     }

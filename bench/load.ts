@@ -31,12 +31,17 @@ export interface LoadOptions {
   rate?: number | undefined
 }
 
-/** The load generator: one worker thread running autocannon. */
+/**
+ * The load generator: one worker thread running autocannon. `headers` go with every request, to the
+ * service and its anchors alike (the bearer token: the same bytes on both sides).
+ */
 export class LoadDriver {
   readonly #rpc = new WorkerRpc(new URL('./load-worker.ts', import.meta.url))
 
+  constructor (readonly headers: Record<string, string> = {}) {}
+
   async #once (opts: LoadOptions, durationS: number): Promise<LoadSummary> {
-    const msg: Omit<LoadMessage, 'id'> = { url: opts.url, connections: opts.connections, durationS, requests: opts.requests, rate: opts.rate }
+    const msg: Omit<LoadMessage, 'id'> = { url: opts.url, connections: opts.connections, durationS, requests: opts.requests, rate: opts.rate, headers: this.headers }
     return this.#rpc.call<LoadSummary>(msg)
   }
 

@@ -13,7 +13,7 @@ import { bareServer, listen, pgbenchHeartbeat, rawPostgresServer } from './ancho
 import { Closers } from './closers.js'
 import { LoadDriver, combine, type LoadRequest, type LoadSummary } from './load.js'
 import { Report, fmt, type Db } from './report.js'
-import { ID_PREFIX, createDatabase, expirySweep, requests, seedSessions, startService } from './scenarios.js'
+import { BENCH_AUTH, ID_PREFIX, createDatabase, expirySweep, requests, seedSessions, startService } from './scenarios.js'
 import { StreamClients } from './stream-clients.js'
 
 type Service = Awaited<ReturnType<typeof startService>>
@@ -77,7 +77,8 @@ if (settings.only !== undefined && settings.only !== 'postgres' && settings.only
 const settle = () => sleep(500)
 
 const report = new Report()
-const driver = new LoadDriver()
+// every request and stream carries the bench user's one token (the anchors get it too, and ignore it)
+const driver = new LoadDriver(BENCH_AUTH)
 
 async function load (url: string, reqs: LoadRequest[][]): Promise<LoadSummary> {
   return driver.run({ url, requests: reqs, connections: settings.connections, durationS: settings.durationS, warmupS: settings.warmupS })
@@ -285,7 +286,7 @@ async function main (): Promise<number> {
       for (const name of settings.sections) {
         try {
           if (name === 'lifecycle') await section(db)
-          else await agentsSection(db, clients ??= new StreamClients())
+          else await agentsSection(db, clients ??= new StreamClients(BENCH_AUTH))
         } catch (err) {
           crashed = true
           console.error(`\n${db} ${name} section failed:`, err)

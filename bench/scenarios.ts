@@ -2,12 +2,27 @@
 import { join } from 'node:path'
 import { performance } from 'node:perf_hooks'
 import { sql } from 'drizzle-orm'
+import { SignJWT } from 'jose'
 import postgres from 'postgres'
 import { buildApp, type App } from '../src/app.js'
 import { loadConfig, type Config } from '../src/config.js'
 import { createLogger } from '../src/logger.js'
 import { listen } from './anchors.js'
 import type { LoadRequest } from './load.js'
+
+/** The user every request of the bench is from, and the sessions' owner. */
+const BENCH_USER = 'bench-user'
+/** The services' HS256 key (JWT_SECRET) */
+const BENCH_SECRET = 'mobvibe-bench-hs256-key-of-at-least-32-characters'
+/**
+ * The Authorization header of every request and stream of the bench: one token, minted once and
+ * reused by every client, as a phone reuses its token (the service caches a verified token, so a
+ * token per request would measure signature checks instead). Valid for a day: longer than a run.
+ */
+export const BENCH_AUTH = {
+  authorization: `Bearer ${await new SignJWT({}).setProtectedHeader({ alg: 'HS256', typ: 'JWT' }).setSubject(BENCH_USER)
+    .setIssuedAt().setExpirationTime('1d').sign(new TextEncoder().encode(BENCH_SECRET))}`
+}
 
 /** Seeded session n has id `${ID_PREFIX}${n as 12 hex digits}`, so pgbench can compute it. */
 export const ID_PREFIX = 'b0000000-0000-4000-8000-'
@@ -24,9 +39,16 @@ export interface ServiceOptions {
   env?: Record<string, string>
 }
 
-/** The whole service, as an operator would configure it, listening on a random port. */
+/**
+ * The whole service, as an operator would configure it, listening on a random port: bearer tokens
+ * checked with BENCH_SECRET (BENCH_AUTH passes), and per-user rate limits at their maximum, so
+ * that the limiter runs on every request, as in production, but never refuses the bench's one user.
+ */
 export async function startService (opts: ServiceOptions): Promise<{ app: App, config: Config, url: string }> {
   const config = loadConfig({
+    JWT_SECRET: BENCH_SECRET,
+    RATE_LIMIT_PER_MINUTE: '1000000',
+    HEARTBEAT_RATE_LIMIT_PER_MINUTE: '1000000',
     MOBVIBE_DATA_DIR: join(opts.dir, 'data'),
     MOBVIBE_WORKSPACE_ROOT: join(opts.dir, 'workspaces'),
     LOG_LEVEL: opts.logLevel,
@@ -45,12 +67,12 @@ export async function startService (opts: ServiceOptions): Promise<{ app: App, c
   }
 }
 
-/** `count` active sessions with computable ids, newest first by n, far from any deadline. */
+/** `count` active sessions of BENCH_USER with computable ids, newest first by n, far from any deadline. */
 export async function seedSessions (app: App, count: number): Promise<void> {
   await app.database.db.execute(sql.raw(`
-    insert into sessions (id, state, version, title, workdir, idle_timeout_seconds, ttl_seconds, expires_at,
+    insert into sessions (id, owner, state, version, title, workdir, idle_timeout_seconds, ttl_seconds, expires_at,
       active_since, started_at, idle_deadline_at, transition_count, state_changed_at, created_at, updated_at)
-    select ('${ID_PREFIX}' || lpad(to_hex(n), 12, '0'))::uuid, 'active', 2, 'bench ' || n, '/tmp/mobvibe-bench/' || n,
+    select ('${ID_PREFIX}' || lpad(to_hex(n), 12, '0'))::uuid, '${BENCH_USER}', 'active', 2, 'bench ' || n, '/tmp/mobvibe-bench/' || n,
       86400, 86400, now() + interval '1 day', now(), now(), now() + interval '1 day', 1,
       now(), now() - n * interval '1 millisecond', now()
     from generate_series(1, ${count}) n`))
@@ -97,9 +119,9 @@ export async function expirySweep (app: App, count: number): Promise<SweepResult
   const db = app.database.db
   const t0 = performance.now()
   await db.execute(sql.raw(`
-    insert into sessions (id, state, version, workdir, idle_timeout_seconds, ttl_seconds, expires_at,
+    insert into sessions (id, owner, state, version, workdir, idle_timeout_seconds, ttl_seconds, expires_at,
       active_since, started_at, idle_deadline_at, state_changed_at, created_at, updated_at)
-    select gen_random_uuid(), (array['pending', 'active', 'suspended', 'paused'])[1 + n % 4], 1, '/tmp/mobvibe-bench/due/' || n,
+    select gen_random_uuid(), '${BENCH_USER}', (array['pending', 'active', 'suspended', 'paused'])[1 + n % 4], 1, '/tmp/mobvibe-bench/due/' || n,
       600, 3600, now() - interval '1 minute' - n * interval '1 millisecond',
       case when n % 4 = 1 then now() - interval '2 hours' end, case when n % 4 <> 0 then now() - interval '2 hours' end,
       case when n % 4 = 1 then now() + interval '1 day' end,

@@ -16,11 +16,14 @@ export interface ClientGroup {
 
 /**
  * The WebSocket clients of the stream figures, in one worker thread (see WorkerRpc), so that they
- * do not share the event loop of the server they measure.
+ * do not share the event loop of the server they measure. `headers` go with every upgrade and
+ * POST (the bearer token), to the service and the anchors alike.
  */
 export class StreamClients {
   readonly #rpc = new WorkerRpc(new URL('./stream-worker.ts', import.meta.url))
   #nextHandle = 0
+
+  constructor (readonly headers: Record<string, string> = {}) {}
 
   #call<T> (msg: Without<StreamCommand>): Promise<T> {
     return this.#rpc.call<T>(msg)
@@ -36,7 +39,7 @@ export class StreamClients {
       close: () => this.#call<void>({ cmd: 'close', handle })
     }
     try {
-      await this.#call({ cmd: 'open', handle, url, clients, latency: opts.latency ?? false })
+      await this.#call({ cmd: 'open', handle, url, clients, latency: opts.latency ?? false, headers: this.headers })
     } catch (err) {
       await group.close().catch(() => {})
       throw err

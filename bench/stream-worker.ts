@@ -7,7 +7,7 @@ import WebSocket from 'ws'
 import { LINE_MARKER, TIME_MARKER } from './agent-lines.mjs'
 
 export type StreamCommand =
-  | { id: number, cmd: 'open', handle: number, url: string, clients: number, latency: boolean }
+  | { id: number, cmd: 'open', handle: number, url: string, clients: number, latency: boolean, headers: Record<string, string> }
   | { id: number, cmd: 'collect', handle: number, expected: number, timeoutMs: number }
   | { id: number, cmd: 'close', handle: number }
   | { id: number, cmd: 'resetLatency', handle: number }
@@ -63,6 +63,8 @@ const TIME = Buffer.from(TIME_MARKER)
 const AGENT_TYPE = Buffer.from('"type":"agent"')
 const RESULT_TYPE = Buffer.from('"type":"result"')
 const handles = new Map<number, Client[]>()
+/** the headers a group opened with (the bearer token), for its POSTs too */
+const groupHeaders = new Map<number, Record<string, string>>()
 const nowMs = () => Number(process.hrtime.bigint()) / 1e6
 
 function readSeq (data: Buffer): number {
@@ -89,8 +91,8 @@ function readTimeNs (data: Buffer, from: number): number {
   return t
 }
 
-function connect (url: string, latency: boolean): Promise<Client> {
-  const ws = new WebSocket(url, { perMessageDeflate: false })
+function connect (url: string, latency: boolean, headers: Record<string, string>): Promise<Client> {
+  const ws = new WebSocket(url, { perMessageDeflate: false, headers })
   const c: Client = { ws, marked: 0, markedBytes: 0, firstAt: 0, lastAt: 0, lastSeq: 0, gaps: 0, duplicates: 0, closed: false, closeCode: 0, latencies: latency ? [] : null, onFrame: null, onProgress: null }
   ws.on('message', (data: Buffer) => {
     const now = process.hrtime.bigint()
@@ -175,7 +177,7 @@ async function close (clients: Client[]): Promise<void> {
 }
 
 /** POST a message; time the first agent frame and the turn's result on the stream. */
-async function resume (c: Client, url: string, body: string, timeoutMs: number): Promise<ResumeResult> {
+async function resume (c: Client, url: string, body: string, timeoutMs: number, headers: Record<string, string>): Promise<ResumeResult> {
   const after = c.lastSeq
   let firstByteMs = NaN
   const t0 = nowMs()
@@ -193,7 +195,7 @@ async function resume (c: Client, url: string, body: string, timeoutMs: number):
       }
     }
   })
-  const res = await fetch(url, { method: 'POST', headers: { 'content-type': 'application/json' }, body })
+  const res = await fetch(url, { method: 'POST', headers: { ...headers, 'content-type': 'application/json' }, body })
   await res.arrayBuffer()
   if (res.status !== 202) {
     c.onFrame = null
@@ -208,9 +210,10 @@ async function handle (msg: StreamCommand): Promise<unknown> {
     case 'open': {
       const clients: Client[] = []
       handles.set(msg.handle, clients)
+      groupHeaders.set(msg.handle, msg.headers)
       // a few at a time: 100 upgrades at once would be a benchmark of the handshake
       for (let i = 0; i < msg.clients; i += 10) {
-        clients.push(...await Promise.all(Array.from({ length: Math.min(10, msg.clients - i) }, () => connect(msg.url, msg.latency))))
+        clients.push(...await Promise.all(Array.from({ length: Math.min(10, msg.clients - i) }, () => connect(msg.url, msg.latency, msg.headers))))
       }
       return { clients: clients.length }
     }
@@ -219,6 +222,7 @@ async function handle (msg: StreamCommand): Promise<unknown> {
     case 'close': {
       const clients = handles.get(msg.handle) ?? []
       handles.delete(msg.handle)
+      groupHeaders.delete(msg.handle)
       await close(clients)
       return {}
     }
@@ -228,7 +232,7 @@ async function handle (msg: StreamCommand): Promise<unknown> {
     case 'resume': {
       const c = handles.get(msg.handle)?.[0]
       if (!c) throw new Error('no client')
-      return resume(c, msg.url, msg.body, msg.timeoutMs)
+      return resume(c, msg.url, msg.body, msg.timeoutMs, groupHeaders.get(msg.handle) ?? {})
     }
   }
 }

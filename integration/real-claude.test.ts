@@ -16,7 +16,7 @@ import t, { type Test } from 'tap'
 import WebSocket from 'ws'
 import { AGENT_MARKER } from '../src/agents/claude-command.js'
 import { findByEnvMarker } from '../src/system/proc.js'
-import { call, createSession, getSession } from '../test/helpers/api.js'
+import { authHeader, call, createSession, getSession } from '../test/helpers/api.js'
 import { build } from '../test/helpers/build.js'
 import { REPLY_PREFIX, startFakeAnthropicApi, textOf, type FakeAnthropicApi } from './fake-anthropic-api.js'
 
@@ -58,8 +58,9 @@ class StreamClient {
     })
   }
 
-  static async open (t: Test, baseUrl: string, sessionId: string, describe: () => Promise<string>): Promise<StreamClient> {
-    const socket = new WebSocket(`${baseUrl.replace(/^http/, 'ws')}/v1/sessions/${sessionId}/stream?after=0`)
+  /** `headers`: the bearer token of the session's owner, as a phone sends it on the upgrade */
+  static async open (t: Test, baseUrl: string, sessionId: string, headers: Record<string, string>, describe: () => Promise<string>): Promise<StreamClient> {
+    const socket = new WebSocket(`${baseUrl.replace(/^http/, 'ws')}/v1/sessions/${sessionId}/stream?after=0`, { headers })
     const client = new StreamClient(socket, describe)
     t.teardown(() => { if (socket.readyState !== WebSocket.CLOSED) socket.terminate() })
     await new Promise<void>((resolve, reject) => {
@@ -182,7 +183,8 @@ t.test('the real Claude Code CLI: message, streamed reply, idle suspension, tran
     const requests = api.requests.map((r) => `${r.method} ${r.url}`).join(', ')
     return `session: ${JSON.stringify(s)}\nfake API requests: ${requests}`
   }
-  const stream = await StreamClient.open(t, baseUrl, id, describe)
+  // the HTTP calls (call, createSession, getSession) send the default user's token; the stream too
+  const stream = await StreamClient.open(t, baseUrl, id, authHeader(app), describe)
   t.same(await liveAgents(), [], 'no process before the first message')
 
   // ---- turn 1: a new conversation -----------------------------------------------------------
@@ -232,8 +234,10 @@ t.test('the real Claude Code CLI: message, streamed reply, idle suspension, tran
 
   // the CLI kept its state in the service's CLAUDE_CONFIG_DIR, not in HOME
   t.equal(await realpath(init1.data.cwd), await realpath(session.workdir), 'the CLI ran in the session\'s working directory')
-  const transcripts = (await readdir(join(config.agent.configDir, 'projects'), { recursive: true })).map(String)
-  t.ok(transcripts.some((f) => f.endsWith(`${agentSessionId}.jsonl`)), 'the transcript is under CLAUDE_CONFIG_DIR/projects')
+  // (the agents' state root: a session's own config directory is somewhere inside it)
+  const transcripts = (await readdir(config.agent.configDir, { recursive: true })).map(String)
+  t.ok(transcripts.some((f) => f.endsWith(`${agentSessionId}.jsonl`) && f.split('/').includes('projects')),
+    'the transcript is in a projects directory under the agents\' state root')
   t.same(await readdir(home), [], 'nothing was written to HOME')
 
   // ---- idle suspension ----------------------------------------------------------------------

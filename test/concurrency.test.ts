@@ -2,14 +2,25 @@ import t from 'tap'
 import { build } from './helpers/build.js'
 
 // Real concurrent requests over real sockets: every racer is in flight before any answer arrives.
-const { baseUrl } = await build(t, { listen: true, startWorker: false })
+// The racers on a session are its owner's (one token, as one phone); another user's racers get 404.
+const { baseUrl, token, tokenFor } = await build(t, {
+  listen: true,
+  startWorker: false,
+  // no load shedding: the tallies below are about the races, and 40 requests at once on a busy
+  // 2-core CI box may lag the loop past a second (a 503 SERVICE_OVERLOADED); it has its own test
+  env: { MAX_EVENT_LOOP_DELAY_MS: '0' }
+})
+const OWNER = { authorization: `Bearer ${token}` }
+const INTRUDER = { authorization: `Bearer ${await tokenFor('concurrency-intruder')}` }
 
 interface Res { status: number, body: any, etag: string | null }
 
+/** A request as the owner of the sessions, unless `headers` carry another authorization. */
 async function http (method: string, path: string, body?: unknown, headers: Record<string, string> = {}): Promise<Res> {
+  const sent = { ...OWNER, ...headers }
   const res = await fetch(baseUrl + path, {
     method,
-    headers: body === undefined ? headers : { 'content-type': 'application/json', ...headers },
+    headers: body === undefined ? sent : { 'content-type': 'application/json', ...sent },
     ...(body === undefined ? {} : { body: JSON.stringify(body) })
   })
   const text = await res.text()
@@ -117,4 +128,30 @@ t.test('20 racers deleting: one 204, the rest 404 or 412, and the session is gon
   t.equal(counts[204], 1)
   t.equal((counts[404] ?? 0) + (counts[412] ?? 0), RACERS - 1)
   t.equal((await http('GET', `/v1/sessions/${id}`)).status, 404)
+})
+
+t.test('another user\'s racers among the owner\'s: all 404, the owner\'s race decided as if they were not there', async (t) => {
+  const { id, version } = await newSession('active')
+  const owners = Array.from({ length: RACERS }, () => http('POST', `/v1/sessions/${id}/pause`, {}, { 'if-match': `"${version}"` }))
+  const intruders = Array.from({ length: RACERS }, (_, i) => {
+    const ifMatch = { ...INTRUDER, 'if-match': `"${version}"` }
+    switch (i % 6) {
+      case 0: return http('POST', `/v1/sessions/${id}/pause`, {}, ifMatch)
+      case 1: return http('POST', `/v1/sessions/${id}/transitions`, { to: 'completed' }, INTRUDER)
+      case 2: return http('PATCH', `/v1/sessions/${id}`, { title: `intruder ${i}` }, ifMatch)
+      case 3: return http('POST', `/v1/sessions/${id}/heartbeat`, undefined, INTRUDER)
+      case 4: return http('DELETE', `/v1/sessions/${id}`, undefined, ifMatch)
+      default: return http('GET', `/v1/sessions/${id}`, undefined, INTRUDER)
+    }
+  })
+  const [ownerRes, intruderRes] = await Promise.all([Promise.all(owners), Promise.all(intruders)])
+  t.same(tally(ownerRes), { 200: 1, 412: RACERS - 1 }, 'the owner\'s race: one winner')
+  t.same(tally(intruderRes), { 404: RACERS }, 'every request of the other user is a 404')
+  for (const r of intruderRes) t.equal(r.body.code, 'SESSION_NOT_FOUND')
+  const session = (await http('GET', `/v1/sessions/${id}`)).body
+  t.match(session, { state: 'paused', version: version + 1, title: null }, 'one write, the owner\'s; no title, no deletion')
+  const history = await historyOf(id)
+  t.same(history.map((h) => h.to), ['pending', 'active', 'paused'], 'the history has the owner\'s writes only')
+  t.equal((await http('GET', `/v1/sessions/${id}/snapshots`)).body.items.length, 1, 'one snapshot')
+  t.same((await http('GET', '/v1/sessions', undefined, INTRUDER)).body.items, [], 'the other user lists nothing')
 })

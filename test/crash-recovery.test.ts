@@ -29,7 +29,7 @@ import WebSocket from 'ws'
 import type { SessionView } from '../src/schemas/session.js'
 import { agentEnv, grandchildPid, isRunning, kinds, markedPids, procStat, replies, results, waitUntil, type Frame } from './helpers/agents.js'
 import { freshDatabaseUrl } from './helpers/build.js'
-import { launch } from './helpers/service-process.js'
+import { launch, type Service } from './helpers/service-process.js'
 
 const WAIT_MS = 15_000
 /** a turn still in progress long after the test is over: only a kill ends these agents */
@@ -50,8 +50,9 @@ async function withTimeout<T> (promise: Promise<T>, ms: number, what: () => stri
 // ---------------------------------------------------------------------------------------------
 // HTTP and the stream
 
-async function api<T> (baseUrl: string, method: 'GET' | 'POST', path: string, body?: unknown): Promise<{ status: number, body: T }> {
-  const res = await fetch(`${baseUrl}${path}`, {
+/** A request as the test's user (the service's default token). */
+async function api<T> (service: Service, method: 'GET' | 'POST', path: string, body?: unknown): Promise<{ status: number, body: T }> {
+  const res = await service.fetch(path, {
     method,
     ...(body === undefined ? {} : { headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) })
   })
@@ -59,30 +60,30 @@ async function api<T> (baseUrl: string, method: 'GET' | 'POST', path: string, bo
   return { status: res.status, body: (text === '' ? undefined : JSON.parse(text)) as T }
 }
 
-async function createSession (baseUrl: string, title: string): Promise<SessionView> {
-  const res = await api<SessionView>(baseUrl, 'POST', '/v1/sessions', { title })
+async function createSession (service: Service, title: string): Promise<SessionView> {
+  const res = await api<SessionView>(service, 'POST', '/v1/sessions', { title })
   if (res.status !== 201) throw new Error(`POST /sessions: ${res.status} ${JSON.stringify(res.body)}`)
   return res.body
 }
 
-async function getSession (baseUrl: string, id: string): Promise<SessionView> {
-  const res = await api<SessionView>(baseUrl, 'GET', `/v1/sessions/${id}`)
+async function getSession (service: Service, id: string): Promise<SessionView> {
+  const res = await api<SessionView>(service, 'GET', `/v1/sessions/${id}`)
   if (res.status !== 200) throw new Error(`GET /sessions/${id}: ${res.status} ${JSON.stringify(res.body)}`)
   return res.body
 }
 
-async function send (baseUrl: string, id: string, text: string): Promise<number> {
-  const res = await api<{ seq: number }>(baseUrl, 'POST', `/v1/sessions/${id}/messages`, { text })
+async function send (service: Service, id: string, text: string): Promise<number> {
+  const res = await api<{ seq: number }>(service, 'POST', `/v1/sessions/${id}/messages`, { text })
   if (res.status !== 202) throw new Error(`POST /messages: ${res.status} ${JSON.stringify(res.body)}`)
   return res.body.seq
 }
 
 /** Every stored event of the session, oldest first (GET /events, paged). */
-async function storedEvents (baseUrl: string, id: string): Promise<Frame[]> {
+async function storedEvents (service: Service, id: string): Promise<Frame[]> {
   const frames: Frame[] = []
   let after = 0
   for (;;) {
-    const res = await api<{ items: Frame[], nextAfter: number | null }>(baseUrl, 'GET', `/v1/sessions/${id}/events?after=${after}&limit=1000`)
+    const res = await api<{ items: Frame[], nextAfter: number | null }>(service, 'GET', `/v1/sessions/${id}/events?after=${after}&limit=1000`)
     if (res.status !== 200) throw new Error(`GET /events: ${res.status} ${JSON.stringify(res.body)}`)
     frames.push(...res.body.items)
     if (res.body.nextAfter === null) return frames
@@ -90,15 +91,15 @@ async function storedEvents (baseUrl: string, id: string): Promise<Frame[]> {
   }
 }
 
-/** A WebSocket client on a session's stream from the start, recording every frame it gets. */
+/** A WebSocket client on a session's stream from the start, as `headers` say (the bearer token), recording every frame it gets. */
 class StreamClient {
   readonly frames: Frame[] = []
   readonly others: unknown[] = []
   readonly closed: Promise<number>
   readonly ws: WebSocket
 
-  constructor (baseUrl: string, id: string) {
-    this.ws = new WebSocket(`${baseUrl.replace(/^http/, 'ws')}/v1/sessions/${id}/stream?after=0`, { perMessageDeflate: false })
+  constructor (baseUrl: string, id: string, headers: Record<string, string>) {
+    this.ws = new WebSocket(`${baseUrl.replace(/^http/, 'ws')}/v1/sessions/${id}/stream?after=0`, { perMessageDeflate: false, headers })
     this.ws.on('message', (data: Buffer) => {
       const frame = JSON.parse(data.toString('utf8')) as Frame
       if (typeof frame.seq === 'number') this.frames.push(frame)
@@ -160,20 +161,20 @@ t.test('kill -9 while agents stream; a restart on the same data reaps every orph
   const sessions = {} as Record<Name, SessionView>
   const clients = {} as Record<Name, StreamClient>
   for (const name of names) {
-    sessions[name] = await createSession(firstUrl, `crash ${name}`)
+    sessions[name] = await createSession(first, `crash ${name}`)
     ids.push(sessions[name].id)
-    clients[name] = new StreamClient(firstUrl, sessions[name].id)
+    clients[name] = new StreamClient(firstUrl, sessions[name].id, await first.authHeader())
   }
   await Promise.all(names.map((n) => clients[n].opened()))
   const id = (n: Name) => sessions[n].id
 
   // turn 1 streams 200 lines (one spawns the grandchild); turn 2 is in progress at the kill
   const prompts: Record<Name, string[]> = { grandchild: ['alpha', 'beta'], slow: ['gamma', 'delta'], flood: ['epsilon'] }
-  await send(firstUrl, id('grandchild'), '/grandchild /flood 200 1000 alpha')
-  await send(firstUrl, id('slow'), '/flood 200 1000 gamma')
-  await send(firstUrl, id('flood'), '/flood 1000000 400 epsilon')
-  await send(firstUrl, id('grandchild'), `/slow ${LONG_TURN_MS} beta`)
-  await send(firstUrl, id('slow'), `/slow ${LONG_TURN_MS} delta`)
+  await send(first, id('grandchild'), '/grandchild /flood 200 1000 alpha')
+  await send(first, id('slow'), '/flood 200 1000 gamma')
+  await send(first, id('flood'), '/flood 1000000 400 epsilon')
+  await send(first, id('grandchild'), `/slow ${LONG_TURN_MS} beta`)
+  await send(first, id('slow'), `/slow ${LONG_TURN_MS} delta`)
 
   // ------------------------------------------------------------------ 2. mid-turn on every stream
   const describe = () => names.map((n) => `${n}: ${clients[n].frames.length} frames, last ${JSON.stringify(kinds(clients[n].frames.slice(-3)))}`).join('\n')
@@ -224,7 +225,7 @@ t.test('kill -9 while agents stream; a restart on the same data reaps every orph
   for (const n of ['grandchild', 'slow'] as const) t.ok(await isRunning(pid(n)), `the ${n} agent still runs as the restart begins`)
   t.ok(await isRunning(gpid), 'and the grandchild')
   const second = launch(t, 'second', env)
-  const secondUrl = await second.ready()
+  await second.ready()
   mark('second run listening')
 
   const reaped = second.lines.filter((l) => l.msg === 'ending an agent left by a previous run').map((l) => l.pid)
@@ -241,12 +242,12 @@ t.test('kill -9 while agents stream; a restart on the same data reaps every orph
   t.same(await readdir(agentsDir), [], 'the process records are cleared')
 
   for (const n of names) {
-    const s = await getSession(secondUrl, id(n))
+    const s = await getSession(second, id(n))
     t.match(s, { state: 'suspended', busy: false }, `${n}: suspended, not busy`)
   }
 
   for (const n of names) {
-    const stored = await storedEvents(secondUrl, id(n))
+    const stored = await storedEvents(second, id(n))
     t.same(stored.map((f) => f.seq), stored.map((_f, i) => i + 1), `${n}: stored seqs run 1..${stored.length} without a hole`)
     const got = received[n]
     t.same(got.map((f) => f.seq), got.map((_f, i) => i + 1), `${n}: the client got seqs 1..${got.length} without a gap or a duplicate`)
@@ -265,13 +266,13 @@ t.test('kill -9 while agents stream; a restart on the same data reaps every orph
   // ------------------------------------------------------------------ 5. a message resumes, with memory
   const before: Record<string, number> = {}
   for (const n of names) {
-    before[n] = (await storedEvents(secondUrl, id(n))).at(-1)!.seq
-    await send(secondUrl, id(n), `after the crash ${n}`)
+    before[n] = (await storedEvents(second, id(n))).at(-1)!.seq
+    await send(second, id(n), `after the crash ${n}`)
   }
   for (const n of names) {
     let events: Frame[] = []
     await waitUntil(`${n}: the reply after the restart`, async () => {
-      events = (await storedEvents(secondUrl, id(n))).filter((f) => f.seq > before[n]!)
+      events = (await storedEvents(second, id(n))).filter((f) => f.seq > before[n]!)
       return results(events).length >= 1
     }, { timeoutMs: WAIT_MS, describe: () => JSON.stringify(kinds(events)) })
     t.same(kinds(events).slice(0, 3), [`user:after the crash ${n}`, 'status:Resuming session…', 'state:suspended->active(message)'],
@@ -280,7 +281,7 @@ t.test('kill -9 while agents stream; a restart on the same data reaps every orph
     t.same(replies(events), [`echo: after the crash ${n} | remembered: ${prompts[n].join(' / ')}`],
       `${n}: the agent remembers the turns before the crash, the one cut short included`)
   }
-  t.equal((await getSession(secondUrl, id('grandchild'))).state, 'active', 'the resumed session is active')
+  t.equal((await getSession(second, id('grandchild'))).state, 'active', 'the resumed session is active')
   mark('resumed')
 
   const stopped = await second.stop('SIGTERM')

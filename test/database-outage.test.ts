@@ -160,11 +160,22 @@ async function outageUnderLoad (t: Test): Promise<void> {
   const direct = await freshDatabaseUrl(t)
   const proxy = await startTcpProxy(targetOf(direct))
   t.teardown(() => proxy.close())
-  const { app, baseUrl } = await build(t, {
+  const { app, baseUrl, token } = await build(t, {
     listen: true,
-    // the worker sweeps through the outage too: a failed sweep must neither crash nor stop it
-    env: { DATABASE_URL: proxy.via(direct!), SWEEP_INTERVAL_MS: '100' }
+    env: {
+      DATABASE_URL: proxy.via(direct!),
+      // the worker sweeps through the outage too: a failed sweep must neither crash nor stop it
+      SWEEP_INTERVAL_MS: '100',
+      // 20 clients of one user, unpaced: the per-user limits would answer 429 instead of testing
+      RATE_LIMIT_PER_MINUTE: '0',
+      HEARTBEAT_RATE_LIMIT_PER_MINUTE: '0',
+      // the only 503 expected is DATABASE_UNAVAILABLE: no load shedding (SERVICE_OVERLOADED), which
+      // a busy 2-core CI box could trigger under 20 clients; it has its own test
+      MAX_EVENT_LOOP_DELAY_MS: '0'
+    }
   })
+  /** every client is the one user who owns the sessions, with one token */
+  const auth = { authorization: `Bearer ${token}` }
   const port = (app.server.address() as { port: number }).port
   const sweeps: number[] = []
   app.timeoutWorker.on('sweep', () => { sweeps.push(performance.now()) })
@@ -172,7 +183,7 @@ async function outageUnderLoad (t: Test): Promise<void> {
   async function http (method: string, path: string, body?: unknown) {
     const res = await fetch(baseUrl + path, {
       method,
-      headers: body === undefined ? {} : { 'content-type': 'application/json' },
+      headers: body === undefined ? auth : { ...auth, 'content-type': 'application/json' },
       ...(body === undefined ? {} : { body: JSON.stringify(body) }),
       signal: AbortSignal.timeout(REQUEST_TIMEOUT_MS)
     })
@@ -285,7 +296,7 @@ async function outageUnderLoad (t: Test): Promise<void> {
 
   // one stream on the paused session: heartbeat and message frames, one at a time, each answered
   const frames: { sent: string, sentAt: number, receivedAt: number, reply: any }[] = []
-  const ws = new WebSocket(`${baseUrl.replace(/^http/, 'ws')}/v1/sessions/${paused}/stream`, { perMessageDeflate: false })
+  const ws = new WebSocket(`${baseUrl.replace(/^http/, 'ws')}/v1/sessions/${paused}/stream`, { perMessageDeflate: false, headers: auth })
   let closed: { code: number, reason: string } | undefined
   const isClosed = () => closed !== undefined
   const replies: any[] = []

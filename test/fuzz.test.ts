@@ -12,7 +12,13 @@
  * - a success is a legal result for its operation (a PATCH bumps the version by exactly one, a
  *   heartbeat never changes it, a transition follows the state machine, …) and touches no other
  *   session;
- * - no message ever reaches an agent: messages go to paused or terminal sessions only (409).
+ * - no message ever reaches an agent: messages go to paused or terminal sessions only (409);
+ * - the Authorization header is one more generated input (the owner's token, mostly, in several
+ *   spellings; none; malformed; expired; forged; another user's valid token): without a valid
+ *   token the answer is 401 (or a 404 of the router, which no route hook sees) and nothing moved;
+ *   another user's request on a session is answered exactly as for a session that does not exist
+ *   (same status and code: 404, or the 400 of a request invalid whatever the session), and
+ *   changes nothing; what another user creates is theirs, in their own area of the workspace.
  *
  * Failures are reproducible: the file prints its seed first, and a failure names it again with
  * the request and the answer; `FUZZ_SEED=<seed> npx tap --disable-coverage test/fuzz.test.ts`
@@ -31,19 +37,45 @@ import { sql } from 'drizzle-orm'
 import fc from 'fast-check'
 import t, { type Test } from 'tap'
 import YAML from 'yaml'
+import { join } from 'node:path'
 import { canTransition, isTerminal, SESSION_STATES, type SessionState } from '../src/domain/state-machine.js'
-import { build, manualClock } from './helpers/build.js'
+import { userKey } from '../src/domain/user-key.js'
+import { build, manualClock, TEST_USER } from './helpers/build.js'
+import { mintToken } from './helpers/tokens.js'
 
 type Json = Record<string, any>
 
 const clock = manualClock()
-const { app, config } = await build(t, {
+const SECRET = 'fuzz-hs256-secret-of-at-least-32-characters'
+const { app, config, token } = await build(t, {
   startWorker: false,
   clock: clock.now,
-  // an agent must never start here: should one try, it fails at once instead of running `claude`
-  env: { CLAUDE_BIN: '/nonexistent/mobvibe-fuzz/claude' }
+  env: {
+    // an agent must never start here: should one try, it fails at once instead of running `claude`
+    CLAUDE_BIN: '/nonexistent/mobvibe-fuzz/claude',
+    JWT_SECRET: SECRET,
+    // thousands of requests of one user in a few minutes: the per-user limits would answer 429
+    // (no 5xx, but requests that test nothing)
+    RATE_LIMIT_PER_MINUTE: '0',
+    HEARTBEAT_RATE_LIMIT_PER_MINUTE: '0',
+    // no load shedding: this tests what every request does to the data, run on a shared 2-core CI
+    // box whose event loop may well lag by a second; a 503 SERVICE_OVERLOADED there would be a
+    // "5xx" that says nothing about correctness. Load shedding has a test of its own.
+    MAX_EVENT_LOOP_DELAY_MS: '0'
+  }
 })
 const root = config.workspaceRoot
+/** the other user of the Authorization input: valid token, none of the sessions aimed at */
+const OTHER_USER = 'fuzz-other-user'
+const areaOf = (user: string) => join(root, userKey(user))
+/** the tokens, minted once for the whole run (verification is real time, not the manual clock) */
+const tokens = {
+  owner: token,
+  other: await mintToken({ secret: SECRET, sub: OTHER_USER, ttlSeconds: 6 * 3600 }),
+  expired: await mintToken({ secret: SECRET, sub: TEST_USER, issuedAt: Math.floor(Date.now() / 1000) - 7200, ttlSeconds: 3600 }),
+  forged: await mintToken({ secret: 'not-the-service-key-but-32-chars-long', sub: TEST_USER }),
+  noSub: await mintToken({ secret: SECRET })
+}
 const SCALE = Number(process.env.FUZZ_RUNS ?? 1)
 const SEED = process.env.FUZZ_SEED === undefined ? (Date.now() ^ Math.floor(Math.random() * 0x7fffffff)) | 0 : Number(process.env.FUZZ_SEED)
 const SHRINK = process.env.FUZZ_SHRINK === '1'
@@ -63,6 +95,8 @@ interface Operation {
   operationId: string
   params: Param[]
   body: { schema: Json, required: boolean } | undefined
+  /** `security: []` in the document: no token needed (health, readiness) */
+  public: boolean
 }
 
 const doc = YAML.parse(readFileSync(new URL('../openapi.yaml', import.meta.url), 'utf8')) as Json
@@ -91,7 +125,8 @@ for (const [path, item] of Object.entries(doc.paths as Record<string, Json>)) {
       path,
       operationId: op.operationId ?? `${method} ${path}`,
       params,
-      body: bodySchema ? { schema: deref(bodySchema), required: Boolean(op.requestBody.required) } : undefined
+      body: bodySchema ? { schema: deref(bodySchema), required: Boolean(op.requestBody.required) } : undefined,
+      public: Array.isArray(op.security) && op.security.length === 0
     })
   }
 }
@@ -140,22 +175,37 @@ interface Observation {
 
 const pool = new Map<string, Observation>() // id → the session as last observed
 const deleted: string[] = []
+/** sessions the other user created: never in the owner's lists */
+const othersSessions = new Set<string>()
+/** no session has this id: another user's session must be answered as this one is */
+const GHOST = '0f022000-0000-4000-8000-00000000f022'
 const seenNext = new Map<string, unknown[]>() // param name → values the service handed out
 let sent = 0
 let injected = 0
 const statuses = new Map<string, number>()
 
-async function inject (opts: { method: string, url: string, headers?: Record<string, string | string[]>, payload?: string }) {
+/**
+ * app.inject as the owner of the sessions (TEST_USER) unless the headers carry an `authorization`
+ * of their own, or `anonymous` (no Authorization header at all).
+ */
+async function inject (opts: { method: string, url: string, headers?: Record<string, string | string[]>, payload?: string, anonymous?: boolean }) {
   injected++
-  return app.inject({ method: opts.method as 'GET', url: opts.url, headers: opts.headers ?? {}, ...(opts.payload === undefined ? {} : { payload: opts.payload }) })
+  const headers = { ...(opts.headers ?? {}) }
+  if (headers.authorization === undefined && !opts.anonymous) headers.authorization = `Bearer ${tokens.owner}`
+  return app.inject({ method: opts.method as 'GET', url: opts.url, headers, ...(opts.payload === undefined ? {} : { payload: opts.payload }) })
+}
+
+function injectAs (opts: { method: string, url: string }, bearer: string) {
+  return inject({ ...opts, headers: { authorization: `Bearer ${bearer}` } })
 }
 
 function parse (body: string): any {
   try { return body === '' ? undefined : JSON.parse(body) } catch { return body }
 }
 
-/** The session's observable state through the API (404 → gone). */
-async function observe (id: string): Promise<Observation> {
+/** The session's observable state through the API (404 → gone), as its owner (`as`: another user's token). */
+async function observe (id: string, as: string = tokens.owner): Promise<Observation> {
+  const inject = (opts: { method: string, url: string }) => injectAs(opts, as)
   const res = await inject({ method: 'GET', url: `/v1/sessions/${id}` })
   if (res.statusCode === 404) return { gone: true, etag: undefined, view: {}, history: [], snapshots: [], events: [] }
   if (res.statusCode !== 200) throw new Error(`observing ${id}: ${res.statusCode} ${res.body}`)
@@ -376,7 +426,8 @@ function rangeOf (name: string): [number, number] | undefined {
 
 const validWorkdir = fc.oneof(
   fc.stringMatching(/^[a-z0-9_-]{1,12}(\/[a-z0-9_-]{1,12}){0,2}$/),
-  fc.stringMatching(/^[a-z0-9_-]{1,12}$/).map((s) => `${root}/abs-${s}`)
+  // absolute: inside the owner's area (for the other user, someone else's: refused)
+  fc.stringMatching(/^[a-z0-9_-]{1,12}$/).map((s) => `${areaOf(TEST_USER)}/abs-${s}`)
 )
 
 /** A value valid for the schema (as far as the schema says: ranges come from the configuration). */
@@ -453,7 +504,9 @@ function oddArb (schema: Json, name: string): fc.Arbitrary<unknown> {
       }
       if (name === 'workdir') {
         specific.push(fc.constantFrom('.', '..', '../x', 'a/../../y', '/', '/etc', '/etc/mobvibe-fuzz', `${root}`, `${root}-evil/z`, `${root}/../z`,
-          'x'.repeat(256), `${'d/'.repeat(600)}x`, 'a//b', './a', 'a/./b', '~', '~/x', '-rf', ' lead', 'trail '))
+          'x'.repeat(256), `${'d/'.repeat(600)}x`, 'a//b', './a', 'a/./b', '~', '~/x', '-rf', ' lead', 'trail ',
+          // the workspace root itself, and another user's area
+          `${root}/abs-x`, areaOf(TEST_USER), `${areaOf(OTHER_USER)}/x`, `../${userKey(OTHER_USER)}/x`, `${areaOf(TEST_USER)}/../${userKey(OTHER_USER)}/x`))
       }
     }
   }
@@ -557,6 +610,32 @@ function headersArb (op: Operation | undefined, method: Method): fc.Arbitrary<Re
   }).map((h) => Object.fromEntries(Object.entries(h).filter(([, v]) => v !== null)))
 }
 
+// -- the Authorization header ----------------------------------------------------------------
+
+/**
+ * Who sends the request: the owner of the sessions aimed at (a template with `{owner}`, for the
+ * spellings the scheme allows), another user with a valid token, nobody, or a header that is no
+ * valid bearer token (`{owner}`, `{expired}`, `{forged}`, `{noSub}`: the tokens minted above).
+ */
+type AuthSpec = { k: 'owner', header: string } | { k: 'other' } | { k: 'none' } | { k: 'invalid', header: string }
+
+const invalidHeaders = fc.oneof(
+  w(6, fc.constantFrom('Bearer {expired}', 'Bearer {forged}', 'Bearer {noSub}', 'Bearer {owner}x', 'Bearer x{owner}', 'Bearer {owner}.',
+    'Bearer {owner}.x', 'Token {owner}', '{owner}', 'Basic {owner}', 'Bearer\t{owner}', 'Bearer "{owner}"', 'Bearer {owner} {owner}',
+    'Bearer {owner},Bearer {owner}', 'Bearer', 'Bearer ', '', ' ', 'Basic dXNlcjpwYXNz', 'Bearer not.a.jwt', 'Bearer ...', 'Bearer =',
+    'Bearer eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiJ0ZXN0LXVzZXIifQ.', `Bearer ${'a'.repeat(8000)}`)),
+  w(1, fc.string({ maxLength: 40 }).filter(printable).map((v) => `Bearer ${v}`)),
+  w(1, fc.string({ maxLength: 40 }).filter(printable))
+)
+const authArb: fc.Arbitrary<AuthSpec> = fc.oneof(
+  w(80, fc.oneof(w(20, fc.constant('Bearer {owner}')), w(1, fc.constantFrom('bearer {owner}', 'BEARER {owner}', 'Bearer  {owner}', 'Bearer {owner} ')))
+    .map((header): AuthSpec => ({ k: 'owner', header }))),
+  w(8, fc.constant<AuthSpec>({ k: 'other' })),
+  w(5, fc.constant<AuthSpec>({ k: 'none' })),
+  w(7, invalidHeaders.map((header): AuthSpec => ({ k: 'invalid', header })))
+)
+const fillTokens = (template: string) => template.replace(/\{(owner|expired|forged|noSub)\}/g, (_, k: keyof typeof tokens) => tokens[k])
+
 // -- query strings ---------------------------------------------------------------------------
 
 /** A query value: [name, value, encode?] */
@@ -649,6 +728,7 @@ interface Plan {
   query: QueryItem[]
   headers: Record<string, unknown>
   body: BodySpec
+  auth: AuthSpec
   /** seconds the clock moves before the request */
   advance: number
 }
@@ -662,7 +742,7 @@ function opOf (method: Method, path: string): Operation | undefined {
   return operations.find((o) => o.path === path && (o.method === method || (method === 'HEAD' && o.method === 'GET')))
 }
 
-function planArb (method: Method, path: string, opts: { target?: fc.Arbitrary<TargetSpec>, body?: fc.Arbitrary<BodySpec>, headers?: fc.Arbitrary<Record<string, unknown>> } = {}): fc.Arbitrary<Plan> {
+function planArb (method: Method, path: string, opts: { target?: fc.Arbitrary<TargetSpec>, body?: fc.Arbitrary<BodySpec>, headers?: fc.Arbitrary<Record<string, unknown>>, auth?: fc.Arbitrary<AuthSpec> } = {}): fc.Arbitrary<Plan> {
   const op = opOf(method, path)
   const allowed = path.endsWith('/messages') ? MESSAGE_TARGETS : SESSION_STATES
   return fc.record({
@@ -672,6 +752,7 @@ function planArb (method: Method, path: string, opts: { target?: fc.Arbitrary<Ta
     query: queryArb(op),
     headers: opts.headers ?? headersArb(op, method),
     body: opts.body ?? bodyArb(method === 'HEAD' ? undefined : op),
+    auth: opts.auth ?? authArb,
     advance: advanceArb
   })
 }
@@ -682,6 +763,14 @@ function planArb (method: Method, path: string, opts: { target?: fc.Arbitrary<Ta
 
 interface Resolved {
   url: string
+  /** the same request for a session that does not exist (spelled the same way), when it aims at one */
+  ghostUrl: string | undefined
+  /** who sent it: the owner, another user, or nobody with a valid token */
+  auth: AuthSpec['k']
+  /** the user of the valid token sent, if any */
+  user: string | undefined
+  /** no Authorization header at all */
+  anonymous: boolean
   /** the existing session aimed at, and the id as the path spelled it (decoded) */
   id: string | undefined
   spelled: string
@@ -752,14 +841,15 @@ async function resolve (plan: Plan): Promise<Resolved> {
   } else if (tg?.k === 'garbage') {
     segment = tg.encode ? encodeURIComponent(wellFormed(tg.text)) : wellFormed(tg.text).replace(/[^\x21-\x7e]/gu, (c: string) => encodeURIComponent(c))
   }
-  let url = plan.path.replace(/\{[^}]+\}/g, segment)
   const query = plan.query.flatMap(([k, v, encode]) => {
     const value = isLate(v) ? resolveLate(v, id) : typeof v === 'string' ? v : serialize(v, id)
     if (value === undefined) return []
     if (!encode) return [value]
     return [`${encodeURIComponent(wellFormed(k))}=${encodeURIComponent(wellFormed(value))}`]
   })
-  if (query.length > 0) url += `?${query.join('&')}`
+  const urlWith = (seg: string) => plan.path.replace(/\{[^}]+\}/g, seg) + (query.length > 0 ? `?${query.join('&')}` : '')
+  const url = urlWith(segment)
+  const ghostUrl = tg?.k === 'session' ? urlWith(spell(GHOST, tg.form)) : undefined
   const headers: Record<string, string | string[]> = {}
   for (const [k, v] of Object.entries(plan.headers)) {
     headers[k] = Array.isArray(v) ? v.map((x) => (isLate(x) ? resolveLate(x, id) ?? '' : String(x))) : isLate(v) ? resolveLate(v, id) ?? '' : String(v)
@@ -773,9 +863,13 @@ async function resolve (plan: Plan): Promise<Resolved> {
     payload = plan.body.text
   }
   if (plan.body.kind !== 'none' && plan.body.contentType !== undefined) headers['content-type'] = plan.body.contentType
+  const auth = plan.auth
+  if (auth.k === 'owner' || auth.k === 'invalid') headers.authorization = fillTokens(auth.header)
+  else if (auth.k === 'other') headers.authorization = `Bearer ${tokens.other}`
+  const user = auth.k === 'owner' ? TEST_USER : auth.k === 'other' ? OTHER_USER : undefined
   let spelled = segment
   try { spelled = decodeURIComponent(segment) } catch {}
-  return { url, id, spelled, headers, payload, sentBody }
+  return { url, ghostUrl, auth: auth.k, user, anonymous: auth.k === 'none', id, spelled, headers, payload, sentBody }
 }
 
 class Violation extends Error {
@@ -796,7 +890,10 @@ let stopped = false
 function describe (plan: Plan, r: Resolved, res: { statusCode: number, headers: Json, body: string } | undefined): string {
   const body = r.payload === undefined ? '' : `\n  body (${r.payload.length} chars): ${JSON.stringify(r.payload.slice(0, 400))}`
   const answer = res ? `\n→ ${res.statusCode} ${String(res.headers['content-type'] ?? '')} ${res.body.slice(0, 600)}` : ''
-  return `${plan.method} ${r.url.slice(0, 300)}\n  headers: ${JSON.stringify(r.headers).slice(0, 300)}${body}${answer}`
+  // the tokens by name: they are long, and the same for the whole run
+  const { authorization: _authorization, ...headers } = r.headers
+  const auth = plan.auth.k === 'owner' || plan.auth.k === 'invalid' ? `${plan.auth.k} ${JSON.stringify(plan.auth.header.slice(0, 80))}` : plan.auth.k
+  return `${plan.method} ${r.url.slice(0, 300)}\n  authorization: ${auth}\n  headers: ${JSON.stringify(headers).slice(0, 300)}${body}${answer}`
 }
 
 function strip (o: Observation): Json {
@@ -840,12 +937,13 @@ function legal (plan: Plan, r: Resolved, status: number, resBody: any, resHeader
   const needs = (cond: unknown, what: string) => (cond ? undefined : what)
   switch (opId) {
     case 'createSession': {
+      const area = areaOf(r.user ?? TEST_USER)
       const range = (v: unknown, [min, max]: [number, number]) => typeof v === 'number' && v >= min && v <= max
       return needs(status === 201, 'created with 201') ??
         needs(resBody?.state === 'pending' && resBody?.version === 1, 'a new session is pending at version 1') ??
         needs(resHeaders.etag === '"1"' && resHeaders.location === `/v1/sessions/${resBody.id}`, 'ETag "1" and Location') ??
         needs(UUID_RE.test(resBody.id), 'a uuid') ??
-        needs(typeof resBody.workdir === 'string' && resBody.workdir.startsWith(`${root}/`), 'the workdir is inside the workspace root') ??
+        needs(typeof resBody.workdir === 'string' && resBody.workdir.startsWith(`${area}/`), 'the workdir is inside the area of its user in the workspace root') ??
         needs(range(resBody.idleTimeoutSeconds, [config.idleTimeout.minSeconds, config.idleTimeout.maxSeconds]), 'idle timeout in range') ??
         needs(range(resBody.ttlSeconds, [config.ttl.minSeconds, config.ttl.maxSeconds]), 'TTL in range') ??
         needs(lastOf(sentBody, 'title') === undefined || resBody.title === wellFormed(lastOf(sentBody, 'title') as string), 'the title as sent') ??
@@ -909,17 +1007,24 @@ function legal (plan: Plan, r: Resolved, status: number, resBody: any, resHeader
   }
 }
 
+/** The workspace root two levels down: the users' areas, and what is in them. */
+async function workspaceTree (): Promise<string[]> {
+  const areas = (await readdir(root).catch(() => [])).sort()
+  const inside = await Promise.all(areas.map(async (a) => (await readdir(join(root, a)).catch(() => [])).map((e) => `${a}/${e}`)))
+  return [...areas, ...inside.flat()].sort()
+}
+
 async function exercise (plan: Plan): Promise<void> {
   if (plan.advance > 0) clock.advance(plan.advance * 1000)
   const r = await resolve(plan)
   const isCreate = opOf(plan.method, plan.path)?.operationId === 'createSession' && plan.method === 'POST'
   let before = r.id ? pool.get(r.id) : undefined
   if (r.id && !before) before = await observe(r.id)
-  const rootBefore = isCreate ? (await readdir(root).catch(() => [])).sort() : undefined
+  const rootBefore = isCreate ? await workspaceTree() : undefined
 
   sent++
-  const res = await inject({ method: plan.method, url: r.url, headers: r.headers, ...(r.payload === undefined ? {} : { payload: r.payload }) })
-  const key = `${opOf(plan.method, plan.path)?.method === plan.method ? opOf(plan.method, plan.path)!.operationId : `${plan.method} ${plan.path}`} ${res.statusCode}`
+  const res = await inject({ method: plan.method, url: r.url, headers: r.headers, anonymous: r.anonymous, ...(r.payload === undefined ? {} : { payload: r.payload }) })
+  const key = `${opOf(plan.method, plan.path)?.method === plan.method ? opOf(plan.method, plan.path)!.operationId : `${plan.method} ${plan.path}`} ${res.statusCode}${r.auth === 'owner' ? '' : ` (${r.auth})`}`
   statuses.set(key, (statuses.get(key) ?? 0) + 1)
   await app.events.flush()
   // whatever the request set going for the session (under the id as spelled, too) is done
@@ -938,8 +1043,10 @@ async function exercise (plan: Plan): Promise<void> {
     }
   }
   const created = isCreate && res.statusCode === 201 ? (parse(res.body)?.id as string | undefined) : undefined
-  const fresh = created ? await observe(created) : undefined
-  if (created && fresh && !fresh.gone && inState('pending').length < 4) pool.set(created, fresh)
+  // read back as the user who created it: the other user's sessions are theirs, not targets
+  const fresh = created ? await observe(created, r.user === OTHER_USER ? tokens.other : tokens.owner) : undefined
+  if (created && r.user === OTHER_USER) othersSessions.add(created)
+  else if (created && fresh && !fresh.gone && inState('pending').length < 4) pool.set(created, fresh)
   prune()
 
   const route = `${plan.method} ${plan.path}`
@@ -958,6 +1065,36 @@ async function exercise (plan: Plan): Promise<void> {
   const changed = [...new Set(written.map((x) => `${x.op} ${x.tbl}${x.owner ? ` of ${x.owner}` : ''}`))]
   const readOnly = plan.method === 'GET' || plan.method === 'HEAD'
 
+  // -- who may do what: no valid token, 401; another user's session, as if it did not exist
+  // a path of the document's public operations needs no token, whatever the method
+  const isPublic = operations.some((o) => o.path === plan.path && o.public)
+  if ((r.auth === 'none' || r.auth === 'invalid') && !isPublic) {
+    // The router answers a URL that names no route (404) or cannot be decoded (400) before any
+    // route's hook, the authentication included; a URL no route has is the not-found route's,
+    // which may refuse the body first (400, 413, 415); CORS answers OPTIONS at the root
+    // (a garbage id such as `..` may lead to no route at all: /v1/sessions/.. is /v1/)
+    const routed = opOf(plan.method, plan.path) !== undefined && plan.target?.k !== 'garbage'
+    const byRouter = !routed || (plan.method === 'HEAD' ? status === 404 || status === 400 : ['ROUTE_NOT_FOUND', 'BAD_URL'].includes(body?.code))
+    if (status !== 401 && !byRouter && plan.method !== 'OPTIONS') fail(`a ${status} without a valid token: 401 expected`)
+    if (status < 400 && plan.method !== 'OPTIONS') fail(`a ${status} without a valid token`)
+    if (status === 401 && !/^Bearer realm="mobvibe"/.test(String(res.headers['www-authenticate'] ?? ''))) fail('a 401 without a Bearer challenge')
+    if (status === 401 && plan.method !== 'HEAD' && body?.code !== 'UNAUTHORIZED') fail('a 401 whose code is not UNAUTHORIZED')
+    if (changed.length > 0) fail(`written without a valid token: ${changed.join(', ')}`)
+  }
+  if (r.auth === 'other' && r.id) {
+    if (status < 400) fail(`another user's request on a session answered ${status}`)
+    if (changed.length > 0) fail(`another user's request wrote: ${changed.join(', ')}`)
+    // indistinguishable from a session that does not exist: same status, same code
+    const twin = await inject({ method: plan.method, url: r.ghostUrl!, headers: r.headers, ...(r.payload === undefined ? {} : { payload: r.payload }) })
+    await app.events.flush()
+    const twinWrites = await writes()
+    const twinCode = plan.method === 'HEAD' ? undefined : parse(twin.body)?.code
+    if (twin.statusCode !== status || twinCode !== body?.code) {
+      fail(`another user's session answered ${status} ${body?.code}, a session that does not exist ${twin.statusCode} ${twinCode}`)
+    }
+    if (twinWrites.length > 0) fail('the request for a session that does not exist wrote something')
+  }
+
   if (status >= 300 || readOnly) {
     // refused, or only read: nothing moved, anywhere
     if (before && after && !isDeepStrictEqual(strip(after), strip(before))) {
@@ -965,8 +1102,8 @@ async function exercise (plan: Plan): Promise<void> {
     }
     if (changed.length > 0) fail(`written under a ${status}: ${changed.join(', ')}`)
     if (rootBefore) {
-      const rootAfter = (await readdir(root).catch(() => [])).sort()
-      if (!isDeepStrictEqual(rootAfter, rootBefore)) fail('a refused create left something in the workspace root')
+      const rootAfter = await workspaceTree()
+      if (!isDeepStrictEqual(rootAfter, rootBefore)) fail(`a refused create left something in the workspace root: ${rootAfter.filter((p) => !rootBefore.includes(p)).join(', ')}`)
     }
     if (status === 412 && before && !before.gone) {
       const m = admitted(r.headers['if-match'])
@@ -974,7 +1111,7 @@ async function exercise (plan: Plan): Promise<void> {
       if (body?.currentVersion !== before.view.version) fail('412 names another version than the current one')
     }
     if (status === 409 && before && !before.gone && body?.state !== undefined && body.state !== before.view.state) fail('409 names another state')
-    if (opOf(plan.method, plan.path)?.operationId === 'sendMessage' && plan.method === 'POST' && plan.body.valid && before && !before.gone && plan.target?.k === 'session' &&
+    if (opOf(plan.method, plan.path)?.operationId === 'sendMessage' && plan.method === 'POST' && plan.body.valid && r.auth === 'owner' && before && !before.gone && plan.target?.k === 'session' &&
       ['plain', 'upper', 'pct'].includes(plan.target.form) && status !== 409) {
       fail('a valid message to a paused or terminal session is not a 409')
     }
@@ -1040,6 +1177,9 @@ function checkRead (plan: Plan, r: Resolved, body: any, fail: (why: string) => n
   if (opOf(plan.method, plan.path)?.operationId === 'listSessions' && items) {
     const states = q.getAll('state')
     if (states.length > 0 && items.some((s) => !states.includes(s.state))) fail('a session outside the state filter')
+    // a list holds the caller's own sessions only
+    const foreign = r.user === OTHER_USER ? items.filter((s) => pool.has(s.id) || deleted.includes(s.id)) : items.filter((s) => othersSessions.has(s.id))
+    if (foreign.length > 0) fail(`a list shows another user's sessions: ${foreign.map((s) => s.id).join(', ')}`)
   }
   if (opOf(plan.method, plan.path)?.operationId === 'listEvents' && items) {
     const after = /^\d+$/.test(q.get('after') ?? '') ? Number(q.get('after')) : 0
@@ -1096,6 +1236,11 @@ t.test('the targets', async (t) => {
   for (const state of SESSION_STATES) await seed(state)
   await seedDeleted()
   t.equal(inState('pending').length, 1, 'one session in each state, and a deleted one')
+  // the other user has an area already: a refused create of theirs is held to leaving it as it was
+  const theirs = await inject({ method: 'POST', url: '/v1/sessions', headers: { authorization: `Bearer ${tokens.other}`, 'content-type': 'application/json' }, payload: '{}' })
+  t.equal(theirs.statusCode, 201, 'the other user has a session of their own')
+  othersSessions.add(parse(theirs.body).id)
+  await writes()
 })
 
 check(t, 'every documented operation, with generated inputs',

@@ -27,7 +27,8 @@ t.test('state events are recorded by the events layer, with no agent side at all
     LOG_LEVEL: 'silent',
     ...(databaseUrl ? { DATABASE_URL: databaseUrl } : {})
   })
-  const app = Fastify({ loggerInstance: createLogger(config) })
+  // as src/app.ts: PGlite's first start on a busy machine takes longer than Fastify's default 10 s
+  const app = Fastify({ loggerInstance: createLogger(config), pluginTimeout: 120_000 })
   await app.register(database, { config })
   await app.register(sessions, { config })
   await app.register(events, {})

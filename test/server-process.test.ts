@@ -62,23 +62,25 @@ t.test('the launcher, on one data directory across restarts', async (t) => {
     const lock = JSON.parse(await readFile(lockFile, 'utf8')) as { pid: number }
     t.equal(lock.pid, first.proc.pid, 'the running service holds the data directory lock')
 
-    const created = await fetch(`${baseUrl}/v1/sessions`, {
+    const anonymous = await fetch(`${baseUrl}/v1/sessions`)
+    t.equal(anonymous.status, 401, 'the API needs a bearer token (JWT_SECRET from the environment)')
+    const created = await first.fetch('/v1/sessions', {
       method: 'POST',
       headers: { 'content-type': 'application/json' },
       body: JSON.stringify({ title: 'survives restarts' })
     })
     t.equal(created.status, 201)
     const id = (await json<SessionView>(created)).id
-    const active = await fetch(`${baseUrl}/v1/sessions/${id}/transitions`, {
+    const active = await first.fetch(`/v1/sessions/${id}/transitions`, {
       method: 'POST',
       headers: { 'content-type': 'application/json', 'if-match': '"1"' },
       body: JSON.stringify({ to: 'active' })
     })
     t.equal(active.status, 200)
     // paused: a state that a restart leaves alone (a restart suspends what was active)
-    const paused = await fetch(`${baseUrl}/v1/sessions/${id}/pause`, { method: 'POST' })
+    const paused = await first.fetch(`/v1/sessions/${id}/pause`, { method: 'POST' })
     t.equal(paused.status, 200)
-    const got = await fetch(`${baseUrl}/v1/sessions/${id}`)
+    const got = await first.fetch(`/v1/sessions/${id}`)
     session = await json<SessionView>(got)
     t.match(session, { id, state: 'paused', version: 3 })
 
@@ -93,14 +95,15 @@ t.test('the launcher, on one data directory across restarts', async (t) => {
     // lives on into the next two tests: killed in the teardown of the enclosing test if need be
     const second = launch(parent, 'second', { ...env, PORT: '0' })
     running = second
-    const baseUrl = await second.ready()
-    const res = await fetch(`${baseUrl}/v1/sessions/${session.id}`)
+    await second.ready()
+    const res = await second.fetch(`/v1/sessions/${session.id}`)
     t.equal(res.status, 200)
     t.equal(res.headers.get('etag'), `"${session.version}"`)
     const again = await json<SessionView>(res)
     t.match(again, { id: session.id, state: 'paused', version: session.version, title: 'survives restarts' }, 'same state and version')
     t.equal(again.createdAt, session.createdAt)
-    const snapshots = await json<{ items: unknown[] }>(await fetch(`${baseUrl}/v1/sessions/${session.id}/snapshots`))
+    const snapshots = await json<{ items: unknown[] }>(await second.fetch(`/v1/sessions/${session.id}/snapshots`))
+    t.equal((await second.fetch(`/v1/sessions/${session.id}`, { user: 'someone-else' })).status, 404, 'another user does not see it')
     t.equal(snapshots.items.length, 1, 'the snapshot taken at the pause is still there')
   })
 
@@ -125,10 +128,10 @@ t.test('the launcher, on one data directory across restarts', async (t) => {
     t.equal(stale.pid, running.proc.pid, 'the dead holder left its lock behind')
 
     const third = launch(t, 'third', { ...env, PORT: '0' })
-    const baseUrl = await third.ready()
+    await third.ready()
     const lock = JSON.parse(await readFile(lockFile, 'utf8')) as { pid: number }
     t.equal(lock.pid, third.proc.pid, 'the new service took the lock over')
-    const again = await json<SessionView>(await fetch(`${baseUrl}/v1/sessions/${session.id}`))
+    const again = await json<SessionView>(await third.fetch(`/v1/sessions/${session.id}`))
     t.match(again, { state: 'paused', version: session.version }, 'state survives the crash too')
 
     const exit = await third.stop('SIGINT')
