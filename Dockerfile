@@ -26,8 +26,9 @@ RUN npm run build
 FROM ${NODE_IMAGE} AS runtime
 # tini as PID 1: the service spawns agent processes, and an init reaps whatever they orphan
 # (a process that is PID 1 without an init's duties would leave zombies behind)
+# bubblewrap: the agents' sandbox (AGENT_SANDBOX; the container needs user namespaces: README, "Sandbox")
 RUN apt-get update \
-  && apt-get install -y --no-install-recommends tini \
+  && apt-get install -y --no-install-recommends tini bubblewrap \
   && rm -rf /var/lib/apt/lists/*
 WORKDIR /app
 ENV NODE_ENV=production \

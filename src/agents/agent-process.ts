@@ -39,6 +39,7 @@ export class AgentProcess extends EventEmitter<AgentProcessEvents> {
   readonly #cwd: string
   readonly #killGraceMs: number
   readonly #log: Log
+  readonly #agentPid: ((pid: number) => Promise<number | undefined>) | undefined
   #child: ChildProcessByStdio<Writable, Readable, Readable> | undefined
   #stopReason: StopReason | null = null
   #spawned = false
@@ -48,13 +49,25 @@ export class AgentProcess extends EventEmitter<AgentProcessEvents> {
   #exit: Promise<AgentExit> | undefined
   #stopping: Promise<AgentExit> | undefined
 
-  constructor (opts: { sessionId: string, command: ClaudeCommand, cwd: string, killGraceMs: number, logger: Log }) {
+  /**
+   * `agentPid`: where the agent runs under a wrapper (bwrap) that does not pass SIGTERM on, finds
+   * the agent's own process from the wrapper's pid, for the stop sequence's SIGTERM.
+   */
+  constructor (opts: {
+    sessionId: string
+    command: ClaudeCommand
+    cwd: string
+    killGraceMs: number
+    logger: Log
+    agentPid?: ((pid: number) => Promise<number | undefined>) | undefined
+  }) {
     super()
     this.sessionId = opts.sessionId
     this.#cmd = opts.command
     this.#cwd = opts.cwd
     this.#killGraceMs = opts.killGraceMs
     this.#log = opts.logger
+    this.#agentPid = opts.agentPid
   }
 
   /** a stop was asked for: the process takes no more input */
@@ -152,8 +165,10 @@ export class AgentProcess extends EventEmitter<AgentProcessEvents> {
     }
     child.stdin.end()
     if (await waitExit(this.#killGraceMs)) return exited
-    log.warn('agent did not exit after stdin closed: SIGTERM')
-    signal(pid, 'SIGTERM')
+    // through a wrapper, to the agent itself: a wrapper killed by it would take the agent down at once
+    const target = await this.#agentPid?.(pid) ?? pid
+    log.warn({ target }, 'agent did not exit after stdin closed: SIGTERM')
+    signal(target, 'SIGTERM')
     if (await waitExit(this.#killGraceMs)) return exited
     log.warn('agent ignored SIGTERM: SIGKILL to its process group')
     signal(-pid, 'SIGKILL')

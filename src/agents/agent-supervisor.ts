@@ -54,7 +54,7 @@ interface LiveAgent extends PooledAgent {
 }
 
 export interface AgentSupervisorOptions {
-  config: Pick<Config, 'agent' | 'dataDir'>
+  config: Pick<Config, 'agent' | 'dataDir' | 'workspaceRoot' | 'sandbox' | 'perUser'>
   /** the one writer of session state: every state change goes through it */
   manager: SessionLifecycleManager
   /** what the supervisor may write on a session: the facts of its turns */
@@ -110,6 +110,9 @@ export class AgentSupervisor {
   }
 
   get liveCount (): number { return this.#pool.size }
+
+  /** what confines the agents (`bwrap` or `none`), decided by start() */
+  get sandbox (): 'bwrap' | 'none' { return this.#pool.sandbox.mode }
 
   isLive (sessionId: string): boolean { return this.#pool.get(sessionId) !== undefined }
 
@@ -271,11 +274,11 @@ export class AgentSupervisor {
 
   async #spawn (session: SessionRow): Promise<LiveAgent | null> {
     const sessionId = session.id
-    await this.#pool.acquireSlot(sessionId, async () => {
+    const slot = await this.#pool.acquireSlot(sessionId, session.owner, async () => {
       await this.#o.events.append(sessionId, 'status', { message: 'Waiting for a free agent slot…' })
     })
     if (this.#closing) {
-      this.#pool.releaseSlot()
+      this.#pool.releaseSlot(slot)
       await this.#o.turns.releaseBusy(sessionId, this.#clock())
       return null
     }
@@ -284,9 +287,11 @@ export class AgentSupervisor {
     try {
       const live = await this.#pool.launch({
         sessionId,
+        owner: session.owner,
         workdir: session.workdir,
         model: session.model,
-        conversation: { mode: firstStart ? 'new' : 'resume', agentSessionId }
+        conversation: { mode: firstStart ? 'new' : 'resume', agentSessionId },
+        slot
       }, (proc) => this.#wire(sessionId, proc, { agentSessionId, firstStart }))
       this.#log.info({ sessionId, pid: live.proc.pid, mode: firstStart ? 'new' : 'resume' }, 'agent started')
       return live
@@ -371,8 +376,8 @@ export class AgentSupervisor {
     live.turnEnded?.()
     live.turnEnded = undefined
     this.#kick(sessionId)
-    // a start waiting for a slot can have this agent's now that its turn is over
-    if (this.#pool.waiting > 0) setImmediate(() => { this.#pool.evictIdle() })
+    // a start waiting for a slot (everybody's, or this user's) can have this agent's now that its turn is over
+    if (this.#pool.waiting > 0) setImmediate(() => { this.#pool.makeRoom() })
   }
 
   async #maybeRecordActivity (live: LiveAgent): Promise<void> {

@@ -22,6 +22,8 @@ export function claudeCommand (opts: {
   model: string | null
   conversation: Conversation
   parentEnv: NodeJS.ProcessEnv
+  /** the session's own CLAUDE_CONFIG_DIR (agent-state.ts); default: the agents' state root (the bench runs the CLI so) */
+  stateDir?: string
   tmpDir: string
 }): ClaudeCommand {
   const { agent, conversation } = opts
@@ -42,7 +44,7 @@ export function claudeCommand (opts: {
     const value = opts.parentEnv[name]
     if (value !== undefined) env[name] = value
   }
-  env.CLAUDE_CONFIG_DIR = agent.configDir
+  env.CLAUDE_CONFIG_DIR = opts.stateDir ?? agent.configDir
   env.CLAUDE_CODE_TMPDIR = opts.tmpDir
   env.CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC = '1'
   env.DISABLE_AUTOUPDATER = '1'
