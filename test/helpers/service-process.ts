@@ -21,7 +21,7 @@ const root = fileURLToPath(new URL('../../', import.meta.url))
 export const START_TIMEOUT_MS = 60_000
 const EXIT_TIMEOUT_MS = 30_000
 /** the HS256 key `launch` gives a child whose environment names no JWT setting */
-export const TEST_JWT_SECRET = 'service-process-test-secret-of-at-least-32-chars'
+const TEST_JWT_SECRET = 'service-process-test-secret-of-at-least-32-chars'
 
 export interface LogLine { level?: number, msg?: string, [key: string]: unknown }
 export interface Exit { code: number | null, signal: NodeJS.Signals | null }
