@@ -256,6 +256,8 @@ t.test('the stream takes the token from ?access_token=, and no log line holds it
   t.equal(response.statusCode, 401, 'a bad token in the URL is refused before the upgrade')
   refused.terminate()
 
+  const elsewhere = await app.inject({ method: 'GET', url: `/v1/sessions?access_token=${token}`, headers: { upgrade: 'websocket', connection: 'upgrade' } })
+  t.equal(elsewhere.statusCode, 401, 'an Upgrade header does not make a token in the URL acceptable outside the stream')
   const plain = await fetch(`http://127.0.0.1:${port}/v1/sessions?access_token=${token}`)
   t.equal(plain.status, 401, 'outside a WebSocket upgrade a token in the URL is not accepted')
   const problem = await plain.json() as { instance: string }

@@ -19,8 +19,8 @@ declare module 'fastify' {
 const BEARER = /^Bearer +([A-Za-z0-9\-_.~+/]+=*) *$/i
 
 /**
- * The bearer token of a request: the Authorization header, or, for a WebSocket upgrade only (a
- * browser's WebSocket cannot set headers), the `access_token` query parameter (RFC 6750 §2.3).
+ * The bearer token of a request: the Authorization header, or, for the stream's WebSocket upgrade
+ * only (a browser's WebSocket cannot set headers), the `access_token` query parameter (RFC 6750 §2.3).
  * Everything else keeps tokens out of URLs, where proxies and histories record them.
  */
 function tokenOf (request: FastifyRequest): string {
@@ -30,7 +30,7 @@ function tokenOf (request: FastifyRequest): string {
     if (!match) throw unauthorized('the Authorization header must be "Bearer <token>"', true)
     return match[1]!
   }
-  if (request.headers.upgrade?.toLowerCase() === 'websocket') {
+  if (request.headers.upgrade?.toLowerCase() === 'websocket' && request.routeOptions.url?.endsWith('/stream') === true) {
     const fromQuery = (request.query as { access_token?: unknown } | undefined)?.access_token
     if (typeof fromQuery === 'string' && fromQuery !== '') return fromQuery
   }
