@@ -227,6 +227,9 @@ export class AgentsSection {
       env: {
         CLAUDE_BIN: bin,
         MAX_LIVE_AGENTS: String(Math.max(32, s.liveAgents)),
+        // every session of the bench is the one test user's: the per-user cap (default 8) must not
+        // throttle a scenario the global one admits
+        MAX_LIVE_AGENTS_PER_USER: String(Math.max(32, s.liveAgents)),
         IDLE_TIMEOUT_MIN_SECONDS: '1',
         KILL_GRACE_MS: '2000'
       }

@@ -8,9 +8,9 @@
  * WebSocket stream); waits are on events with generous bounds, never on sleeps.
  */
 import { execFile } from 'node:child_process'
-import { mkdtemp, readdir, realpath, rm } from 'node:fs/promises'
+import { mkdtemp, readFile, readdir, realpath, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
-import { join } from 'node:path'
+import { basename, join } from 'node:path'
 import { promisify } from 'node:util'
 import t, { type Test } from 'tap'
 import WebSocket from 'ws'
@@ -30,6 +30,11 @@ const FIRST_PROMPT = 'Remember the word PELICAN-7316, please.'
 const SECOND_PROMPT = 'Which word did I ask you to remember?'
 
 const execFileAsync = promisify(execFile)
+
+/** The first word of a process's command line ('' when it is gone). */
+async function argv0Of (pid: number): Promise<string> {
+  return (await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '')).split('\0')[0] ?? ''
+}
 
 interface Frame {
   seq: number
@@ -194,8 +199,13 @@ t.test('the real Claude Code CLI: message, streamed reply, idle suspension, tran
   const init1 = await stream.next(isAgent('system', 'init'), 'system/init of turn 1', first.body.seq)
   const result1 = await stream.next(isAgent('result'), 'result of turn 1', init1.seq)
   const tResult1 = Date.now()
-  const pids1 = await liveAgents()
-  t.equal(pids1.length, 1, `one live CLI process while active (pid ${pids1.join(',')})`)
+  // under bwrap an agent is three marked processes (bwrap, bwrap as the namespace's init, the CLI):
+  // the CLIs are the marked processes that are not bwrap
+  const procs1 = await Promise.all((await liveAgents()).map(async (pid) => ({ pid, argv0: await argv0Of(pid) })))
+  const clis1 = procs1.filter((p) => basename(p.argv0) !== 'bwrap')
+  t.equal(clis1.length, 1, `one live CLI process while active (${JSON.stringify(procs1)})`)
+  t.equal(procs1.length - clis1.length, app.agents.sandbox === 'bwrap' ? 2 : 0,
+    `${app.agents.sandbox === 'bwrap' ? 'in its sandbox: bwrap and bwrap as init' : 'unconfined: no bwrap'}`)
   const turn1 = stream.between(first.body.seq, result1.seq)
 
   t.match(init1.data, {

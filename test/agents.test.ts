@@ -4,21 +4,28 @@
  * suspension and transparent resume, crashes, pause of a busy session, grandchildren, the agent's
  * environment and working directory, and first starts that fail.
  *
- * One app for the whole file (each subtest has its own sessions), plus one whose agents exit
- * before init. Waiting is bounded polling of
+ * One app for the whole file (each subtest has its own sessions; its agents run in the bubblewrap
+ * sandbox where bwrap works, AGENT_SANDBOX=auto), one with unconfined agents for the subtests that
+ * run in both modes (grandchildren, the environment), plus one whose agents exit before init.
+ * Waiting is bounded polling of
  * GET /events or GET /sessions/{id}; the only timed waits are the idle gaps a scenario needs.
  * Process checks read /proc; every process a subtest may leave is killed in teardown.
  */
-import { realpath, rm } from 'node:fs/promises'
+import { readFile, realpath, rm } from 'node:fs/promises'
+import { join } from 'node:path'
 import t from 'tap'
+import { agentStateDir } from '../src/agents/agent-state.js'
 import { EnvSchema } from '../src/config.js'
 import { call, createSession, getSession, transition } from './helpers/api.js'
 import {
   agentEnv,
+  agentRoots,
   allEvents,
+  cmdlineOf,
   cwdOf,
   environOf,
   grandchildPid,
+  hostPidOf,
   isInit,
   isResult,
   isRunning,
@@ -37,7 +44,7 @@ import {
   waitUntil,
   type Frame
 } from './helpers/agents.js'
-import { build } from './helpers/build.js'
+import { build, TEST_USER } from './helpers/build.js'
 
 // What the test process's environment holds and the agent must or must not see
 process.env.ANTHROPIC_API_KEY = 'sk-test-agent-key'
@@ -192,13 +199,20 @@ t.test('messages to a busy session queue behind its turn: one process, one turn 
   const accepted = [await send(app, s.id, '/slow 400 a'), await send(app, s.id, 'b'), await send(app, s.id, 'c')]
   t.same(accepted.map((a) => a.duplicate), [false, false, false], 'all accepted')
   t.ok(accepted[0]!.seq < accepted[1]!.seq && accepted[1]!.seq < accepted[2]!.seq, 'in order')
-  const pids = new Set<number>()
+  // An agent is one host process unconfined, three under bwrap (bwrap, bwrap as the namespace's
+  // init, the CLI): agents are counted by their roots (marked processes whose parent is not
+  // marked) and by the pid the supervisor records for each start; a second start shows in both
+  const roots = new Set<number>()
+  const recorded = new Set<number>()
   const frames = await waitUntil('three results', async () => {
-    for (const pid of await markedPids(s.id)) pids.add(pid)
+    for (const pid of await agentRoots(s.id)) roots.add(pid)
+    const pid = await recordedPid(config, s.id)
+    if (pid !== undefined) recorded.add(pid)
     const f = await allEvents(app, s.id)
     return results(f).length >= 3 ? f : undefined
   })
-  t.equal(pids.size, 1, `one agent process for the three messages (saw ${[...pids].join(', ')})`)
+  t.equal(roots.size, 1, `one agent for the three messages (its root processes: ${[...roots].join(', ')})`)
+  t.same([...recorded], [...roots], 'the recorded pid is that agent\'s, and was never another')
   t.same(replies(frames), ['echo: a', 'echo: b | remembered: a', 'echo: c | remembered: a / b'], 'results in order a, b, c')
   // between a turn's init and its result no other turn starts
   const turns = frames.filter((f) => isInit(f) || isResult(f)).map((f) => (isInit(f) ? 'init' : 'result'))
@@ -473,53 +487,119 @@ t.test('the resume of a paused session with nothing kept starts nothing', async 
   t.same(replies(done).at(-1), 'echo: next | remembered: hello', 'the next message resumes the conversation')
 })
 
+/**
+ * The app of this file runs its agents in the sandbox when bwrap works here (AGENT_SANDBOX=auto);
+ * the subtests whose claims hold in both modes, with different means, also run with one whose
+ * agents are unconfined (built on first use).
+ */
+let unconfined: Awaited<ReturnType<typeof build>> | undefined
+async function appsByMode (): Promise<Array<{ mode: 'bwrap' | 'none', app: typeof app, config: typeof config }>> {
+  const apps = [{ mode: app.agents.sandbox, app, config }]
+  if (app.agents.sandbox === 'none') return apps
+  unconfined ??= await build(t, {
+    env: agentEnv({ AGENT_SANDBOX: 'none', AGENT_ENV_PASSTHROUGH: 'ANTHROPIC_API_KEY,MOBVIBE_TEST_PASSED' })
+  })
+  return [...apps, { mode: 'none', app: unconfined.app, config: unconfined.config }]
+}
+
 t.test('grandchildren in their own session do not outlive the agent', async (t) => {
-  const stops: Array<[string, (id: string) => Promise<{ status: number }>]> = [
-    ['suspend', (id) => transition(app, id, 'suspended')],
-    ['pause', (id) => call(app, 'POST', `/v1/sessions/${id}/pause`)],
-    ['delete', (id) => call(app, 'DELETE', `/v1/sessions/${id}`)]
-  ]
-  for (const [what, stop] of stops) {
-    await t.test(what, async (t) => {
-      const s = await newSession()
-      await send(app, s.id, '/grandchild gc')
-      const reply = replies(await waitResults(app, s.id, 1))[0]!
-      const gc = grandchildPid(reply)
-      strayPids.push(gc)
-      t.ok(await isRunning(gc), 'the grandchild runs')
-      t.equal((await environOf(gc)).get('MOBVIBE_AGENT_SESSION'), s.id, 'and carries the session marker')
-      const agent = await recordedPid(config, s.id)
-      const res = await stop(s.id)
-      t.ok(res.status < 300, `${what}: ${res.status}`)
-      await waitGone(gc, 'the grandchild to end', 5_000)
-      t.notOk(agent && await isRunning(agent), 'the agent is gone')
-      t.same(await markedPids(s.id), [], 'nothing of the session runs')
-    })
+  // Unconfined, the stop sequence finds the escaped `sleep` by the session's marker; in the
+  // sandbox, the PID namespace ends it with the agent. Either way nothing may be left.
+  for (const { mode, app, config } of await appsByMode()) {
+    const stops: Array<[string, (id: string) => Promise<{ status: number }>]> = [
+      ['suspend', (id) => transition(app, id, 'suspended')],
+      ['pause', (id) => call(app, 'POST', `/v1/sessions/${id}/pause`)],
+      ['delete', (id) => call(app, 'DELETE', `/v1/sessions/${id}`)]
+    ]
+    for (const [what, stop] of stops) {
+      await t.test(`${mode}: ${what}`, async (t) => {
+        const s = await createSession(app)
+        sessionIds.push(s.id)
+        await send(app, s.id, '/grandchild gc')
+        const reply = replies(await waitResults(app, s.id, 1))[0]!
+        // the pid the agent reports is its namespace's under bwrap: the host's is found by the marker
+        const gc = await hostPidOf(s.id, grandchildPid(reply))
+        t.ok(gc, `the grandchild runs on the host, marked (reported as ${grandchildPid(reply)})`)
+        strayPids.push(gc!)
+        if (mode === 'none') t.equal(gc, grandchildPid(reply), 'unconfined, the reported pid is the host\'s')
+        t.equal(await cmdlineOf(gc!), 'sleep 600', 'it is the detached sleep')
+        const sid = (await readFile(`/proc/${gc}/stat`, 'utf8')).split(') ')[1]!.split(' ')[3]
+        t.equal(Number(sid), gc, 'in a session of its own (setsid), out of reach of a group kill')
+        const agent = await recordedPid(config, s.id)
+        const res = await stop(s.id)
+        t.ok(res.status < 300, `${what}: ${res.status}`)
+        await waitGone(gc!, 'the grandchild to end', 5_000)
+        t.notOk(agent && await isRunning(agent), 'the agent is gone')
+        t.same(await markedPids(s.id), [], 'nothing of the session runs')
+      })
+    }
   }
 })
 
 t.test('the agent gets an allow-listed environment and runs in the session\'s workdir', async (t) => {
-  const s = await newSession()
-  await send(app, s.id, 'env')
-  await waitResults(app, s.id, 1)
-  const pid = await recordedPid(config, s.id)
-  t.ok(pid, 'the agent\'s pid is recorded')
-  t.same(await markedPids(s.id), [pid], 'the recorded pid is the one process with the marker')
-  const env = await environOf(pid!)
-  t.equal(env.get('MOBVIBE_AGENT_SESSION'), s.id, 'the session marker')
-  t.equal(env.get('CLAUDE_CONFIG_DIR'), config.agent.configDir, 'the stable config dir')
-  t.equal(env.get('ANTHROPIC_API_KEY'), 'sk-test-agent-key', 'a passthrough variable')
-  t.equal(env.get('MOBVIBE_TEST_PASSED'), 'passed-on', 'another passthrough variable')
-  t.notOk(env.has('MOBVIBE_TEST_SECRET'), 'not what is not listed')
-  t.notOk(env.has('DATABASE_URL'), 'not DATABASE_URL')
-  const settings = Object.keys(EnvSchema.properties).filter((name) => name !== 'CLAUDE_CONFIG_DIR')
-  t.same(settings.filter((name) => env.has(name)), [], 'no service setting')
-  const allowed = new Set(['PATH', 'HOME', 'LANG', 'CLAUDE_CONFIG_DIR', 'CLAUDE_CODE_TMPDIR', 'CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC',
-    'DISABLE_AUTOUPDATER', 'MOBVIBE_AGENT_SESSION', 'ANTHROPIC_API_KEY', 'MOBVIBE_TEST_PASSED'])
-  // tap's process-info hook patches child_process.spawn and adds these to every child's environment
-  const harness = (k: string) => k.startsWith('_TAPJS_PROCESSINFO_') || (k === 'NODE_OPTIONS' && env.get(k)!.includes('@tapjs/processinfo'))
-  t.same([...env.keys()].filter((k) => !allowed.has(k) && !harness(k)), [], 'nothing beyond the allow-list')
-  t.equal(await cwdOf(pid!), await realpath(s.workdir), 'cwd is the session\'s workdir')
+  for (const { mode, app, config } of await appsByMode()) {
+    await t.test(mode, async (t) => {
+      const s = await createSession(app)
+      sessionIds.push(s.id)
+      await send(app, s.id, 'env')
+      await waitResults(app, s.id, 1)
+      const pid = await recordedPid(config, s.id)
+      t.ok(pid, 'the agent\'s pid is recorded')
+      t.same(await agentRoots(s.id), [pid], 'one agent, the recorded pid its root')
+      // the CLI: the recorded process itself unconfined; under bwrap, bwrap → bwrap (init) → the CLI
+      const marked = await markedPids(s.id)
+      let cli = pid!
+      if (mode === 'bwrap') {
+        t.equal(marked.length, 3, 'under bwrap: bwrap, bwrap as init, the CLI')
+        const childOf = async (parent: number) => {
+          const found = []
+          for (const p of marked) if ((await procStat(p))?.ppid === parent) found.push(p)
+          return found
+        }
+        const [init] = await childOf(pid!)
+        t.ok(init, 'bwrap\'s child, the init of the namespace')
+        const [inner] = await childOf(init!)
+        t.ok(inner, 'and its child, the CLI')
+        cli = inner!
+        t.match(await cmdlineOf(pid!), /^\S*\/bwrap /, 'the recorded pid is bwrap\'s')
+      } else {
+        t.same(marked, [pid], 'the recorded pid is the one process with the marker')
+      }
+      t.match(await cmdlineOf(cli), /fake-claude\.mjs/, `the CLI: ${await cmdlineOf(cli)}`)
+      const env = await environOf(cli)
+      const stateDir = agentStateDir(config.agent.configDir, TEST_USER, s.id)
+      t.equal(env.get('MOBVIBE_AGENT_SESSION'), s.id, 'the session marker')
+      t.equal(env.get('CLAUDE_CONFIG_DIR'), stateDir, 'the session\'s own state dir')
+      if (mode === 'bwrap') {
+        t.equal(env.get('HOME'), await realpath(stateDir), 'HOME: the state dir (the service user\'s home is hidden)')
+        t.equal(env.get('CLAUDE_CODE_TMPDIR'), '/tmp', 'the temp dir: /tmp inside')
+      } else {
+        t.equal(env.get('HOME'), process.env.HOME, 'HOME: the service\'s')
+        t.equal(env.get('CLAUDE_CODE_TMPDIR'), join(config.dataDir, 'tmp', s.id), 'the session\'s temp dir')
+      }
+      t.equal(env.get('ANTHROPIC_API_KEY'), 'sk-test-agent-key', 'a passthrough variable')
+      t.equal(env.get('MOBVIBE_TEST_PASSED'), 'passed-on', 'another passthrough variable')
+      t.notOk(env.has('MOBVIBE_TEST_SECRET'), 'not what is not listed')
+      t.notOk(env.has('DATABASE_URL'), 'not DATABASE_URL')
+      const settings = Object.keys(EnvSchema.properties).filter((name) => name !== 'CLAUDE_CONFIG_DIR')
+      t.same(settings.filter((name) => env.has(name)), [], 'no service setting')
+      const allowed = new Set(['PATH', 'HOME', 'LANG', 'CLAUDE_CONFIG_DIR', 'CLAUDE_CODE_TMPDIR', 'CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC',
+        'DISABLE_AUTOUPDATER', 'MOBVIBE_AGENT_SESSION', 'ANTHROPIC_API_KEY', 'MOBVIBE_TEST_PASSED'])
+      // tap's process-info hook patches child_process.spawn and adds these to every child's environment
+      const harness = (k: string) => k.startsWith('_TAPJS_PROCESSINFO_') || (k === 'NODE_OPTIONS' && env.get(k)!.includes('@tapjs/processinfo'))
+      const beyond = (e: Map<string, string>) => [...e.keys()].filter((k) => !allowed.has(k) && !harness(k))
+      t.same(beyond(await environOf(pid!)), [], 'the service gives nothing beyond the allow-list')
+      const workdir = await realpath(s.workdir)
+      if (mode === 'bwrap') {
+        // bwrap's --chdir sets PWD for what it runs, to the directory it moved to
+        t.same(beyond(env), ['PWD'], 'the CLI: nothing beyond the allow-list but the PWD bwrap sets')
+        t.equal(env.get('PWD'), workdir, 'PWD: the workdir')
+      } else {
+        t.same(beyond(env), [], 'the CLI: nothing beyond the allow-list')
+      }
+      t.equal(await cwdOf(cli), workdir, 'cwd is the session\'s workdir')
+    })
+  }
 })
 
 t.test('a first start that cannot spawn fails the pending session', async (t) => {

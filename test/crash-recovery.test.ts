@@ -1,6 +1,8 @@
 /**
  * Crash recovery, end to end: the real launcher (src/server.ts) is SIGKILLed while its agents
  * stream, then started again on the same data directory and database (docs/AGENTS.md, "Start-up").
+ * The scenario runs twice: with unconfined agents (AGENT_SANDBOX=none) and with agents in the
+ * bubblewrap sandbox (AGENT_SANDBOX=bwrap, when bwrap works on this host).
  *
  * Three sessions, each watched by a WebSocket client that records every frame:
  * - `grandchild`: a turn that spawns a detached `sleep` (its own session, outside the agent's
@@ -8,15 +10,19 @@
  *   long turn (`/slow`) that is in progress at the kill;
  * - `slow`: the same without the grandchild;
  * - `flood`: one endless turn, streaming as fast as the service takes it: killed mid-stream, with
- *   events in flight. Its agent writes into a pipe nobody reads any more after the kill and dies of
- *   EPIPE on its own: it is not among the agents checked to outlive the kill (the fake CLI cannot
- *   stream and survive its reader; the two `/slow` agents can, as they write nothing meanwhile).
+ *   events in flight. Unconfined, its agent writes into a pipe nobody reads any more after the kill
+ *   and dies of EPIPE on its own: it is not among the agents checked to outlive the kill (the fake
+ *   CLI cannot stream and survive its reader; the two `/slow` agents can, as they write nothing
+ *   meanwhile).
  *
- * The service is killed alone (not its process group), so its agents stay behind as orphans, as
- * after a real crash; the test checks that they do, then that the restart ends them all (recorded
- * pids and every process carrying a session's marker), suspends every active session, has kept
- * every event any client had received (persist, then publish), and that a message resumes each
- * conversation with its memory of the turns before the crash.
+ * The service is killed alone (not its process group). Unconfined, its agents stay behind as
+ * orphans, as after a real crash; the test checks that they do, then that the restart ends them all
+ * (recorded pids and every process carrying a session's marker, logged). In the sandbox,
+ * `--die-with-parent` ends every agent with the service, and its PID namespace the grandchild: the
+ * test checks that nothing of the old run is left shortly after the kill, before any restart. In
+ * both modes the restart suspends every active session, has kept every event any client had
+ * received (persist, then publish), and a message resumes each conversation with its memory of the
+ * turns before the crash.
  *
  * Waits are events (log lines, exits, frames) or bounded polling, never sleeps; every child and
  * every process carrying one of the sessions' markers is killed in teardown.
@@ -24,10 +30,11 @@
 import { readFile, readdir, mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import t from 'tap'
+import t, { type Test } from 'tap'
 import WebSocket from 'ws'
 import type { SessionView } from '../src/schemas/session.js'
-import { agentEnv, grandchildPid, isRunning, kinds, markedPids, procStat, replies, results, waitUntil, type Frame } from './helpers/agents.js'
+import { resolveSandbox } from '../src/agents/sandbox.js'
+import { agentEnv, agentRoots, grandchildPid, hostPidOf, isRunning, kinds, markedPids, procStat, replies, results, waitUntil, type Frame } from './helpers/agents.js'
 import { freshDatabaseUrl } from './helpers/build.js'
 import { launch, type Service } from './helpers/service-process.js'
 
@@ -123,7 +130,19 @@ const isInitFrame = (f: Frame) => f.type === 'agent' && f.data.type === 'system'
 
 // ---------------------------------------------------------------------------------------------
 
-t.test('kill -9 while agents stream; a restart on the same data reaps every orphan, keeps every event, suspends, resumes', async (t) => {
+// bwrap where it works here; the unconfined run either way
+const bwrapWorks = await resolveSandbox('bwrap', process.env).then(() => true, () => false)
+const modes: Array<'none' | 'bwrap'> = bwrapWorks ? ['none', 'bwrap'] : ['none']
+if (!bwrapWorks) t.comment('bwrap does not work here: only the unconfined scenario runs')
+
+for (const mode of modes) {
+  const title = mode === 'none'
+    ? 'unconfined: kill -9 while agents stream; a restart on the same data reaps every orphan, keeps every event, suspends, resumes'
+    : 'sandboxed: kill -9 while agents stream; the agents die with the service; a restart keeps every event, suspends, resumes'
+  t.test(title, (t) => scenario(t, mode))
+}
+
+async function scenario (t: Test, mode: 'none' | 'bwrap'): Promise<void> {
   const began = Date.now()
   const timings: string[] = []
   const mark = (what: string) => timings.push(`${what} at ${((Date.now() - began) / 1000).toFixed(1)} s`)
@@ -143,7 +162,7 @@ t.test('kill -9 while agents stream; a restart on the same data reaps every orph
   const dataDir = join(dir, 'data')
   const databaseUrl = await freshDatabaseUrl(t)
   const env = {
-    ...agentEnv({ KILL_GRACE_MS: '200' }),
+    ...agentEnv({ KILL_GRACE_MS: '200', AGENT_SANDBOX: mode }),
     HOST: '127.0.0.1',
     PORT: '0',
     MOBVIBE_DATA_DIR: dataDir,
@@ -184,7 +203,10 @@ t.test('kill -9 while agents stream; a restart on the same data reaps every orph
     inSecondTurn(clients.grandchild.frames) && inSecondTurn(clients.slow.frames) && clients.flood.frames.filter(isAgent).length >= 300,
   { timeoutMs: WAIT_MS, describe })
   mark('every client mid-turn')
-  const gpid = grandchildPid(replies(clients.grandchild.frames)[0]!)
+  // the pid the agent reports is its PID namespace's in the sandbox: the host's is found by the marker
+  const reportedGpid = grandchildPid(replies(clients.grandchild.frames)[0]!)
+  const gpid = (await hostPidOf(id('grandchild'), reportedGpid))!
+  t.ok(gpid, `the grandchild runs on the host, marked (reported as ${reportedGpid})`)
   known.add(gpid)
 
   const agentsDir = join(dataDir, 'agents')
@@ -201,8 +223,18 @@ t.test('kill -9 while agents stream; a restart on the same data reaps every orph
     marked[n] = await markedPids(id(n))
     for (const p of marked[n]) known.add(p)
   }
-  t.same([...marked.grandchild!].sort(), [pid('grandchild'), gpid].sort(), 'the grandchild session: its agent and the escaped sleep carry the marker')
-  t.equal((await procStat(gpid))?.ppid, pid('grandchild'), 'the sleep is the agent\'s child')
+  for (const n of names) t.same(await agentRoots(id(n)), [pid(n)], `${n}: one agent, the recorded pid`)
+  // unconfined, an agent is the CLI; in the sandbox, bwrap → bwrap as the namespace's init → the CLI
+  const cli = (await procStat(gpid))?.ppid
+  const agentProcs = [pid('grandchild')]
+  if (mode === 'bwrap') {
+    const init = cli === undefined ? undefined : (await procStat(cli))?.ppid
+    t.equal(init === undefined ? undefined : (await procStat(init))?.ppid, pid('grandchild'), 'the sleep\'s parent is the CLI inside the session\'s sandbox')
+    agentProcs.push(init!, cli!)
+  } else {
+    t.equal(cli, pid('grandchild'), 'the sleep is the agent\'s child')
+  }
+  t.same([...marked.grandchild!].sort(), [...agentProcs, gpid].sort(), 'the grandchild session: its agent and the escaped sleep carry the marker')
   const [, , pgrp, sid] = (await readFile(`/proc/${gpid}/stat`, 'utf8')).split(') ')[1]!.split(' ')
   t.same([pgrp, sid], [String(gpid), String(gpid)], 'in its own process group and session, out of reach of a group kill of the agent')
 
@@ -215,30 +247,47 @@ t.test('kill -9 while agents stream; a restart on the same data reaps every orph
   const counts = names.map((n) => `${n} ${received[n].length}`).join(', ')
   t.comment(`frames received before the kill: ${counts}`)
 
-  for (const n of ['grandchild', 'slow'] as const) {
-    t.ok(await isRunning(pid(n)), `the ${n} session's agent outlives the service (an orphan)`)
+  let left: string[] = []
+  const oldRunLeft = async (): Promise<boolean> => {
+    left = []
+    for (const p of known) if (await isRunning(p)) left.push(`pid ${p}`)
+    for (const n of names) for (const p of await markedPids(id(n))) left.push(`pid ${p} marked ${n}`)
+    return left.length === 0
   }
-  t.ok(await isRunning(gpid), 'so does the grandchild')
-  t.comment(`the flood agent (killed mid-stream, EPIPE) ${await isRunning(pid('flood')) ? 'still runs' : 'has ended'}`)
+
+  if (mode === 'none') {
+    for (const n of ['grandchild', 'slow'] as const) {
+      t.ok(await isRunning(pid(n)), `the ${n} session's agent outlives the service (an orphan)`)
+    }
+    t.ok(await isRunning(gpid), 'so does the grandchild')
+    t.comment(`the flood agent (killed mid-stream, EPIPE) ${await isRunning(pid('flood')) ? 'still runs' : 'has ended'}`)
+  } else {
+    // --die-with-parent ends each sandbox with the service, and the PID namespace what ran in it
+    await waitUntil('every process of the old run to die with the service', oldRunLeft,
+      { timeoutMs: 5_000, describe: () => left.join(', ') })
+    t.pass(`no process of the old run is left after the kill, before any restart (${known.size} pids, the grandchild's included)`)
+    mark('old processes gone')
+  }
 
   // ------------------------------------------------------------------ 4. restart on the same data
-  for (const n of ['grandchild', 'slow'] as const) t.ok(await isRunning(pid(n)), `the ${n} agent still runs as the restart begins`)
-  t.ok(await isRunning(gpid), 'and the grandchild')
+  if (mode === 'none') {
+    for (const n of ['grandchild', 'slow'] as const) t.ok(await isRunning(pid(n)), `the ${n} agent still runs as the restart begins`)
+    t.ok(await isRunning(gpid), 'and the grandchild')
+  }
   const second = launch(t, 'second', env)
   await second.ready()
   mark('second run listening')
 
   const reaped = second.lines.filter((l) => l.msg === 'ending an agent left by a previous run').map((l) => l.pid)
-  for (const n of ['grandchild', 'slow'] as const) t.ok(reaped.includes(pid(n)), `the restart ended the ${n} agent (logged)`)
-  let left: string[] = []
-  await waitUntil('every process of the old run to be gone', async () => {
-    left = []
-    for (const p of known) if (await isRunning(p)) left.push(`pid ${p}`)
-    for (const n of names) for (const p of await markedPids(id(n))) left.push(`pid ${p} marked ${n}`)
-    return left.length === 0
-  }, { timeoutMs: 5_000, describe: () => left.join(', ') })
-  t.pass(`no process of the old run is left (${known.size} pids, the grandchild's included)`)
-  mark('old processes gone')
+  if (mode === 'none') {
+    for (const n of ['grandchild', 'slow'] as const) t.ok(reaped.includes(pid(n)), `the restart ended the ${n} agent (logged)`)
+    await waitUntil('every process of the old run to be gone', oldRunLeft, { timeoutMs: 5_000, describe: () => left.join(', ') })
+    t.pass(`no process of the old run is left (${known.size} pids, the grandchild's included)`)
+    mark('old processes gone')
+  } else {
+    t.same(reaped, [], 'the restart found no agent of the old run to end')
+    t.ok(await oldRunLeft(), `and none came back: ${left.join(', ')}`)
+  }
   t.same(await readdir(agentsDir), [], 'the process records are cleared')
 
   for (const n of names) {
@@ -288,5 +337,5 @@ t.test('kill -9 while agents stream; a restart on the same data reaps every orph
   t.same(stopped, { code: 0, signal: null }, 'the second run shuts down cleanly')
   for (const n of names) t.same(await markedPids(id(n)), [], `${n}: nothing left running after the shutdown`)
   mark('second run stopped')
-  t.comment(`${databaseUrl ? 'postgres' : 'pglite'}: ${timings.join(', ')}`)
-})
+  t.comment(`${mode}, ${databaseUrl ? 'postgres' : 'pglite'}: ${timings.join(', ')}`)
+}

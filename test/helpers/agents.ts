@@ -197,3 +197,43 @@ export function grandchildPid (reply: string): number {
   if (!m) throw new Error(`not a grandchild reply: ${reply}`)
   return Number(m[1])
 }
+
+/**
+ * The host pid of a process of the session that calls itself `reportedPid` (a pid the agent
+ * reports, like the fake CLI's `/grandchild`): in a sandbox that is a pid of the agent's PID
+ * namespace, so the process is found among the session's marked ones by the last pid of its
+ * `NSpid` line (/proc/<pid>/status: host pid first, innermost namespace's last). Unconfined, the
+ * two are the same. Undefined when no marked process matches.
+ */
+export async function hostPidOf (sessionId: string, reportedPid: number): Promise<number | undefined> {
+  for (const pid of await markedPids(sessionId)) {
+    try {
+      const line = (await readFile(`/proc/${pid}/status`, 'utf8')).split('\n').find((l) => l.startsWith('NSpid:'))
+      if (line && Number(line.trim().split(/\s+/).at(-1)) === reportedPid) return pid
+    } catch {
+      // gone
+    }
+  }
+  return undefined
+}
+
+/**
+ * The session's agent starts still running: its marked processes whose parent is not marked.
+ * Unconfined that is the CLI itself; in a sandbox the outer bwrap (the inner bwrap and the CLI are
+ * its descendants and carry the marker too). A second agent of the session, or one orphaned by a
+ * first, counts on its own.
+ */
+export async function agentRoots (sessionId: string): Promise<number[]> {
+  const pids = await markedPids(sessionId)
+  const roots: number[] = []
+  for (const pid of pids) {
+    const stat = await procStat(pid)
+    if (stat && !pids.includes(stat.ppid)) roots.push(pid)
+  }
+  return roots
+}
+
+/** The command line of a process, its arguments joined by spaces ('' when gone). */
+export async function cmdlineOf (pid: number): Promise<string> {
+  return (await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '')).split('\0').join(' ').trim()
+}
