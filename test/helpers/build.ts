@@ -70,6 +70,10 @@ export async function build (t: Test, opts: BuildOptions = {}): Promise<Built> {
     // which a CI box running test files side by side on two cores can do for reasons of its own:
     // the tests of everything else are about correctness; test/load-shedding.test.ts turns it on
     MAX_EVENT_LOOP_DELAY_MS: '0',
+    // A test file sends thousands of requests a minute as one user, which no phone does: the
+    // limits are the subject of test/rate-limits.test.ts and test/stream-quota.test.ts only
+    RATE_LIMIT_PER_MINUTE: '0',
+    HEARTBEAT_RATE_LIMIT_PER_MINUTE: '0',
     MOBVIBE_WORKSPACE_ROOT: join(dir, 'workspaces'),
     LOG_LEVEL: process.env.TEST_LOG_LEVEL ?? 'silent',
     ...(databaseUrl ? { DATABASE_URL: databaseUrl } : {}),
