@@ -586,13 +586,15 @@ t.test('the agent gets an allow-listed environment and runs in the session\'s wo
       const allowed = new Set(['PATH', 'HOME', 'LANG', 'CLAUDE_CONFIG_DIR', 'CLAUDE_CODE_TMPDIR', 'CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC',
         'DISABLE_AUTOUPDATER', 'MOBVIBE_AGENT_SESSION', 'ANTHROPIC_API_KEY', 'MOBVIBE_TEST_PASSED'])
       // tap's process-info hook patches child_process.spawn and adds these to every child's environment
-      const harness = (k: string) => k.startsWith('_TAPJS_PROCESSINFO_') || (k === 'NODE_OPTIONS' && env.get(k)!.includes('@tapjs/processinfo'))
-      const beyond = (e: Map<string, string>) => [...e.keys()].filter((k) => !allowed.has(k) && !harness(k))
+      const harness = (e: Map<string, string>, k: string) => k.startsWith('_TAPJS_PROCESSINFO_') || (k === 'NODE_OPTIONS' && e.get(k)!.includes('@tapjs/processinfo'))
+      const beyond = (e: Map<string, string>) => [...e.keys()].filter((k) => !allowed.has(k) && !harness(e, k))
       t.same(beyond(await environOf(pid!)), [], 'the service gives nothing beyond the allow-list')
       const workdir = await realpath(s.workdir)
       if (mode === 'bwrap') {
         // bwrap's --chdir sets PWD for what it runs, to the directory it moved to
         t.same(beyond(env), ['PWD'], 'the CLI: nothing beyond the allow-list but the PWD bwrap sets')
+        // tap's process-info hook adds its NODE_OPTIONS to the spawn of bwrap, as APM preloaders do
+        t.notOk(env.has('NODE_OPTIONS'), 'no NODE_OPTIONS reaches the CLI: a preload of the service is not the agent\'s')
         t.equal(env.get('PWD'), workdir, 'PWD: the workdir')
       } else {
         t.same(beyond(env), [], 'the CLI: nothing beyond the allow-list')

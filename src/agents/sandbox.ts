@@ -29,12 +29,16 @@ export type Sandbox =
  * - a PID namespace whose init is bwrap: when the agent's process ends, or bwrap is killed, the
  *   kernel kills everything left in the namespace, `setsid` or not; `--die-with-parent` does the
  *   same when the service itself dies (kill -9 included);
- * - IPC and UTS namespaces (and the cgroup one where possible): no shared memory with other agents.
+ * - IPC and UTS namespaces (and the cgroup one where possible): no shared memory with other agents;
+ * - no NODE_OPTIONS: the environment the service builds is an allow-list, but preloaders that
+ *   patch child_process (APM agents, tap's process-info) add the service's own NODE_OPTIONS to
+ *   every spawn; inside, the module it names usually lies in a hidden directory, and the agent's
+ *   Node would refuse to start (and should not run the service's preloads anyway).
  * The network is kept: the agent talks to the Anthropic API.
  */
 export const BWRAP_FLAGS: readonly string[] = [
   '--unshare-user', '--unshare-pid', '--unshare-ipc', '--unshare-uts', '--unshare-cgroup-try',
-  '--die-with-parent', '--cap-drop', 'ALL'
+  '--die-with-parent', '--cap-drop', 'ALL', '--unsetenv', 'NODE_OPTIONS'
 ]
 
 /** The system, read-only, with its own /proc and a minimal /dev. */
