@@ -37,8 +37,10 @@ function isUnauthorized (t: Test, res: { statusCode: number, headers: Record<str
   t.match(String(res.headers['www-authenticate']), challenge, `${what}: challenge`)
 }
 
+// one app for the tests that need nothing but the key (and the default 30 s of skew)
+const { app } = await build(t, { env: { JWT_SECRET: SECRET } })
+
 t.test('no token, or a header that is not Bearer: 401 with the bare challenge or invalid_token', async (t) => {
-  const { app } = await build(t, { env: { JWT_SECRET: SECRET } })
   const routes: [string, string][] = [
     ['GET', '/v1/sessions'], ['POST', '/v1/sessions'], ['GET', `/v1/sessions/${NOBODY}`],
     ['PATCH', `/v1/sessions/${NOBODY}`], ['DELETE', `/v1/sessions/${NOBODY}`],
@@ -63,7 +65,6 @@ t.test('no token, or a header that is not Bearer: 401 with the bare challenge or
 })
 
 t.test('tokens that are expired, not yet valid, forged, unsigned, without exp or sub: 401 saying why', async (t) => {
-  const { app } = await build(t, { env: { JWT_SECRET: SECRET, JWT_CLOCK_TOLERANCE_SECONDS: '30' } })
   const get = (token: string) => app.inject({ method: 'GET', url: '/v1/sessions', headers: { authorization: `Bearer ${token}` } })
   const cases: [string, string, RegExp][] = [
     ['expired beyond the skew', await mintToken({ secret: SECRET, sub: 'a', issuedAt: now() - 7200, ttlSeconds: 3600 }), /expired/],
@@ -118,7 +119,6 @@ t.test('JWT_ISSUER and JWT_AUDIENCE are checked when set', async (t) => {
 })
 
 t.test('health, readiness, docs and the API documents need no token', async (t) => {
-  const { app } = await build(t, { env: { JWT_SECRET: SECRET } })
   for (const url of ['/healthz', '/readyz', '/openapi.json', '/asyncapi.json', '/docs/']) {
     const res = await app.inject({ method: 'GET', url })
     t.equal(res.statusCode, 200, `${url} is public`)
@@ -204,19 +204,20 @@ t.test('the key set, fetched again for an unknown kid, accepts a rotated key', a
   const first = await generateKeyPair('ES256')
   idp.keys.push({ ...await exportJWK(first.publicKey), kid: 'k1', alg: 'ES256' })
   const { createTokenVerifier } = await import('../src/auth/token-verifier.js')
-  const verifier = createTokenVerifier({ jwksUrl: idp.url, clockToleranceSeconds: 0, cacheMs: 0 })
+  // the service waits 30 s between two fetches of the set (jose's cooldown); a short one here
+  const verifier = createTokenVerifier({ jwksUrl: idp.url, clockToleranceSeconds: 0, cacheMs: 0, jwksCooldownMs: 200 })
   const sign = (key: CryptoKey, kid: string) => new SignJWT({}).setProtectedHeader({ alg: 'ES256', kid }).setSubject('dan').setExpirationTime('1h').sign(key)
   t.same(await verifier.verify(await sign(first.privateKey, 'k1')), { userId: 'dan' })
   const second = await generateKeyPair('ES256')
   idp.keys.push({ ...await exportJWK(second.publicKey), kid: 'k2', alg: 'ES256' })
-  // jose refetches an unknown kid only after its cooldown (30 s) since the last fetch
+  // jose fetches the set again for an unknown kid once its cooldown since the last fetch is over
   const token = await sign(second.privateKey, 'k2')
-  const deadline = Date.now() + 45_000
+  const deadline = Date.now() + 10_000
   let result: unknown
   while (Date.now() < deadline) {
     result = await verifier.verify(token).catch((err: Error) => err)
     if (!(result instanceof Error)) break
-    await new Promise((resolve) => setTimeout(resolve, 500))
+    await new Promise((resolve) => setTimeout(resolve, 100))
   }
   t.same(result, { userId: 'dan' }, 'the new key is found without a restart')
   t.ok(idp.requests() >= 2, 'by fetching the set again')

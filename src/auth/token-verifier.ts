@@ -22,6 +22,8 @@ export interface VerifierSettings {
   cacheMs?: number
   /** verified tokens kept at most */
   cacheSize?: number
+  /** the least time between two fetches of the key set (an unknown kid fetches it again) */
+  jwksCooldownMs?: number
 }
 
 /** What an identity provider may sign with: asymmetric only, so its public keys cannot sign HMACs. */
@@ -54,7 +56,7 @@ const REASONS: Record<string, string> = {
  */
 export function createTokenVerifier (settings: VerifierSettings): TokenVerifier {
   const key: Uint8Array | JWTVerifyGetKey = settings.jwksUrl !== undefined
-    ? createRemoteJWKSet(new URL(settings.jwksUrl), { timeoutDuration: 5000, cooldownDuration: 30_000, cacheMaxAge: 600_000 })
+    ? createRemoteJWKSet(new URL(settings.jwksUrl), { timeoutDuration: 5000, cooldownDuration: settings.jwksCooldownMs ?? 30_000, cacheMaxAge: 600_000 })
     : new TextEncoder().encode(settings.secret ?? '')
   if (settings.jwksUrl === undefined && (settings.secret ?? '').length < 32) throw new Error('an HS256 secret of at least 32 characters is required')
   const options: JWTVerifyOptions = {
