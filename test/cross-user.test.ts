@@ -51,6 +51,8 @@ t.test('every route naming alice\'s session is 404 for bob, identical to an unkn
   await eventually('the first turn', async () => (await as(alice).call('GET', `/v1/sessions/${id}/events?limit=1000`)).body.items.some(isResult))
   t.equal((await as(alice).call('POST', `/v1/sessions/${id}/pause`, {})).status, 200)
   t.equal((await as(alice).call('POST', `/v1/sessions/${id}/resume`, {})).status, 200)
+  // state events are stored after the transition's answer: all of them in, before the comparison
+  await app.events.flush()
   const before = await aliceView(id)
   const unknown = '7a1c9f0e-2b3d-4c5e-8f60-718293a4b5c6'
 
@@ -83,6 +85,7 @@ t.test('every route naming alice\'s session is 404 for bob, identical to an unkn
       { ...none.body, detail: none.body?.detail?.replace(unknown, 'ID'), instance: undefined, requestId: undefined },
       `${method} ${path || '/'}: indistinguishable from an unknown session`)
   }
+  await app.events.flush()
   t.same(await aliceView(id), before, 'alice\'s session, events, history and snapshots are untouched')
 
   // and the same requests by alice still work: the refusals were about bob, not the session
