@@ -1,14 +1,8 @@
-import { cp, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
+import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { PGlite } from '@electric-sql/pglite'
 import { sql } from 'drizzle-orm'
-import { drizzle as drizzlePglite } from 'drizzle-orm/pglite'
-import { migrate as migratePglite } from 'drizzle-orm/pglite/migrator'
-import { drizzle as drizzlePostgres } from 'drizzle-orm/postgres-js'
-import { migrate as migratePostgres } from 'drizzle-orm/postgres-js/migrator'
 import Fastify from 'fastify'
-import postgres from 'postgres'
 import t from 'tap'
 import { loadConfig } from '../src/config.js'
 import { MIGRATIONS_FOLDER } from '../src/db/database.js'
@@ -16,6 +10,7 @@ import { createLogger } from '../src/logger.js'
 import database from '../src/plugins/database.js'
 import events from '../src/plugins/events.js'
 import sessions from '../src/plugins/sessions.js'
+import { migrationDatabase } from './helpers/migrations.js'
 import { build, freshDatabaseUrl } from './helpers/build.js'
 
 t.test('state events are recorded by the events layer, with no agent side at all', async (t) => {
@@ -66,42 +61,15 @@ t.test('the supervisor\'s turn store writes turn facts only: no state, no settin
 t.test('the queue position survives the migration that moves it to the event log\'s table', async (t) => {
   // The database as the previous release left it: migration 0000 only, a session whose agent took
   // up its first message (delivered_seq 1) while a second one waits (seq 2)
-  const folder = await mkdtemp(join(tmpdir(), 'mobvibe-migrations-'))
-  t.teardown(() => rm(folder, { recursive: true, force: true }))
-  await cp(MIGRATIONS_FOLDER, folder, { recursive: true })
-  const journalPath = join(folder, 'meta', '_journal.json')
-  const journal = JSON.parse(await readFile(journalPath, 'utf8')) as { entries: { tag: string }[] }
-  t.ok(journal.entries.some((e) => e.tag === '0001_event_queue_position'), 'the migration under test exists')
-  await writeFile(journalPath, JSON.stringify({ ...journal, entries: journal.entries.filter((e) => e.tag === '0000_init') }))
-
-  const url = await freshDatabaseUrl(t)
-  let db: { execute: (q: ReturnType<typeof sql>) => Promise<unknown> }
-  let migrateTo: (migrationsFolder: string) => Promise<void>
-  if (url) {
-    const client = postgres(url, { max: 1, onnotice: () => {} })
-    t.teardown(() => client.end())
-    const d = drizzlePostgres(client)
-    db = d
-    migrateTo = (migrationsFolder) => migratePostgres(d, { migrationsFolder })
-  } else {
-    const client = await PGlite.create()
-    t.teardown(() => client.close())
-    const d = drizzlePglite(client)
-    db = d
-    migrateTo = (migrationsFolder) => migratePglite(d, { migrationsFolder })
-  }
-  const rows = async (q: ReturnType<typeof sql>) => {
-    const r = await db.execute(q) as unknown
-    return (Array.isArray(r) ? r : (r as { rows: unknown[] }).rows) as Record<string, unknown>[]
-  }
-  await migrateTo(folder)
+  const { earlier, execute, rows, migrateTo } = await migrationDatabase(t, '0001_event_queue_position')
+  await migrateTo(earlier)
   const id = '00000000-0000-4000-8000-000000000001'
   const idle = '00000000-0000-4000-8000-000000000002'
-  await db.execute(sql`insert into sessions (id, state, workdir, idle_timeout_seconds, ttl_seconds, expires_at, state_changed_at, created_at, updated_at, delivered_seq)
+  await execute(sql`insert into sessions (id, state, workdir, idle_timeout_seconds, ttl_seconds, expires_at, state_changed_at, created_at, updated_at, delivered_seq)
     values (${id}, 'suspended', '/w', 600, 86400, now(), now(), now(), now(), 1),
            (${idle}, 'pending', '/w', 600, 86400, now(), now(), now(), now(), 0)`)
-  await db.execute(sql`insert into session_event_seqs (session_id, last_seq) values (${id}, 2)`)
-  await db.execute(sql`insert into session_events (session_id, seq, type, payload, at) values
+  await execute(sql`insert into session_event_seqs (session_id, last_seq) values (${id}, 2)`)
+  await execute(sql`insert into session_events (session_id, seq, type, payload, at) values
     (${id}, 1, 'user', '{"text":"taken up"}', now()), (${id}, 2, 'user', '{"text":"waiting"}', now())`)
 
   await migrateTo(MIGRATIONS_FOLDER)

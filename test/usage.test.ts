@@ -5,16 +5,7 @@
  * (GET /v1/sessions/{id}), which the fake reports deterministically. Also: the range rules, the
  * 400s and the 401, and the backfill of migration 0003 on a database that already holds usage.
  */
-import { cp, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
-import { join } from 'node:path'
-import { PGlite } from '@electric-sql/pglite'
 import { sql } from 'drizzle-orm'
-import { drizzle as drizzlePglite } from 'drizzle-orm/pglite'
-import { migrate as migratePglite } from 'drizzle-orm/pglite/migrator'
-import { drizzle as drizzlePostgres } from 'drizzle-orm/postgres-js'
-import { migrate as migratePostgres } from 'drizzle-orm/postgres-js/migrator'
-import postgres from 'postgres'
 import t from 'tap'
 import type { App } from '../src/app.js'
 import { MIGRATIONS_FOLDER } from '../src/db/database.js'
@@ -22,7 +13,8 @@ import type { SessionView } from '../src/schemas/session.js'
 import { createUsageRepository } from '../src/sessions/usage-repository.js'
 import { call, createSession, getSession } from './helpers/api.js'
 import { agentEnv, markedPids } from './helpers/agents.js'
-import { build, freshDatabaseUrl, manualClock } from './helpers/build.js'
+import { migrationDatabase } from './helpers/migrations.js'
+import { build, manualClock } from './helpers/build.js'
 
 const HOUR = 3_600_000
 type Usage = SessionView['usage']
@@ -208,41 +200,13 @@ t.test('bad ranges and parameters are 400 problems naming the field; no token is
 
 t.test('migration 0003 backfills the daily usage from the sessions\' totals', async (t) => {
   // The database as the previous release left it: migrations up to 0002, sessions with usage
-  const folder = await mkdtemp(join(tmpdir(), 'mobvibe-migrations-'))
-  t.teardown(() => rm(folder, { recursive: true, force: true }))
-  await cp(MIGRATIONS_FOLDER, folder, { recursive: true })
-  const journalPath = join(folder, 'meta', '_journal.json')
-  const journal = JSON.parse(await readFile(journalPath, 'utf8')) as { entries: { tag: string }[] }
-  const at = journal.entries.findIndex((e) => e.tag.endsWith('_usage_by_day'))
-  t.ok(at > 0, 'the migration under test exists')
-  await writeFile(journalPath, JSON.stringify({ ...journal, entries: journal.entries.slice(0, at) }))
-
-  const url = await freshDatabaseUrl(t)
-  let db: { execute: (q: ReturnType<typeof sql>) => Promise<unknown> }
-  let migrateTo: (migrationsFolder: string) => Promise<void>
-  if (url) {
-    const client = postgres(url, { max: 1, onnotice: () => {} })
-    t.teardown(() => client.end())
-    const d = drizzlePostgres(client)
-    db = d
-    migrateTo = (migrationsFolder) => migratePostgres(d, { migrationsFolder })
-  } else {
-    const client = await PGlite.create()
-    t.teardown(() => client.close())
-    const d = drizzlePglite(client)
-    db = d
-    migrateTo = (migrationsFolder) => migratePglite(d, { migrationsFolder })
-  }
-  const rows = async (q: ReturnType<typeof sql>) => {
-    const r = await db.execute(q) as unknown
-    return (Array.isArray(r) ? r : (r as { rows: unknown[] }).rows) as Record<string, unknown>[]
-  }
-  await migrateTo(folder)
+  const { earlier, db, execute, rows, migrateTo } = await migrationDatabase(t, '_usage_by_day')
+  await migrateTo(earlier)
   const used = '00000000-0000-4000-8000-000000000001'
   const fresh = '00000000-0000-4000-8000-000000000002'
   const legacy = '00000000-0000-4000-8000-000000000003'
   const other = '00000000-0000-4000-8000-000000000004'
-  await db.execute(sql`insert into sessions (id, owner, state, workdir, idle_timeout_seconds, ttl_seconds, expires_at, state_changed_at,
+  await execute(sql`insert into sessions (id, owner, state, workdir, idle_timeout_seconds, ttl_seconds, expires_at, state_changed_at,
       created_at, updated_at, last_activity_at, deleted_at, input_tokens, output_tokens, cache_read_tokens, cache_creation_tokens, cost_usd, turns)
     values
       (${used}, 'alice', 'completed', '/w', 600, 86400, now(), now(), '2030-01-01T10:00:00Z', now(), '2030-01-05T23:30:00-02:00', now(), 100, 200, 30, 4, 0.25, 3),
@@ -261,7 +225,7 @@ t.test('migration 0003 backfills the daily usage from the sessions\' totals', as
   ], 'each used session\'s totals on the UTC day of its last activity (else its creation); unused ones left out')
 
   // a legacy session given to alice later (UNOWNED_SESSIONS_OWNER) counts as hers
-  await db.execute(sql`update sessions set owner = 'alice' where id = ${legacy}`)
+  await execute(sql`update sessions set owner = 'alice' where id = ${legacy}`)
   const usage = createUsageRepository(db as never)
   const report = await usage.bySession({ owner: 'alice', from: new Date('2030-01-01T00:00:00Z'), to: new Date('2030-02-01T00:00:00Z'), now: new Date('2030-01-10T00:00:00Z') })
   t.same(report.items.map((i) => [i.sessionId, i.deleted, i.turns]), [[used, true, 3], [legacy, false, 1]])
