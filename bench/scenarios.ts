@@ -43,12 +43,16 @@ export interface ServiceOptions {
  * The whole service, as an operator would configure it, listening on a random port: bearer tokens
  * checked with BENCH_SECRET (BENCH_AUTH passes), and per-user rate limits at their maximum, so
  * that the limiter runs on every request, as in production, but never refuses the bench's one user.
+ * Its one user may open as many streams as the fan-out scenarios need, and load shedding is off:
+ * the bench drives the service to saturation on purpose, to measure the work, not 503s.
  */
 export async function startService (opts: ServiceOptions): Promise<{ app: App, config: Config, url: string }> {
   const config = loadConfig({
     JWT_SECRET: BENCH_SECRET,
     RATE_LIMIT_PER_MINUTE: '1000000',
     HEARTBEAT_RATE_LIMIT_PER_MINUTE: '1000000',
+    MAX_STREAMS_PER_USER: '100000',
+    MAX_EVENT_LOOP_DELAY_MS: '0',
     MOBVIBE_DATA_DIR: join(opts.dir, 'data'),
     MOBVIBE_WORKSPACE_ROOT: join(opts.dir, 'workspaces'),
     LOG_LEVEL: opts.logLevel,
