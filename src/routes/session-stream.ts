@@ -12,7 +12,6 @@ const sessionStreamRoutes: FastifyPluginAsyncTypebox = async (app) => {
   const connections = new Set<StreamConnection>()
   // MAX_STREAMS_PER_USER: a slot is taken before the upgrade and given back when the socket closes
   const quota = new StreamQuota(config.perUser.streams)
-  const releases = new WeakMap<object, () => void>()
   // a slot held by a vanished client frees within one to two ping intervals
   const quotaRetryAfterSeconds = Math.max(1, Math.ceil(config.limits.wsPingIntervalMs / 1000))
 
@@ -43,7 +42,6 @@ const sessionStreamRoutes: FastifyPluginAsyncTypebox = async (app) => {
         if (!request.ws) return
         const release = quota.tryAcquire(request.user.userId)
         if (!release) throw tooManyStreams(quota.limit, quotaRetryAfterSeconds)
-        releases.set(request.raw, release)
         // every end of the connection closes its TCP socket (client or server close, ping
         // timeout, 4008, shutdown), and so does an upgrade that never completes
         request.raw.socket?.once('close', release)
@@ -51,8 +49,6 @@ const sessionStreamRoutes: FastifyPluginAsyncTypebox = async (app) => {
     ]
   }, async (socket, request) => {
     const sessionId = request.params.id
-    const release = releases.get(request.raw)
-    if (release) socket.once('close', release)
     const connection = new StreamConnection({
       socket,
       sessionId,
