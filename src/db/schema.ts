@@ -40,6 +40,13 @@ export const sessions = pgTable('sessions', {
   title: text('title'),
   workdir: text('workdir').notNull(),
   model: text('model'),
+  // the CLI's --permission-mode for this session; null = the service's default (CLAUDE_PERMISSION_MODE)
+  permissionMode: text('permission_mode'),
+  // how long a permission request or question waits for its answer; null = PERMISSION_TIMEOUT_SECONDS
+  permissionTimeoutSeconds: integer('permission_timeout_seconds'),
+  // how many of the session's permission requests wait for an answer: kept by the statements that
+  // open and close them, so a session (and the "waiting for me" list) is read without a join
+  pendingPermissions: integer('pending_permissions').notNull().default(0),
   agentSessionId: uuid('agent_session_id'),
   idleTimeoutSeconds: integer('idle_timeout_seconds').notNull(),
   ttlSeconds: integer('ttl_seconds').notNull(),
@@ -154,6 +161,28 @@ export const sessionUsageDaily = pgTable('session_usage_daily', {
 }, (t) => [
   primaryKey({ name: 'session_usage_daily_pkey', columns: [t.sessionId, t.day] }),
   index('session_usage_daily_owner_idx').on(t.owner, t.day)
+])
+
+// The agent's permission requests and questions (the CLI's `can_use_tool`): the truth of which are
+// still open, so the first answer wins by a compare-and-set on `status`, whoever sends it. Rows stay
+// after they close: a late answer is told the request is closed (409), not unknown (404). No
+// foreign key, like the logs: sessions are archived, never deleted.
+export const sessionPermissionRequests = pgTable('session_permission_requests', {
+  sessionId: uuid('session_id').notNull(),
+  requestId: text('request_id').notNull(),
+  kind: text('kind', { enum: ['permission', 'question'] }).notNull(),
+  toolName: text('tool_name').notNull(),
+  // the CLI's own request (tool input, suggestions): what an answer builds its response from
+  request: jsonb('request').notNull(),
+  // the seq of its `permission_request` or `question` event
+  seq: bigint('seq', { mode: 'number' }),
+  status: text('status', { enum: ['pending', 'allowed', 'denied', 'timed_out', 'cancelled'] }).notNull().default('pending'),
+  createdAt: tstz('created_at').notNull(),
+  expiresAt: tstz('expires_at').notNull(),
+  closedAt: tstz('closed_at')
+}, (t) => [
+  primaryKey({ name: 'session_permission_requests_pkey', columns: [t.sessionId, t.requestId] }),
+  index('session_permission_requests_open_idx').on(t.sessionId).where(sql`status = 'pending'`)
 ])
 
 export type SessionRow = typeof sessions.$inferSelect
