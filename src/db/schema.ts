@@ -17,6 +17,7 @@ import {
   uuid
 } from 'drizzle-orm/pg-core'
 
+import { DEVICE_KINDS } from '../domain/push-policy.js'
 import { ACTORS, LIVE_STATES, SESSION_STATES } from '../domain/state-machine.js'
 
 const tstz = (name: string) => timestamp(name, { withTimezone: true, mode: 'date' })
@@ -185,6 +186,34 @@ export const sessionPermissionRequests = pgTable('session_permission_requests', 
   index('session_permission_requests_open_idx').on(t.sessionId).where(sql`status = 'pending'`)
 ])
 
+// The devices a user's push notifications go to (src/push). `address` is what the provider knows
+// the device by: an Expo push token, a Web Push endpoint, a webhook URL. A push token or endpoint
+// names one phone or browser, which one user at a time is signed in on: registered by another
+// user, the row moves to them (devices_address_idx), so a handed-on phone stops getting the first
+// user's notifications. A webhook is the user's own receiver: two users may use the same URL, each
+// with a secret of their own. `secret` is the webhook's HMAC key, kept as given (a signature needs
+// the key itself); `p256dh` and `auth` are the browser's Web Push encryption keys.
+export const devices = pgTable('devices', {
+  id: uuid('id').primaryKey(),
+  owner: text('owner').notNull(),
+  kind: text('kind', { enum: DEVICE_KINDS }).notNull(),
+  address: text('address').notNull(),
+  name: text('name'),
+  p256dh: text('p256dh'),
+  auth: text('auth'),
+  secret: text('secret'),
+  createdAt: tstz('created_at').notNull(),
+  updatedAt: tstz('updated_at').notNull()
+}, (t) => [
+  check('devices_kind_check', sql`kind in ${sqlList(DEVICE_KINDS)}`),
+  check('devices_keys_check', sql`(kind = 'webpush') = (p256dh is not null and auth is not null) and (kind = 'webhook') = (secret is not null)`),
+  // every read is one user's: the list, the count against the per-user bound, a notification's fan-out
+  index('devices_owner_idx').on(t.owner, t.createdAt, t.id),
+  uniqueIndex('devices_address_idx').on(t.kind, t.address).where(sql`kind <> 'webhook'`),
+  uniqueIndex('devices_webhook_idx').on(t.owner, t.address).where(sql`kind = 'webhook'`)
+])
+
 export type SessionRow = typeof sessions.$inferSelect
 export type TransitionRow = typeof sessionTransitions.$inferSelect
 export type SnapshotRow = typeof sessionSnapshots.$inferSelect
+export type DeviceRow = typeof devices.$inferSelect
