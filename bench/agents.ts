@@ -153,7 +153,7 @@ async function agentCommand (config: Config, mode: 'new' | 'resume', agentSessio
   await mkdir(cwd, { recursive: true })
   await mkdir(tmpDir, { recursive: true })
   await mkdir(config.agent.configDir, { recursive: true })
-  const cmd = claudeCommand({ agent: config.agent, sessionId: randomUUID(), model: null, conversation: { mode, agentSessionId }, parentEnv: process.env, tmpDir })
+  const cmd = claudeCommand({ agent: config.agent, sessionId: randomUUID(), model: null, permissionMode: null, conversation: { mode, agentSessionId }, parentEnv: process.env, tmpDir })
   return { ...cmd, cwd }
 }
 

@@ -22,6 +22,7 @@ import sessions from './plugins/sessions.js'
 import webSecurity from './plugins/web-security.js'
 import healthRoutes from './routes/health.js'
 import sessionActionRoutes from './routes/session-actions.js'
+import sessionControlRoutes from './routes/session-control.js'
 import sessionRecordRoutes from './routes/session-records.js'
 import sessionMessageRoutes from './routes/session-messages.js'
 import sessionStreamRoutes from './routes/session-stream.js'
@@ -146,6 +147,7 @@ export async function buildApp (opts: BuildAppOptions) {
     await v1.register(sessionActionRoutes)
     await v1.register(sessionRecordRoutes)
     await v1.register(sessionMessageRoutes)
+    await v1.register(sessionControlRoutes)
     await v1.register(sessionStreamRoutes)
     await v1.register(usageRoutes)
   }, { prefix: '/v1' })

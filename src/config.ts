@@ -1,6 +1,7 @@
 import { resolve } from 'node:path'
 import { Type, type Static } from 'typebox'
 import { Value } from 'typebox/value'
+import { isPermissionMode, PERMISSION_MODES, type PermissionMode } from './domain/permission-modes.js'
 
 /**
  * The service's whole configuration: the environment, validated once at start-up. Nothing else
@@ -53,6 +54,16 @@ export const EnvSchema = Type.Object({
     minLength: 1,
     description: "`--permission-mode <value>`, e.g. `acceptEdits` or `bypassPermissions` (as root the CLI then also wants `IS_SANDBOX=1`, see `AGENT_ENV_PASSTHROUGH`); unset = the CLI's default"
   })),
+  ALLOWED_PERMISSION_MODES: Type.String({
+    default: 'default,acceptEdits,plan',
+    description: 'comma-separated permission modes a session may choose (`permissionMode` at create or PATCH): of `default`, `acceptEdits`, `plan`, `bypassPermissions`. `bypassPermissions` lets an agent run any tool without asking: allow it only where the sandbox is trusted'
+  }),
+  PERMISSION_TIMEOUT_SECONDS: Type.Integer({
+    default: 1800,
+    minimum: 1,
+    maximum: 604_800,
+    description: "how long an agent's permission request or question waits for the user's answer before it is denied (the turn goes on without the tool); a session's `permissionTimeoutSeconds` overrides it (1–604800)"
+  }),
   CLAUDE_EXTRA_ARGS: Type.Optional(Type.String({
     description: 'appended to the CLI\'s command line: words split on whitespace (e.g. `--include-partial-messages` for token-level `stream_event` lines), or a JSON array of strings for arguments that are empty or contain spaces (`["--setting-sources", ""]`). A value that starts with `[` but is not such an array stops start-up'
   })),
@@ -205,6 +216,78 @@ export const EnvSchema = Type.Object({
     maximum: 60_000,
     description: 'above this event-loop delay the service answers `503` with `Retry-After` instead of queueing work without bound; 0 = never'
   }),
+  PUSH_GROUP_WINDOW_MS: Type.Integer({
+    default: 1500,
+    minimum: 0,
+    maximum: 60_000,
+    description: "push notifications: the attention events of one session (a turn's end, a permission request or question, an agent error) within this window from the first make one notification, of the most important kind, sent when the window ends if no stream client watches the session (0–60000)"
+  }),
+  PUSH_MAX_DEVICES_PER_USER: Type.Integer({
+    default: 20,
+    minimum: 1,
+    maximum: 1000,
+    description: 'devices (`POST /v1/devices`) one user may register; one more is `409 TOO_MANY_DEVICES`'
+  }),
+  PUSH_MAX_ATTEMPTS: Type.Integer({
+    default: 5,
+    minimum: 1,
+    maximum: 20,
+    description: 'attempts at most to deliver one notification to one device (network errors, timeouts, `429` and `5xx` are retried, with exponential backoff)'
+  }),
+  PUSH_RETRY_BASE_MS: Type.Integer({
+    default: 1000,
+    minimum: 1,
+    maximum: 600_000,
+    description: "the first retry's delay; each next one doubles (with jitter, or the provider's `Retry-After` when longer)"
+  }),
+  PUSH_RETRY_WINDOW_MS: Type.Integer({
+    default: 300_000,
+    minimum: 1,
+    maximum: 86_400_000,
+    description: 'a notification is given up when its next attempt would start later than this after its first: a late push is noise, and the session\'s events are there when the app opens'
+  }),
+  PUSH_REQUEST_TIMEOUT_MS: Type.Integer({
+    default: 10_000,
+    minimum: 100,
+    maximum: 120_000,
+    description: 'one request to a push provider or webhook: connection, headers and body each within this (100–120000); a timeout is retried'
+  }),
+  PUSH_QUEUE_MAX: Type.Integer({
+    default: 10_000,
+    minimum: 1,
+    maximum: 1_000_000,
+    description: 'deliveries waiting or retrying at once, for all users; beyond it a notification is dropped (and logged), so that push never holds memory without bound'
+  }),
+  PUSH_ALLOW_LOOPBACK: Type.Boolean({
+    default: false,
+    description: 'tests and local development only: webhook URLs and Web Push endpoints may be plain `http://127.0.0.1[:port]` or `http://[::1][:port]`, and the service posts to loopback addresses. Never on a shared service: any user could make it post to the ports of its own host'
+  }),
+  PUSH_ALLOW_PRIVATE_NETWORKS: Type.Boolean({
+    default: false,
+    description: 'webhook URLs and Web Push endpoints may lead to private, shared or link-local addresses (`10/8`, `172.16/12`, `192.168/16`, `100.64/10`, `169.254/16`, `fc00::/7`, `fe80::/10`), e.g. a receiver on the operator\'s network. Off: only public addresses, checked after DNS on every request, so that a user cannot aim the service at internal hosts'
+  }),
+  EXPO_API_URL: Type.String({
+    default: 'https://exp.host',
+    pattern: '^https?://[^/?#]+(/[^?#]*)?$',
+    description: "the Expo push service's base URL (`/--/api/v2/push/send` is appended); tests point it at a local fake"
+  }),
+  EXPO_ACCESS_TOKEN: Type.Optional(Type.String({
+    minLength: 1,
+    description: "the Expo project's access token, sent as a bearer token when the project enables Expo's enhanced push security; unset: none"
+  })),
+  VAPID_PUBLIC_KEY: Type.Optional(Type.String({
+    pattern: '^[A-Za-z0-9_-]{87}$',
+    description: "Web Push: the VAPID public key (base64url, an uncompressed P-256 point), with `VAPID_PRIVATE_KEY`. Both unset: the first start generates a pair into `$MOBVIBE_DATA_DIR/vapid-keys.json` (mode 0600). Changing the keys invalidates every browser's subscription"
+  })),
+  VAPID_PRIVATE_KEY: Type.Optional(Type.String({
+    pattern: '^[A-Za-z0-9_-]{43}$',
+    description: 'Web Push: the VAPID private key (base64url, 32 bytes), with `VAPID_PUBLIC_KEY`'
+  })),
+  VAPID_SUBJECT: Type.String({
+    default: 'mailto:push@mobvibe.dev',
+    pattern: '^(https://|mailto:).+',
+    description: "Web Push: the VAPID `sub`, a `mailto:` or `https:` contact of the operator that push services may use (Apple's refuses `localhost`)"
+  }),
   LOG_LEVEL: Type.Enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], {
     default: 'info',
     description: 'pino level: `fatal`, `error`, `warn`, `info`, `debug`, `trace`, `silent`'
@@ -213,7 +296,7 @@ export const EnvSchema = Type.Object({
 
 type Env = Static<typeof EnvSchema>
 
-const SECRET_VARIABLES = new Set(['DATABASE_URL', 'JWT_SECRET'])
+const SECRET_VARIABLES = new Set(['DATABASE_URL', 'JWT_SECRET', 'VAPID_PRIVATE_KEY', 'EXPO_ACCESS_TOKEN'])
 
 export interface Config {
   host: string
@@ -226,6 +309,9 @@ export interface Config {
     bin: string
     model: string | undefined
     permissionMode: string | undefined
+    /** the modes a session may choose */
+    allowedPermissionModes: PermissionMode[]
+    permissionTimeoutSeconds: number
     extraArgs: string[]
     configDir: string
     envPassthrough: string[]
@@ -256,7 +342,27 @@ export interface Config {
     liveAgents: number
   }
   maxEventLoopDelayMs: number
+  push: PushConfig
   logLevel: Env['LOG_LEVEL']
+}
+
+/** Push notifications to the users' devices (src/push, docs/PUSH.md). */
+export interface PushConfig {
+  groupWindowMs: number
+  maxDevicesPerUser: number
+  maxAttempts: number
+  retryBaseMs: number
+  retryWindowMs: number
+  requestTimeoutMs: number
+  queueMax: number
+  /** plain http:// to 127.0.0.1 / [::1], and loopback addresses: tests and development */
+  allowLoopback: boolean
+  allowPrivateNetworks: boolean
+  expoApiUrl: string
+  expoAccessToken: string | undefined
+  /** both or neither; neither: generated into the data directory */
+  vapid: { publicKey: string, privateKey: string } | undefined
+  vapidSubject: string
 }
 
 export class ConfigError extends Error {
@@ -300,6 +406,8 @@ export function loadConfig (env: NodeJS.ProcessEnv = process.env): Config {
       bin: e.CLAUDE_BIN,
       model: e.CLAUDE_MODEL,
       permissionMode: e.CLAUDE_PERMISSION_MODE,
+      allowedPermissionModes: parsePermissionModes(e.ALLOWED_PERMISSION_MODES),
+      permissionTimeoutSeconds: e.PERMISSION_TIMEOUT_SECONDS,
       extraArgs: parseExtraArgs(e.CLAUDE_EXTRA_ARGS),
       configDir: resolve(e.CLAUDE_CONFIG_DIR ?? resolve(dataDir, 'claude')),
       envPassthrough: e.AGENT_ENV_PASSTHROUGH.split(',').map((s) => s.trim()).filter(Boolean),
@@ -328,7 +436,31 @@ export function loadConfig (env: NodeJS.ProcessEnv = process.env): Config {
       liveAgents: e.MAX_LIVE_AGENTS_PER_USER
     },
     maxEventLoopDelayMs: e.MAX_EVENT_LOOP_DELAY_MS,
+    push: pushConfig(e),
     logLevel: e.LOG_LEVEL
+  }
+}
+
+function pushConfig (e: Env): PushConfig {
+  if ((e.VAPID_PUBLIC_KEY === undefined) !== (e.VAPID_PRIVATE_KEY === undefined)) {
+    throw new ConfigError('invalid configuration: VAPID_PUBLIC_KEY and VAPID_PRIVATE_KEY go together: set both, or neither to use the generated pair')
+  }
+  return {
+    groupWindowMs: e.PUSH_GROUP_WINDOW_MS,
+    maxDevicesPerUser: e.PUSH_MAX_DEVICES_PER_USER,
+    maxAttempts: e.PUSH_MAX_ATTEMPTS,
+    retryBaseMs: e.PUSH_RETRY_BASE_MS,
+    retryWindowMs: e.PUSH_RETRY_WINDOW_MS,
+    requestTimeoutMs: e.PUSH_REQUEST_TIMEOUT_MS,
+    queueMax: e.PUSH_QUEUE_MAX,
+    allowLoopback: e.PUSH_ALLOW_LOOPBACK,
+    allowPrivateNetworks: e.PUSH_ALLOW_PRIVATE_NETWORKS,
+    expoApiUrl: e.EXPO_API_URL.replace(/\/+$/, ''),
+    expoAccessToken: e.EXPO_ACCESS_TOKEN,
+    vapid: e.VAPID_PUBLIC_KEY !== undefined && e.VAPID_PRIVATE_KEY !== undefined
+      ? { publicKey: e.VAPID_PUBLIC_KEY, privateKey: e.VAPID_PRIVATE_KEY }
+      : undefined,
+    vapidSubject: e.VAPID_SUBJECT
   }
 }
 
@@ -347,6 +479,16 @@ function parseOrigins (raw: string | undefined): string[] {
     }
     return url.origin
   })
+}
+
+function parsePermissionModes (raw: string): PermissionMode[] {
+  const modes = raw.split(',').map((s) => s.trim()).filter(Boolean)
+  for (const mode of modes) {
+    if (!isPermissionMode(mode)) {
+      throw new ConfigError(`invalid configuration: ALLOWED_PERMISSION_MODES has ${JSON.stringify(mode)}: the modes are ${PERMISSION_MODES.join(', ')}`)
+    }
+  }
+  return [...new Set(modes)] as PermissionMode[]
 }
 
 /**

@@ -18,16 +18,22 @@ export const ERROR_CATALOGUE = {
   INVALID_CURSOR: { status: 400, where: 'http', meaning: 'A `cursor` that this service did not issue' },
   VALUE_OUT_OF_RANGE: { status: 400, where: 'http', meaning: '`idleTimeoutSeconds` or `ttlSeconds` outside the configured range; adds `field`, `minimum`, `maximum`' },
   WORKDIR_OUTSIDE_ROOT: { status: 400, where: 'http', meaning: '`workdir` leads outside `MOBVIBE_WORKSPACE_ROOT` (symlinks included)' },
+  PERMISSION_MODE_NOT_ALLOWED: { status: 400, where: 'http', meaning: 'A `permissionMode` this service does not allow (`ALLOWED_PERMISSION_MODES`); adds `allowed`' },
+  INVALID_PERMISSION_ANSWER: { status: 400, where: 'http', meaning: 'An answer that does not fit its request: `answers` for a tool permission, an allowed question without `answers`, or answers to questions it did not ask (also a stream error reply)' },
   WORKDIR_UNUSABLE: { status: 400, where: 'http', meaning: '`workdir` cannot be resolved or created' },
   UNAUTHORIZED: { status: 401, where: 'http', meaning: 'No bearer token, or one that is malformed, expired, not yet valid, forged, or for another issuer or audience; `WWW-Authenticate: Bearer` carries `error="invalid_token"` and the reason when a token was sent (also before a stream upgrade)' },
   ROUTE_NOT_FOUND: { status: 404, where: 'http', meaning: 'No such route' },
   SESSION_NOT_FOUND: { status: 404, where: 'http', meaning: 'No such session, or it was deleted (also before a stream upgrade, and as a stream error reply)' },
+  PERMISSION_REQUEST_NOT_FOUND: { status: 404, where: 'http', meaning: 'The session has no permission request or question with this id (also a stream error reply)' },
   SNAPSHOT_NOT_FOUND: { status: 404, where: 'http', meaning: '`resume` named a snapshot this session does not have' },
+  DEVICE_NOT_FOUND: { status: 404, where: 'http', meaning: 'No such device among the user\'s own (another user\'s device included)' },
   SESSION_INVALID_TRANSITION: { status: 409, where: 'http', meaning: 'The transition is not in the table for this state and a user; also `restart` outside `suspended`/`active` (with `allowedTargets: []`); adds `state`, `allowedTargets`, `currentVersion`' },
   SESSION_TERMINAL: { status: 409, where: 'http', meaning: 'A PATCH or heartbeat on a completed, failed or expired session (also a stream error reply); adds `state`, `currentVersion`' },
   SESSION_NO_SNAPSHOT: { status: 409, where: 'http', meaning: 'Resume of a paused session that has no snapshot (should not happen: a pause always takes one)' },
   SESSION_NOT_ACCEPTING_MESSAGES: { status: 409, where: 'http', meaning: 'A message to a paused or terminal session, or while the service shuts down (also a stream error reply)' },
+  PERMISSION_REQUEST_CLOSED: { status: 409, where: 'http', meaning: 'The permission request or question was already answered, went unanswered past its timeout, or was cancelled (pause, interrupt, the agent\'s end, a restart); adds `status` (`allowed`, `denied`, `timed_out`, `cancelled`). Also a stream error reply' },
   SESSION_WRITE_CONTENTION: { status: 409, where: 'http', meaning: 'The session changed under a request without `If-Match` 8 times in a row; retry' },
+  TOO_MANY_DEVICES: { status: 409, where: 'http', meaning: 'The user already has `PUSH_MAX_DEVICES_PER_USER` devices registered; delete one first. Adds `limit`' },
   SESSION_VERSION_CONFLICT: { status: 412, where: 'http', meaning: '`If-Match` does not match the current version; adds `state`, `currentVersion`' },
   BODY_TOO_LARGE: { status: 413, where: 'http', meaning: 'The body is larger than `BODY_LIMIT_BYTES`' },
   MESSAGE_TOO_LARGE: { status: 413, where: 'http', meaning: 'A message\'s `text` is longer than `MESSAGE_MAX_BYTES` (UTF-8 bytes) (also a stream error reply)' },
@@ -95,6 +101,10 @@ export const WorkdirUnusable = define('WORKDIR_UNUSABLE', 'workdir %s cannot be 
 const OutOfRange = define('VALUE_OUT_OF_RANGE', '%s must be between %s and %s')
 export const MessageNotAccepted = define('SESSION_NOT_ACCEPTING_MESSAGES', 'Session %s does not take messages now: %s')
 export const MessageTooLarge = define('MESSAGE_TOO_LARGE', 'The message is %s bytes; at most %s are accepted')
+export const PermissionRequestNotFound = define('PERMISSION_REQUEST_NOT_FOUND', 'Session %s has no permission request %s')
+export const InvalidPermissionAnswer = define('INVALID_PERMISSION_ANSWER', '%s')
+const PermissionRequestClosed = define('PERMISSION_REQUEST_CLOSED', 'Permission request %s is closed: %s')
+const PermissionModeNotAllowed = define('PERMISSION_MODE_NOT_ALLOWED', 'permissionMode %s is not allowed here; allowed: %s')
 export const ServiceUnavailable = define('SERVICE_UNAVAILABLE', '%s')
 const Unauthorized = define('UNAUTHORIZED', '%s')
 const AuthKeysUnavailable = define('AUTH_KEYS_UNAVAILABLE', 'The identity provider\'s keys cannot be fetched: %s')
@@ -145,6 +155,13 @@ export function tooManyStreams (limit: number, retryAfterSeconds: number): Error
   return err
 }
 
+export const DeviceNotFound = define('DEVICE_NOT_FOUND', 'Device %s not found')
+const TooManyDevices = define('TOO_MANY_DEVICES', 'This user already has %s devices registered, the most allowed; delete one first')
+
+export function tooManyDevices (limit: number): Error {
+  return withDetails(new TooManyDevices(limit), { limit })
+}
+
 /** The 503 of load shedding: nothing about the measurement, only when to come back. */
 export function serviceOverloaded (retryAfterSeconds: number): Error {
   const err = new ServiceOverloaded(retryAfterSeconds)
@@ -176,6 +193,20 @@ export function sessionTerminal (state: SessionState, version: number): Error {
 
 export function outOfRange (field: string, min: number, max: number): Error {
   return withDetails(new OutOfRange(field, min, max), { field, minimum: min, maximum: max })
+}
+
+export function permissionRequestClosed (requestId: string, status: string): Error {
+  const why: Record<string, string> = {
+    allowed: 'it was already allowed',
+    denied: 'it was already denied',
+    timed_out: 'nobody answered in time, so it was denied',
+    cancelled: 'it was cancelled (the turn was interrupted or paused, or the agent stopped)'
+  }
+  return withDetails(new PermissionRequestClosed(requestId, why[status] ?? status), { status })
+}
+
+export function permissionModeNotAllowed (mode: string, allowed: readonly string[]): Error {
+  return withDetails(new PermissionModeNotAllowed(mode, allowed.join(', ')), { allowed })
 }
 
 // Fastify's own client errors, in the service's vocabulary

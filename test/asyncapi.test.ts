@@ -19,6 +19,8 @@ import { asyncApiDocument, STREAM_CLOSE_CODES } from '../src/schemas/asyncapi.js
 import {
   AckReplySchema,
   ErrorReplySchema,
+  InterruptReplySchema,
+  PermissionReplySchema,
   EVENT_FRAME_SCHEMAS,
   EventFrameSchema,
   HeartbeatReplySchema,
@@ -111,15 +113,19 @@ t.test('the committed asyncapi.yaml', async (t) => {
     // client frames: exactly the variants of InboundFrameSchema, which the stream validates with
     const variants = InboundFrameSchema.anyOf as TSchema[]
     const clientIds = Object.values(committed.operations).filter((o) => o.action === 'receive').flatMap((o) => o.messages.map(refName))
-    t.same(clientIds.sort(), ['heartbeatFrame', 'messageFrame'], 'the service receives the two client frames')
+    t.same(clientIds.sort(), ['heartbeatFrame', 'interruptFrame', 'messageFrame', 'permissionFrame'], 'the service receives the four client frames')
     t.strictSame(payload('messageFrame'), inlined(variants[0]!), 'the message frame is InboundFrameSchema.anyOf[0]')
     t.strictSame(payload('heartbeatFrame'), inlined(variants[1]!), 'the heartbeat frame is InboundFrameSchema.anyOf[1]')
-    t.equal(variants.length, 2, 'InboundFrameSchema has no other variant')
+    t.strictSame(payload('permissionFrame'), inlined(variants[2]!), 'the permission frame is InboundFrameSchema.anyOf[2]')
+    t.strictSame(payload('interruptFrame'), inlined(variants[3]!), 'the interrupt frame is InboundFrameSchema.anyOf[3]')
+    t.equal(variants.length, 4, 'InboundFrameSchema has no other variant')
 
     // replies
     t.strictSame(payload('ackReply'), inlined(AckReplySchema), 'ack')
     t.strictSame(payload('heartbeatReply'), inlined(HeartbeatReplySchema), 'heartbeat reply')
     t.strictSame(payload('errorReply'), inlined(ErrorReplySchema), 'error reply')
+    t.strictSame(payload('permissionReply'), inlined(PermissionReplySchema), 'permission reply')
+    t.strictSame(payload('interruptReply'), inlined(InterruptReplySchema), 'interrupt reply')
     const heartbeatReply = payload('heartbeatReply') as { properties: Record<string, Json> }
     const { type: _type, ...heartbeatBody } = heartbeatReply.properties
     t.strictSame(heartbeatBody, (inlined(HeartbeatSchema) as { properties: Record<string, Json> }).properties, 'the heartbeat reply is the body of POST /heartbeat')

@@ -86,7 +86,8 @@ const ETAG_RESPONSES: Record<string, string[]> = {
 const VALID_BODIES: Record<string, unknown> = {
   transitionSession: { to: 'completed' },
   updateSession: { title: 'changed' },
-  sendMessage: { text: 'hello' }
+  sendMessage: { text: 'hello' },
+  answerPermission: { decision: 'allow' }
 }
 
 t.test('the committed openapi.yaml', async (t) => {

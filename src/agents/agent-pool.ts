@@ -43,6 +43,7 @@ export interface LaunchOptions {
   owner: string | null
   workdir: string
   model: string | null
+  permissionMode: string | null
   conversation: Conversation
   /** the slots acquireSlot() gave this start */
   slot: SlotHold
@@ -231,6 +232,7 @@ export class AgentPool<A extends PooledAgent> {
         agent: agentConfig,
         sessionId,
         model: opts.model,
+        permissionMode: opts.permissionMode,
         conversation: opts.conversation,
         parentEnv: this.#env,
         stateDir,

@@ -1,4 +1,5 @@
 import { randomUUID } from 'node:crypto'
+import { EventEmitter } from 'node:events'
 import { setTimeout as delay } from 'node:timers/promises'
 import type { Config } from '../config.js'
 import type { SessionRow } from '../db/schema.js'
@@ -11,17 +12,20 @@ import {
   type ExitOutcome,
   type InflightTurn
 } from '../domain/exit-policy.js'
+import { parseCanUseTool, type PermissionAnswer } from '../domain/permissions.js'
 import { isTerminal } from '../domain/state-machine.js'
 import { stopReasonFor, type StopReason } from '../domain/stop-reasons.js'
 import { MessageNotAccepted, invalidTransition, type ErrorCode } from '../errors.js'
 import type { EventLog } from '../events/event-log.js'
 import type { Log } from '../logger.js'
-import type { SessionLifecycleManager } from '../sessions/lifecycle-manager.js'
+import type { SessionLifecycleManager, SettingsEvent } from '../sessions/lifecycle-manager.js'
+import type { PermissionRepository } from '../sessions/permission-repository.js'
 import type { TurnStore } from '../sessions/turn-store.js'
 import { AgentPool, type AgentPhase, type PooledAgent } from './agent-pool.js'
 import type { AgentExit, AgentProcess } from './agent-process.js'
 import { KeyedMutex } from './keyed-mutex.js'
 import type { ProcessRegistry } from './process-registry.js'
+import { PermissionBroker, type AnswerResult, type AttentionKind } from './permission-broker.js'
 import { parseAgentLine, turnUsage } from './stream-json.js'
 
 /** Numbers that shape supervision; named once. */
@@ -42,6 +46,8 @@ const SUPERVISION = {
 
 interface LiveAgent extends PooledAgent {
   agentSessionId: string
+  /** how long its permission asks wait for an answer (the session's, or the default) */
+  permissionTimeoutSeconds: number
   /** the message whose turn runs now; confirmed once its system/init arrives */
   inflight: (InflightTurn & { seq: number }) | null
   /** the session had never run a conversation before this process */
@@ -55,6 +61,8 @@ interface LiveAgent extends PooledAgent {
 
 export interface AgentSupervisorOptions {
   config: Pick<Config, 'agent' | 'dataDir' | 'workspaceRoot' | 'sandbox' | 'perUser'>
+  /** the agents' permission asks */
+  permissions: PermissionRepository
   /** the one writer of session state: every state change goes through it */
   manager: SessionLifecycleManager
   /** what the supervisor may write on a session: the facts of its turns */
@@ -67,13 +75,26 @@ export interface AgentSupervisorOptions {
   clock?: () => Date
 }
 
+/** Something a user away from the app may want to be told of (push notifications listen). */
+export interface AttentionNotice {
+  sessionId: string
+  kind: AttentionKind
+  /** the event to open the session at */
+  seq: number
+  at: Date
+}
+
+export interface SupervisorEvents {
+  attention: [AttentionNotice]
+}
+
 /**
  * Moves messages through one Claude Code process per live session: a message is stored first (the
  * log is the queue), then delivered when the agent is free; a suspended session is resumed on the
  * way; an agent's end is judged by the exit policy. The processes themselves are the pool's; every
  * change of state is asked of the lifecycle manager.
  */
-export class AgentSupervisor {
+export class AgentSupervisor extends EventEmitter<SupervisorEvents> {
   readonly #o: AgentSupervisorOptions
   readonly #log: Log
   readonly #clock: () => Date
@@ -86,9 +107,16 @@ export class AgentSupervisor {
    * out with the session's next message instead. Every other resume costs no query.
    */
   readonly #keptByPause = new Set<string>()
+  /**
+   * Sessions whose queued messages wait after an interrupt: the user stopped the agent, so it does
+   * not go on with the next one until they send again (or ask for it). In memory, like a pause's.
+   */
+  readonly #held = new Set<string>()
+  readonly #permissions: PermissionBroker
   #closing = false
 
   constructor (opts: AgentSupervisorOptions) {
+    super()
     this.#o = opts
     this.#log = opts.logger
     this.#clock = opts.clock ?? (() => new Date())
@@ -103,6 +131,15 @@ export class AgentSupervisor {
       stopProcess: (id, reason) => this.stopAgent(id, reason),
       releaseResources: (id) => this.#pool.releaseResources(id)
     })
+    this.#permissions = new PermissionBroker({
+      repo: opts.permissions,
+      events: opts.events,
+      logger: opts.logger.child({ component: 'permissions' }),
+      clock: this.#clock,
+      send: (sessionId, message) => this.#pool.get(sessionId)?.proc.send(message) ?? false,
+      onAsk: (sessionId, kind, seq) => this.#attention(sessionId, kind, seq)
+    })
+    opts.manager.on('settings', (e) => this.#applySettings(e))
     opts.manager.on('transition', (e) => {
       // messages a pause kept are delivered after the resume, in order; without, nothing starts
       if (e.from === 'paused' && this.#keptByPause.delete(e.sessionId) && e.to === 'active') this.#kick(e.sessionId)
@@ -122,6 +159,42 @@ export class AgentSupervisor {
     if (reaped.length > 0) this.#log.warn({ pids: reaped }, 'ended agent processes left by a previous run')
     const suspended = await this.#o.manager.suspendAllActive()
     if (suspended.length > 0) this.#log.info({ count: suspended.length }, 'sessions active at the last stop are now suspended')
+    const cancelled = await this.#permissions.cancelAllOpen()
+    if (cancelled > 0) this.#log.info({ sessions: cancelled }, 'permission requests open at the last stop are now cancelled')
+  }
+
+  /** The open permission asks of these sessions, for their views. */
+  pendingPermissions (sessionIds: string[]) {
+    return this.#permissions.pendingOf(sessionIds)
+  }
+
+  /**
+   * The user's answer to a permission request or question of the session: the first answer wins
+   * (409 after it), an unknown id is a 404. The agent gets it at once.
+   */
+  async answerPermission (sessionId: string, requestId: string, answer: PermissionAnswer): Promise<AnswerResult> {
+    await this.#o.manager.get(sessionId)
+    return this.#permissions.answer(sessionId, requestId, answer)
+  }
+
+  /**
+   * Stops the running turn (the CLI's interrupt): what it produced stays stored, the session stays
+   * active and idle, its open permission asks are cancelled. Queued messages wait for the next
+   * message, or go on at once with `deliverQueued`. Harmless when nothing runs.
+   */
+  async interrupt (sessionId: string, opts: { deliverQueued?: boolean | undefined } = {}): Promise<{ interrupted: boolean }> {
+    await this.#o.manager.get(sessionId)
+    if (opts.deliverQueued === true) this.#held.delete(sessionId)
+    else this.#held.add(sessionId)
+    const live = this.#pool.get(sessionId)
+    let interrupted = false
+    if (live?.inflight && live.phase !== 'leaving') {
+      await this.#permissions.cancelOpen(sessionId, 'interrupt')
+      await this.#interruptTurn(live)
+      interrupted = true
+    }
+    if (opts.deliverQueued === true) this.#kick(sessionId)
+    return { interrupted }
   }
 
   /**
@@ -135,6 +208,8 @@ export class AgentSupervisor {
       throw new MessageNotAccepted(sessionId, session.state === 'paused' ? 'it is paused: resume it first' : `it is ${session.state}`)
     }
     const stored = await this.#o.events.appendUser(sessionId, message)
+    // a new message also lets the ones an interrupt held go on, first, in their order
+    this.#held.delete(sessionId)
     if (!stored.duplicate) this.#kick(sessionId)
     return stored
   }
@@ -170,6 +245,7 @@ export class AgentSupervisor {
     if (reason === 'pause' && live.inflight) {
       // only a busy session can have messages waiting: the resume must deliver them
       this.#keptByPause.add(sessionId)
+      await this.#permissions.cancelOpen(sessionId, 'pause')
       await this.#interruptTurn(live)
     }
     await live.proc.stop(reason)
@@ -185,6 +261,7 @@ export class AgentSupervisor {
       await this.#o.manager.transitionState(id, 'suspended', { actor: 'system', reason: 'shutdown' })
         .catch((err: Error) => this.#log.warn({ err, sessionId: id }, 'could not mark the session suspended at shutdown'))
     }
+    this.#permissions.close()
   }
 
   /** Resolves once the session's pending work (a delivery, a start waiting for a slot) is done. */
@@ -220,6 +297,7 @@ export class AgentSupervisor {
         if (live?.phase === 'leaving') return
       }
       if (live?.inflight) return // the turn's result kicks the next message
+      if (this.#held.has(sessionId)) return // an interrupt holds the queue
       const next = await this.#o.events.nextQueued(sessionId)
       if (!next) return
       let session = await this.#o.manager.find(sessionId)
@@ -240,6 +318,11 @@ export class AgentSupervisor {
       const agent = live ?? await this.#spawn(session)
       if (!agent) return
       if (!live && !await this.#stillActive(sessionId, agent)) return
+      if (this.#held.has(sessionId)) {
+        // interrupted while its agent was starting: the message stays queued
+        await this.#o.turns.releaseBusy(sessionId, this.#clock())
+        return
+      }
       agent.inflight = { seq: next.seq, confirmed: false }
       this.#pool.touch(agent)
       const sent = agent.proc.send({
@@ -290,9 +373,14 @@ export class AgentSupervisor {
         owner: session.owner,
         workdir: session.workdir,
         model: session.model,
+        permissionMode: session.permissionMode,
         conversation: { mode: firstStart ? 'new' : 'resume', agentSessionId },
         slot
-      }, (proc) => this.#wire(sessionId, proc, { agentSessionId, firstStart }))
+      }, (proc) => this.#wire(sessionId, proc, {
+        agentSessionId,
+        firstStart,
+        permissionTimeoutSeconds: session.permissionTimeoutSeconds ?? this.#o.config.agent.permissionTimeoutSeconds
+      }))
       this.#log.info({ sessionId, pid: live.proc.pid, mode: firstStart ? 'new' : 'resume' }, 'agent started')
       return live
     } catch (err) {
@@ -305,7 +393,7 @@ export class AgentSupervisor {
   }
 
   /** The agent's record, listening to its process before anything can be emitted. */
-  #wire (sessionId: string, proc: AgentProcess, conversation: { agentSessionId: string, firstStart: boolean }): LiveAgent {
+  #wire (sessionId: string, proc: AgentProcess, conversation: { agentSessionId: string, firstStart: boolean, permissionTimeoutSeconds: number }): LiveAgent {
     const live: LiveAgent = {
       sessionId,
       proc,
@@ -338,11 +426,15 @@ export class AgentSupervisor {
   #onLine (live: LiveAgent, line: string): void {
     const { sessionId } = live
     const parsed = parseAgentLine(line)
+    if (parsed.kind === 'control_request' || parsed.kind === 'control_cancel') {
+      if (this.#onControl(live, parsed.kind, parsed.message)) return
+    }
     live.unstored++
     if (live.unstored === SUPERVISION.outputHighWater) live.proc.pauseOutput()
     const stored = this.#o.events.appendJson(sessionId, 'agent', parsed.json).catch((err: Error) => {
       // the event log has logged it; an agent line that cannot be stored must not take the service down
       this.#log.error({ err: (err as { cause?: unknown }).cause ?? err, sessionId }, 'agent output not stored')
+      return undefined
     }).finally(() => {
       live.unstored--
       if (live.unstored === SUPERVISION.outputLowWater) live.proc.resumeOutput()
@@ -355,6 +447,53 @@ export class AgentSupervisor {
     }).catch((err: Error) => this.#log.error({ err, sessionId }, 'handling an agent line failed'))
   }
 
+  /**
+   * The CLI's control requests: a permission ask becomes the service's own events (the line itself
+   * is not stored: the `permission_request` or `question` event carries all of it), a withdrawn
+   * one is cancelled. A request the service does not serve is refused at once, so the CLI never
+   * waits for an answer that cannot come; that line is stored as any other. True when handled.
+   */
+  #onControl (live: LiveAgent, kind: 'control_request' | 'control_cancel', message: Record<string, unknown>): boolean {
+    const { sessionId } = live
+    this.#pool.touch(live)
+    if (kind === 'control_cancel') {
+      if (typeof message.request_id !== 'string') return false
+      this.#permissions.cancelOne(sessionId, message.request_id)
+        .catch((err: Error) => this.#log.warn({ err, sessionId }, 'cancelling a withdrawn permission request failed'))
+      return true
+    }
+    const ask = parseCanUseTool(message)
+    if (ask) {
+      this.#permissions.open(sessionId, ask, live.permissionTimeoutSeconds)
+      return true
+    }
+    const request = message.request as { subtype?: unknown } | undefined
+    live.proc.send({
+      type: 'control_response',
+      response: { subtype: 'error', request_id: message.request_id, error: `not supported by this service: ${String(request?.subtype)}` }
+    })
+    return false
+  }
+
+  /** A PATCH changed the session's settings: a live agent gets the mode and model at once. */
+  #applySettings (e: SettingsEvent): void {
+    const live = this.#pool.get(e.sessionId)
+    if (!live || live.phase === 'leaving') return
+    const { agent } = this.#o.config
+    if (e.permissionTimeoutSeconds !== undefined) live.permissionTimeoutSeconds = e.permissionTimeoutSeconds ?? agent.permissionTimeoutSeconds
+    if (e.permissionMode !== undefined) {
+      live.proc.send({ type: 'control_request', request_id: randomUUID(), request: { subtype: 'set_permission_mode', mode: e.permissionMode ?? agent.permissionMode ?? 'default' } })
+    }
+    if (e.model !== undefined) {
+      const model = e.model ?? agent.model
+      live.proc.send({ type: 'control_request', request_id: randomUUID(), request: { subtype: 'set_model', ...(model ? { model } : {}) } })
+    }
+  }
+
+  #attention (sessionId: string, kind: AttentionKind, seq: number): void {
+    this.emit('attention', { sessionId, kind, seq, at: this.#clock() })
+  }
+
   async #onTurnStart (live: LiveAgent): Promise<void> {
     if (!live.inflight || live.inflight.confirmed) return
     live.inflight.confirmed = true
@@ -363,9 +502,9 @@ export class AgentSupervisor {
     live.firstStart = false
   }
 
-  async #onTurnEnd (live: LiveAgent, result: Record<string, unknown>, stored: Promise<unknown>): Promise<void> {
+  async #onTurnEnd (live: LiveAgent, result: Record<string, unknown>, stored: Promise<number | undefined>): Promise<void> {
     const { sessionId } = live
-    await stored.catch(() => {})
+    const seq = await stored.catch(() => undefined)
     // a result before any turn started (a refused resume) is no turn: the exit handler takes over
     if (live.inflight && !live.inflight.confirmed) return
     const at = this.#clock()
@@ -375,6 +514,7 @@ export class AgentSupervisor {
     if (result.is_error !== true) this.#crashes.delete(sessionId)
     live.turnEnded?.()
     live.turnEnded = undefined
+    if (seq !== undefined) this.#attention(sessionId, 'turn_ended', seq)
     this.#kick(sessionId)
     // a start waiting for a slot (everybody's, or this user's) can have this agent's now that its turn is over
     if (this.#pool.waiting > 0) setImmediate(() => { this.#pool.makeRoom() })
@@ -391,6 +531,9 @@ export class AgentSupervisor {
     const { sessionId } = live
     await this.#pool.retire(live)
     this.#log.info({ sessionId, code: exit.code, signal: exit.signal, reason: exit.reason }, 'agent exited')
+    // nobody is left to take an answer
+    await this.#permissions.cancelOpen(sessionId, exit.reason ?? 'crash')
+      .catch((err: Error) => this.#log.warn({ err, sessionId }, 'cancelling the permission requests of an ended agent failed'))
     live.turnEnded?.()
     const inflight = live.inflight
     live.inflight = null
@@ -410,7 +553,8 @@ export class AgentSupervisor {
   /** The user is told (an error event), then the session moves as the exit policy says. */
   async #applyOutcome (sessionId: string, outcome: ExitOutcome, opts: { onlyFromActive?: boolean } = {}): Promise<void> {
     // the exit policy's codes are catalogued with every other: this stops compiling if one is not
-    await this.#o.events.append(sessionId, 'error', { code: outcome.code satisfies ErrorCode, message: outcome.message })
+    const seq = await this.#o.events.append(sessionId, 'error', { code: outcome.code satisfies ErrorCode, message: outcome.message })
+    this.#attention(sessionId, 'error', seq)
     if (opts.onlyFromActive) {
       const session = await this.#o.manager.find(sessionId)
       if (!session || session.state !== 'active') return

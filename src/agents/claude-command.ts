@@ -13,13 +13,15 @@ export type Conversation = { mode: 'new', agentSessionId: string } | { mode: 're
 
 /**
  * The CLI's command line and environment for one session: stream-json both ways, a new
- * conversation or a resumed one. The environment is an allow-list, so the service's own settings
+ * conversation or a resumed one, permission asks over stdio. The environment is an allow-list, so the service's own settings
  * and secrets (DATABASE_URL…) never reach the agent.
  */
 export function claudeCommand (opts: {
   agent: Config['agent']
   sessionId: string
   model: string | null
+  /** the session's own permission mode; null = the configured default */
+  permissionMode: string | null
   conversation: Conversation
   parentEnv: NodeJS.ProcessEnv
   /** the session's own CLAUDE_CONFIG_DIR (agent-state.ts); default: the agents' state root (the bench runs the CLI so) */
@@ -32,11 +34,15 @@ export function claudeCommand (opts: {
     '--input-format', 'stream-json',
     '--output-format', 'stream-json',
     '--verbose',
-    conversation.mode === 'new' ? '--session-id' : '--resume', conversation.agentSessionId
+    conversation.mode === 'new' ? '--session-id' : '--resume', conversation.agentSessionId,
+    // a tool use that needs permission is asked of the service (can_use_tool on stdout), which
+    // asks the user, instead of being denied because nobody sits at a terminal
+    '--permission-prompt-tool', 'stdio'
   ]
   const model = opts.model ?? agent.model
   if (model) args.push('--model', model)
-  if (agent.permissionMode) args.push('--permission-mode', agent.permissionMode)
+  const permissionMode = opts.permissionMode ?? agent.permissionMode
+  if (permissionMode) args.push('--permission-mode', permissionMode)
   args.push(...agent.extraArgs)
 
   const env: Record<string, string> = {}

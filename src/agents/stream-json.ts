@@ -2,11 +2,15 @@ import { withoutNul } from '../domain/text.js'
 
 /**
  * What the supervisor needs to know of a stdout line of the CLI (stream-json): the start of a turn
- * (`system/init`), its end (`result`), or anything else. Pure; unknown types are tolerated.
+ * (`system/init`), its end (`result`), a control request of the CLI, or anything else. Pure; unknown types are tolerated.
  */
 export type AgentLine =
   | { kind: 'init', json: string, message: Record<string, unknown> }
   | { kind: 'result', json: string, message: Record<string, unknown> }
+  /** the CLI asks something of the service (`can_use_tool`…) and waits for a control_response */
+  | { kind: 'control_request', json: string, message: Record<string, unknown> }
+  /** the CLI withdraws a control request it made */
+  | { kind: 'control_cancel', json: string, message: Record<string, unknown> }
   | { kind: 'other', json: string }
 
 export function parseAgentLine (line: string): AgentLine {
@@ -25,6 +29,8 @@ export function parseAgentLine (line: string): AgentLine {
   const m = message as Record<string, unknown>
   if (m.type === 'system' && m.subtype === 'init') return { kind: 'init', json, message: m }
   if (m.type === 'result') return { kind: 'result', json, message: m }
+  if (m.type === 'control_request') return { kind: 'control_request', json, message: m }
+  if (m.type === 'control_cancel_request') return { kind: 'control_cancel', json, message: m }
   return { kind: 'other', json }
 }
 

@@ -18,6 +18,7 @@ import {
 } from 'drizzle-orm/pg-core'
 
 import { DEVICE_KINDS } from '../domain/push-policy.js'
+import { PERMISSION_MODES } from '../domain/permission-modes.js'
 import { ACTORS, LIVE_STATES, SESSION_STATES } from '../domain/state-machine.js'
 
 const tstz = (name: string) => timestamp(name, { withTimezone: true, mode: 'date' })
@@ -42,7 +43,7 @@ export const sessions = pgTable('sessions', {
   workdir: text('workdir').notNull(),
   model: text('model'),
   // the CLI's --permission-mode for this session; null = the service's default (CLAUDE_PERMISSION_MODE)
-  permissionMode: text('permission_mode'),
+  permissionMode: text('permission_mode', { enum: PERMISSION_MODES }),
   // how long a permission request or question waits for its answer; null = PERMISSION_TIMEOUT_SECONDS
   permissionTimeoutSeconds: integer('permission_timeout_seconds'),
   // how many of the session's permission requests wait for an answer: kept by the statements that

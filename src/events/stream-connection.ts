@@ -2,7 +2,7 @@ import type { Log } from '../logger.js'
 import { Compile } from 'typebox/compile'
 import { toProblem, type ErrorCode } from '../errors.js'
 import type { WebSocket } from 'ws'
-import { InboundFrameSchema, type HeartbeatReply, type InboundFrame, type StreamReply } from '../schemas/events.js'
+import { InboundFrameSchema, type HeartbeatReply, type InboundFrame, type PermissionReply, type StreamReply } from '../schemas/events.js'
 import type { EventBus, PublishedFrame } from './event-bus.js'
 import { frameText, type EventLog } from './event-log.js'
 
@@ -27,6 +27,8 @@ const checkInbound = Compile(InboundFrameSchema)
 export interface StreamHandlers {
   message (text: string, clientMessageId: string | undefined): Promise<{ seq: number, duplicate: boolean }>
   heartbeat (): Promise<Omit<HeartbeatReply, 'type'>>
+  permission (frame: Extract<InboundFrame, { type: 'permission' }>): Promise<Omit<PermissionReply, 'type'>>
+  interrupt (deliverQueued: boolean | undefined): Promise<{ interrupted: boolean }>
 }
 
 /**
@@ -164,7 +166,7 @@ export class StreamConnection {
         type: 'error',
         code: 'INVALID_FRAME' satisfies ErrorCode,
         message: frame === undefined
-          ? 'frames are JSON text: {"type":"message","text":…} or {"type":"heartbeat"}'
+          ? 'frames are JSON text: {"type":"message","text":…}, {"type":"heartbeat"}, {"type":"permission","requestId":…,"decision":…} or {"type":"interrupt"}'
           : `invalid frame: ${first?.instancePath || '(frame)'} ${first?.message ?? 'is not a known frame'}`
       })
       return
@@ -177,7 +179,8 @@ export class StreamConnection {
         type: 'error',
         code: problem.code,
         message: problem.detail,
-        ...(frame.type === 'message' && frame.clientMessageId ? { clientMessageId: frame.clientMessageId } : {})
+        ...(frame.type === 'message' && frame.clientMessageId ? { clientMessageId: frame.clientMessageId } : {}),
+        ...(frame.type === 'permission' ? { requestId: frame.requestId } : {})
       })
     })
   }
@@ -185,6 +188,14 @@ export class StreamConnection {
   async #handle (frame: InboundFrame): Promise<void> {
     if (frame.type === 'heartbeat') {
       this.#reply({ type: 'heartbeat', ...await this.#handlers.heartbeat() })
+      return
+    }
+    if (frame.type === 'permission') {
+      this.#reply({ type: 'permission', ...await this.#handlers.permission(frame) })
+      return
+    }
+    if (frame.type === 'interrupt') {
+      this.#reply({ type: 'interrupt', ...await this.#handlers.interrupt(frame.deliverQueued) })
       return
     }
     const accepted = await this.#handlers.message(frame.text, frame.clientMessageId)

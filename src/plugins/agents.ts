@@ -3,6 +3,7 @@ import fp from 'fastify-plugin'
 import { AgentSupervisor } from '../agents/agent-supervisor.js'
 import { ProcessRegistry } from '../agents/process-registry.js'
 import type { Config } from '../config.js'
+import { createPermissionRepository } from '../sessions/permission-repository.js'
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -19,6 +20,7 @@ export default fp(async function agentsPlugin (app: FastifyInstance, opts: { con
   const supervisor = new AgentSupervisor({
     config: opts.config,
     manager: app.sessions,
+    permissions: createPermissionRepository(app.database.db),
     turns: app.turns,
     events: app.events,
     registry: new ProcessRegistry({ dataDir: opts.config.dataDir, logger: app.log.child({ component: 'process-registry' }) }),

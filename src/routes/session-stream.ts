@@ -27,8 +27,8 @@ const sessionStreamRoutes: FastifyPluginAsyncTypebox = async (app) => {
       operationId: 'streamSession',
       summary: 'WebSocket: the session\'s events, replayed from ?after=<seq>, then live',
       description: 'Upgrade to a WebSocket. Server frames: persisted events `{seq, type, at, data}`, and replies ' +
-        'without seq (`ack`, `heartbeat`, `error`). Client frames: `{"type":"message","text":…,"clientMessageId"?:…}` ' +
-        'and `{"type":"heartbeat"}`. A client that falls behind is closed with 4008 and reconnects with ' +
+        'without seq (`ack`, `heartbeat`, `permission`, `interrupt`, `error`). Client frames: `{"type":"message","text":…,"clientMessageId"?:…}`, ' +
+        '`{"type":"heartbeat"}`, `{"type":"permission","requestId":…,"decision":…}` and `{"type":"interrupt"}`. A client that falls behind is closed with 4008 and reconnects with ' +
         '?after=<last seq>. See docs/STREAM.md.',
       params: SessionParams,
       querystring: StreamQuery,
@@ -63,6 +63,11 @@ const sessionStreamRoutes: FastifyPluginAsyncTypebox = async (app) => {
           if (bytes > config.limits.messageBytes) throw new MessageTooLarge(bytes, config.limits.messageBytes)
           return agents.sendMessage(sessionId, { text, clientMessageId })
         },
+        permission: async ({ requestId, type: _, ...answer }) => {
+          const answered = await agents.answerPermission(sessionId, requestId, answer)
+          return { requestId, decision: answered.decision, responseSeq: answered.seq }
+        },
+        interrupt: (deliverQueued) => agents.interrupt(sessionId, { deliverQueued }),
         heartbeat: async () => {
           const beat = await sessions.heartbeat(sessionId)
           return { state: beat.state, version: beat.version, expiresAt: beat.expiresAt.toISOString(), serverTime: beat.serverTime.toISOString() }

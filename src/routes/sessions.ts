@@ -14,9 +14,8 @@ import {
   SessionRef,
   SessionResponse
 } from '../schemas/session.js'
-import { toSessionView } from '../sessions/session-view.js'
 import { ifMatchOf } from './if-match-header.js'
-import { sendSession } from './session-reply.js'
+import { sendSession, sessionViews } from './session-reply.js'
 
 const IfNoneMatchHeaders = Type.Object({
   'if-none-match': Type.Optional(Type.String({ description: 'An ETag the client holds; 304 when it is current' }))
@@ -49,22 +48,22 @@ const sessionRoutes: FastifyPluginAsyncTypebox = async (app) => {
       operationId: 'listSessions',
       summary: 'List your sessions, newest first, with keyset pagination',
       description: 'Only the caller\'s own sessions; deleted sessions are not listed. Filter by `state` (repeat it for several states). A page ' +
-        'holds at most `limit` sessions; when more exist, `nextCursor` is set: pass it as `cursor` for the next ' +
+        'holds at most `limit` sessions; `waiting=true` keeps those whose agent waits for the user (an open permission request or question); when more exist, `nextCursor` is set: pass it as `cursor` for the next ' +
         'page. A cursor this service did not issue is 400 INVALID_CURSOR.',
       querystring: ListQuery,
       response: { 200: ref(SessionListSchema), ...problems(400) }
     }
-  }, async (request) => {
-    const { state, limit = 50, cursor: rawCursor } = request.query
+  }, async (request, reply) => {
+    const { state, waiting, limit = 50, cursor: rawCursor } = request.query
     const cursor = rawCursor === undefined ? undefined : decodeCursor(rawCursor)
     if (cursor === null) throw new InvalidCursor()
     // one row more than asked tells whether another page exists without a count
-    const rows = await sessions.list({ owner: request.user.userId, states: state, cursor, limit: limit + 1 })
+    const rows = await sessions.list({ owner: request.user.userId, states: state, waiting, cursor, limit: limit + 1 })
     const page = rows.slice(0, limit)
     const last = page[page.length - 1]
     const now = sessions.now()
     return {
-      items: page.map((row) => toSessionView(row, now)),
+      items: await sessionViews(reply, page, now),
       nextCursor: rows.length > limit && last ? encodeCursor({ createdAt: last.createdAt, id: last.id }) : null
     }
   })

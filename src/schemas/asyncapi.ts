@@ -6,7 +6,11 @@ import {
   EVENT_FRAME_SCHEMAS,
   HeartbeatFrameSchema,
   HeartbeatReplySchema,
+  InterruptFrameSchema,
+  InterruptReplySchema,
   MessageFrameSchema,
+  PermissionFrameSchema,
+  PermissionReplySchema,
   StreamQuery
 } from './events.js'
 import { SessionStateSchema } from './session.js'
@@ -38,11 +42,19 @@ const FRAME_SCHEMAS = {
   StatusEvent: EVENT_FRAME_SCHEMAS.status,
   StateEvent: EVENT_FRAME_SCHEMAS.state,
   ErrorEvent: EVENT_FRAME_SCHEMAS.error,
+  PermissionRequestEvent: EVENT_FRAME_SCHEMAS.permission_request,
+  QuestionEvent: EVENT_FRAME_SCHEMAS.question,
+  PermissionResponseEvent: EVENT_FRAME_SCHEMAS.permission_response,
+  PermissionCancelledEvent: EVENT_FRAME_SCHEMAS.permission_cancelled,
   AckReply: AckReplySchema,
   HeartbeatReply: HeartbeatReplySchema,
+  PermissionReply: PermissionReplySchema,
+  InterruptReply: InterruptReplySchema,
   ErrorReply: ErrorReplySchema,
   MessageFrame: MessageFrameSchema,
-  HeartbeatFrame: HeartbeatFrameSchema
+  HeartbeatFrame: HeartbeatFrameSchema,
+  PermissionFrame: PermissionFrameSchema,
+  InterruptFrame: InterruptFrameSchema
 } as const satisfies Record<string, TSchema>
 
 /** Schemas registered by `$id` that frames reference: emitted as components of the same name. */
@@ -75,7 +87,8 @@ interface MessageSpec {
   title: string
   summary: string
   description?: string
-  correlated?: boolean
+  /** the member that ties a reply to its frame */
+  correlatedBy?: 'clientMessageId' | 'requestId'
   example: Record<string, Json>
 }
 
@@ -121,6 +134,39 @@ const EVENT_MESSAGES: Record<EventType, MessageSpec> = {
     title: 'Event: error',
     summary: 'The agent failed (AGENT_START_FAILED, AGENT_RESUME_FAILED, AGENT_CRASHED); seen by every client',
     example: { seq: 20, type: 'error', at: '2026-11-24T11:32:10.500Z', data: { code: 'AGENT_CRASHED', message: 'The agent stopped unexpectedly (exit code 1). Send a message to resume the conversation.' } }
+  },
+  permission_request: {
+    schema: 'PermissionRequestEvent',
+    name: 'permission_request',
+    title: 'Event: permission_request',
+    summary: 'A tool use waits for the user\'s decision (the CLI\'s can_use_tool); the turn waits with it',
+    description: 'Answer with a `permission` frame or POST /v1/sessions/{id}/permissions/{requestId}. Nobody answering by ' +
+      '`expiresAt` denies it (a `permission_response` with `by: "timeout"`); an interrupt, a pause or the agent\'s end ' +
+      'cancels it (`permission_cancelled`). The session lists its open ones in `pendingPermissions`.',
+    example: { seq: 31, type: 'permission_request', at: '2026-11-24T11:33:00.120Z', data: { requestId: 'b7c1e0d2-3f4a-4b5c-8d6e-7f8091a2b3c4', toolName: 'Bash', input: { command: 'npm test', description: 'Run the tests' }, toolUseId: 'toolu_01ABC', suggestions: [{ type: 'addRules', rules: [{ toolName: 'Bash', ruleContent: 'npm test:*' }], behavior: 'allow', destination: 'localSettings' }], context: {}, expiresAt: '2026-11-24T12:03:00.120Z' } }
+  },
+  question: {
+    schema: 'QuestionEvent',
+    name: 'question',
+    title: 'Event: question',
+    summary: 'The agent asks the user (its AskUserQuestion tool); the turn waits for the answer',
+    description: 'Answer with `decision: "allow"` and `answers` (each question\'s text → the chosen label), or `deny` to ' +
+      'let the agent go on without one. Times out and is cancelled as a `permission_request` is.',
+    example: { seq: 40, type: 'question', at: '2026-11-24T11:34:00.000Z', data: { requestId: 'c2d3e4f5-0a1b-4c2d-9e3f-405162738495', toolUseId: 'toolu_01DEF', questions: [{ question: 'Which test runner?', header: 'Tests', options: [{ label: 'tap', description: 'node-tap' }, { label: 'vitest', description: 'Vitest' }], multiSelect: false }], expiresAt: '2026-11-24T12:04:00.000Z' } }
+  },
+  permission_response: {
+    schema: 'PermissionResponseEvent',
+    name: 'permission_response',
+    title: 'Event: permission_response',
+    summary: 'How a permission request or question was answered: by the user (the first answer wins) or by the timeout',
+    example: { seq: 33, type: 'permission_response', at: '2026-11-24T11:33:04.500Z', data: { requestId: 'b7c1e0d2-3f4a-4b5c-8d6e-7f8091a2b3c4', decision: 'allow', remember: false, by: 'user' } }
+  },
+  permission_cancelled: {
+    schema: 'PermissionCancelledEvent',
+    name: 'permission_cancelled',
+    title: 'Event: permission_cancelled',
+    summary: 'Open permission requests or questions that can no longer be answered (interrupt, pause, the agent\'s end, a restart)',
+    example: { seq: 36, type: 'permission_cancelled', at: '2026-11-24T11:33:10.000Z', data: { requestIds: ['b7c1e0d2-3f4a-4b5c-8d6e-7f8091a2b3c4'], reason: 'interrupt' } }
   }
 }
 
@@ -133,7 +179,7 @@ const REPLY_MESSAGES = {
     description: '`messageSeq` is the seq of its `user` event, which arrives on the stream in order; an ack can ' +
       'overtake a replay still in progress, so never treat it as "seen up to". `duplicate: true`: this ' +
       'clientMessageId was already accepted and nothing was sent again.',
-    correlated: true,
+    correlatedBy: 'clientMessageId',
     example: { type: 'ack', messageSeq: 6, duplicate: false, clientMessageId: 'a1b2c4' }
   },
   heartbeatReply: {
@@ -143,6 +189,21 @@ const REPLY_MESSAGES = {
     summary: 'The answer to a `heartbeat` frame: the body of POST /heartbeat (no seq, not stored)',
     example: { type: 'heartbeat', state: 'active', version: 2, expiresAt: '2026-11-24T12:30:56.000Z', serverTime: '2026-11-24T11:30:56.000Z' }
   },
+  permissionReply: {
+    schema: 'PermissionReply',
+    name: 'permission',
+    title: 'Reply: permission',
+    summary: 'A `permission` frame\'s answer was taken (no seq, not stored); `responseSeq` is its `permission_response` event',
+    correlatedBy: 'requestId',
+    example: { type: 'permission', requestId: 'b7c1e0d2-3f4a-4b5c-8d6e-7f8091a2b3c4', decision: 'allow', responseSeq: 33 }
+  },
+  interruptReply: {
+    schema: 'InterruptReply',
+    name: 'interrupt',
+    title: 'Reply: interrupt',
+    summary: 'The answer to an `interrupt` frame, once the turn has ended: `interrupted: false` when nothing ran',
+    example: { type: 'interrupt', interrupted: true }
+  },
   errorReply: {
     schema: 'ErrorReply',
     name: 'error',
@@ -150,9 +211,10 @@ const REPLY_MESSAGES = {
     summary: 'A frame was refused; the connection stays open (no seq, not stored)',
     description: 'The `code` is the one the matching HTTP request would get as a 4xx problem: INVALID_FRAME (not JSON ' +
       'text, binary, not one of the client frames, or extra members), MESSAGE_TOO_LARGE, ' +
-      'SESSION_NOT_ACCEPTING_MESSAGES, SESSION_NOT_FOUND, SESSION_TERMINAL; DATABASE_UNAVAILABLE (send the frame ' +
+      'SESSION_NOT_ACCEPTING_MESSAGES, SESSION_NOT_FOUND, SESSION_TERMINAL, PERMISSION_REQUEST_NOT_FOUND, ' +
+      'PERMISSION_REQUEST_CLOSED, INVALID_PERMISSION_ANSWER; DATABASE_UNAVAILABLE (send the frame ' +
       'again shortly; with the same clientMessageId a message is stored once); INTERNAL_ERROR for anything else.',
-    correlated: true,
+    correlatedBy: 'clientMessageId',
     example: { type: 'error', code: 'SESSION_NOT_ACCEPTING_MESSAGES', message: 'Session 0b6f8f43-5d6c-4f7e-9a51-3c2d1e0f9a87 does not take messages now: it is paused: resume it first', clientMessageId: 'a1b2c4' }
   }
 } as const satisfies Record<string, MessageSpec>
@@ -166,7 +228,7 @@ const CLIENT_MESSAGES = {
     description: 'Stored first, then delivered. `text` is 1 character to MESSAGE_MAX_BYTES bytes (UTF-8), without ' +
       'NUL; a retry with the same clientMessageId is accepted once. Replies come when the work is done, not ' +
       'necessarily in the order the frames were sent: match them by clientMessageId.',
-    correlated: true,
+    correlatedBy: 'clientMessageId',
     example: { type: 'message', text: 'Add a usage section', clientMessageId: 'a1b2c4' }
   },
   heartbeatFrame: {
@@ -176,6 +238,23 @@ const CLIENT_MESSAGES = {
     summary: 'Keeps the session from expiring: the same as POST /v1/sessions/{id}/heartbeat without If-Match',
     description: 'About the session\'s TTL only; the connection itself is kept alive by the protocol pings.',
     example: { type: 'heartbeat' }
+  },
+  permissionFrame: {
+    schema: 'PermissionFrame',
+    name: 'permission',
+    title: 'Client frame: permission',
+    summary: 'The answer to a `permission_request` or `question`: the same as POST /v1/sessions/{id}/permissions/{requestId}',
+    description: 'The first answer wins; a later one gets an `error` reply PERMISSION_REQUEST_CLOSED, an unknown ' +
+      'requestId PERMISSION_REQUEST_NOT_FOUND.',
+    correlatedBy: 'requestId',
+    example: { type: 'permission', requestId: 'b7c1e0d2-3f4a-4b5c-8d6e-7f8091a2b3c4', decision: 'allow', remember: true }
+  },
+  interruptFrame: {
+    schema: 'InterruptFrame',
+    name: 'interrupt',
+    title: 'Client frame: interrupt',
+    summary: 'Stops the running turn: the same as POST /v1/sessions/{id}/interrupt',
+    example: { type: 'interrupt' }
   }
 } as const satisfies Record<string, MessageSpec>
 
@@ -188,7 +267,7 @@ function message (spec: MessageSpec): Json {
     summary: spec.summary,
     ...(spec.description ? { description: spec.description } : {}),
     contentType: 'application/json',
-    ...(spec.correlated ? { correlationId: { description: 'The clientMessageId the client chose', location: '$message.payload#/clientMessageId' } } : {}),
+    ...(spec.correlatedBy ? { correlationId: { description: `The ${spec.correlatedBy} of the frame`, location: `$message.payload#/${spec.correlatedBy}` } } : {}),
     payload: { $ref: `${COMPONENT_SCHEMAS}${spec.schema}` },
     examples: [{ payload: spec.example }]
   }
@@ -198,7 +277,7 @@ const channelMessage = (id: string) => ({ $ref: `#/channels/${CHANNEL}/messages/
 
 const STREAM_DESCRIPTION = `Each session has one stream. It first replays the stored events with \`seq > after\`, then goes live: a client that reconnects with \`?after=<last seq>\` gets exactly what it missed, nothing lost, nothing twice, in increasing \`seq\` order.
 
-Every frame is one JSON text message. Server frames are **events** (\`{seq, type, at, data}\`: stored, replayable, the same as GET /v1/sessions/{id}/events returns) or **replies** (\`ack\`, \`heartbeat\`, \`error\`: no \`seq\`, not stored, about one frame this client sent). Remember the highest \`seq\` of the events only.
+Every frame is one JSON text message. Server frames are **events** (\`{seq, type, at, data}\`: stored, replayable, the same as GET /v1/sessions/{id}/events returns) or **replies** (\`ack\`, \`heartbeat\`, \`permission\`, \`interrupt\`, \`error\`: no \`seq\`, not stored, about one frame this client sent). Remember the highest \`seq\` of the events only.
 
 The request is checked before the upgrade: a refused client gets an HTTP problem (\`application/problem+json\`) and no WebSocket: 404 SESSION_NOT_FOUND (no such session, or deleted), 400 VALIDATION_FAILED (the id is not a UUID, \`after\` is not an integer ≥ 0, or another query parameter). A GET without \`Upgrade: websocket\` is 404.
 
@@ -214,7 +293,7 @@ Close codes:
 | ${STREAM_CLOSE_CODES.messageTooBig} | | a client frame larger than WS_MAX_FRAME_BYTES (1 MiB) | send smaller frames |
 | 1006 | | dropped (seen by the client), e.g. after an unanswered ping | reconnect with back-off |
 
-The stream is not closed when the session ends: a \`state\` event announces it. There is no authentication: whoever knows the session id can read the stream and send on it.`
+The stream is not closed when the session ends: a \`state\` event announces it. The upgrade needs the same bearer token as the HTTP API (the \`Authorization\` header, or \`?access_token=\` where headers cannot be set): without one it is refused with 401, and another user's session is a 404.`
 
 /** The AsyncAPI 3.0 document of the session stream. */
 export function asyncApiDocument (version: string): Record<string, Json> {
@@ -301,6 +380,28 @@ export function asyncApiDocument (version: string): Record<string, Json> {
         reply: {
           channel: { $ref: `#/channels/${CHANNEL}` },
           messages: [channelMessage('heartbeatReply'), channelMessage('errorReply')]
+        }
+      },
+      receivePermission: {
+        action: 'receive',
+        channel: { $ref: `#/channels/${CHANNEL}` },
+        title: 'An answer to the agent\'s permission request or question',
+        summary: 'The first answer wins and reaches the agent; the reply is `permission` or `error`',
+        messages: [channelMessage('permissionFrame')],
+        reply: {
+          channel: { $ref: `#/channels/${CHANNEL}` },
+          messages: [channelMessage('permissionReply'), channelMessage('errorReply')]
+        }
+      },
+      receiveInterrupt: {
+        action: 'receive',
+        channel: { $ref: `#/channels/${CHANNEL}` },
+        title: 'Stop the running turn',
+        summary: 'The turn ends, the session stays active; the reply is `interrupt` or `error`',
+        messages: [channelMessage('interruptFrame')],
+        reply: {
+          channel: { $ref: `#/channels/${CHANNEL}` },
+          messages: [channelMessage('interruptReply'), channelMessage('errorReply')]
         }
       }
     },

@@ -6,7 +6,7 @@ export const Uuid = Type.String({ format: 'uuid', pattern: '^[0-9a-fA-F]{8}-[0-9
 /** Postgres text cannot hold NUL: refuse it at the door instead of failing in the database */
 export const NO_NUL = '^[^\\u0000]*$'
 export const DateTime = Type.String({ format: 'date-time' })
-export const Nullable = <T extends TSchema>(schema: T) => Type.Union([schema, Type.Null()])
+export const Nullable = <T extends TSchema>(schema: T, options: { description?: string } = {}) => Type.Union([schema, Type.Null()], options)
 
 /** A `$ref` to a schema registered by `$id`, keeping its static type. */
 export function ref<T extends TSchema> (schema: T) {

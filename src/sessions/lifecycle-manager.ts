@@ -21,6 +21,7 @@ import {
   WriteContention,
   invalidTransition,
   outOfRange,
+  permissionModeNotAllowed,
   sessionTerminal,
   versionConflict
 } from '../errors.js'
@@ -49,9 +50,19 @@ export interface TransitionEvent {
   reason: string | null
 }
 
+/** Settings a PATCH changed that a live agent takes at once (undefined: unchanged; null: back to the default). */
+export interface SettingsEvent {
+  sessionId: string
+  permissionMode?: string | null | undefined
+  model?: string | null | undefined
+  permissionTimeoutSeconds?: number | null | undefined
+}
+
 export interface LifecycleEvents {
   /** one change, by a user request or a system decision */
   transition: [TransitionEvent]
+  /** the agent's settings changed */
+  settings: [SettingsEvent]
   /** many at once (a sweep): one event for the lot */
   transitions: [TransitionEvent[]]
 }
@@ -76,7 +87,7 @@ export interface HeartbeatResult {
 
 export interface LifecycleManagerOptions {
   repo: SessionRepository
-  config: Pick<Config, 'workspaceRoot' | 'idleTimeout' | 'ttl' | 'heartbeatCoalesceFraction'>
+  config: Pick<Config, 'workspaceRoot' | 'idleTimeout' | 'ttl' | 'heartbeatCoalesceFraction'> & { agent: Pick<Config['agent'], 'allowedPermissionModes'> }
   logger: Log
   clock?: () => Date
   hooks?: Partial<SessionProcessHooks>
@@ -131,6 +142,7 @@ export class SessionLifecycleManager extends EventEmitter<LifecycleEvents> {
     const idle = input.idleTimeoutSeconds ?? this.#config.idleTimeout.defaultSeconds
     const ttl = input.ttlSeconds ?? this.#config.ttl.defaultSeconds
     this.#checkRanges({ idleTimeoutSeconds: idle, ttlSeconds: ttl })
+    this.#checkMode(input.permissionMode)
     const id = randomUUID()
     const workdir = await prepareWorkdir(userWorkspace(this.#config.workspaceRoot, owner), input.workdir ?? id)
     const now = this.#clock()
@@ -140,6 +152,8 @@ export class SessionLifecycleManager extends EventEmitter<LifecycleEvents> {
       title: input.title ?? null,
       workdir,
       model: input.model ?? null,
+      permissionMode: input.permissionMode ?? null,
+      permissionTimeoutSeconds: input.permissionTimeoutSeconds ?? null,
       idleTimeoutSeconds: idle,
       ttlSeconds: ttl,
       expiresAt: addSeconds(now, ttl),
@@ -181,7 +195,7 @@ export class SessionLifecycleManager extends EventEmitter<LifecycleEvents> {
   }
 
   /** One user's sessions, newest first. */
-  async list (q: { owner: string, states?: SessionState[] | undefined, cursor?: KeysetCursor | undefined, limit: number }): Promise<SessionRow[]> {
+  async list (q: { owner: string, states?: SessionState[] | undefined, waiting?: boolean | undefined, cursor?: KeysetCursor | undefined, limit: number }): Promise<SessionRow[]> {
     return this.#repo.list(q)
   }
 
@@ -197,17 +211,34 @@ export class SessionLifecycleManager extends EventEmitter<LifecycleEvents> {
 
   async update (id: string, patch: PatchSessionInput, opts: MutationOptions = {}): Promise<SessionRow> {
     this.#checkRanges(patch)
-    return this.#compareAndSet(id, opts, async (row) => {
+    this.#checkMode(patch.permissionMode ?? undefined)
+    const before = { permissionMode: undefined as string | null | undefined, model: undefined as string | null | undefined }
+    const written = await this.#compareAndSet(id, opts, async (row) => {
       if (isTerminal(row.state)) throw sessionTerminal(row.state, row.version)
+      before.permissionMode = row.permissionMode
+      before.model = row.model
       return this.#repo.updateSettings({
         id,
         version: row.version,
         now: this.#clock(),
         title: patch.title,
         idleTimeoutSeconds: patch.idleTimeoutSeconds,
-        ttlSeconds: patch.ttlSeconds
+        ttlSeconds: patch.ttlSeconds,
+        permissionMode: patch.permissionMode,
+        model: patch.model,
+        permissionTimeoutSeconds: patch.permissionTimeoutSeconds
       })
     })
+    // only what changed goes to a live agent
+    const changed = <T>(next: T | undefined, prev: T) => (next !== undefined && next !== prev ? next : undefined)
+    const e: SettingsEvent = {
+      sessionId: id,
+      permissionMode: changed(patch.permissionMode, before.permissionMode),
+      model: changed(patch.model, before.model),
+      permissionTimeoutSeconds: patch.permissionTimeoutSeconds
+    }
+    if (e.permissionMode !== undefined || e.model !== undefined || e.permissionTimeoutSeconds !== undefined) this.emit('settings', e)
+    return written
   }
 
   /** Stops the session's process (a live session is completed first, in the history) and archives it. */
@@ -365,6 +396,12 @@ export class SessionLifecycleManager extends EventEmitter<LifecycleEvents> {
     if (!canTransition(row.state, to, actor)) {
       throw invalidTransition(row.state, to, allowedTargets(row.state, 'user'), row.version)
     }
+  }
+
+  /** A mode the operator did not allow (ALLOWED_PERMISSION_MODES) is refused, whatever the CLI would take. */
+  #checkMode (mode: string | null | undefined): void {
+    const allowed = this.#config.agent.allowedPermissionModes
+    if (mode !== undefined && mode !== null && !(allowed as readonly string[]).includes(mode)) throw permissionModeNotAllowed(mode, allowed)
   }
 
   #checkRanges (v: { idleTimeoutSeconds?: number | undefined, ttlSeconds?: number | undefined }): void {

@@ -49,6 +49,10 @@ export interface SettingsWrite {
   title?: string | null | undefined
   idleTimeoutSeconds?: number | undefined
   ttlSeconds?: number | undefined
+  /** undefined leaves each as it is; null sets it back to the service's default */
+  permissionMode?: string | null | undefined
+  model?: string | null | undefined
+  permissionTimeoutSeconds?: number | null | undefined
 }
 
 export interface TurnUsage {
@@ -74,6 +78,8 @@ export interface NewSession {
   title: string | null
   workdir: string
   model: string | null
+  permissionMode: string | null
+  permissionTimeoutSeconds: number | null
   idleTimeoutSeconds: number
   ttlSeconds: number
   expiresAt: Date
@@ -117,9 +123,10 @@ export function createSessionRepository (db: Database, opts: SessionRepositoryOp
   // lose mid-way) when the connection drops
   const insertStmt = prepareSql(db, 'session_insert', sql`
     with created as (
-      insert into sessions (id, owner, state, version, title, workdir, model, idle_timeout_seconds, ttl_seconds,
-        expires_at, state_changed_at, created_at, updated_at)
+      insert into sessions (id, owner, state, version, title, workdir, model, permission_mode, permission_timeout_seconds,
+        idle_timeout_seconds, ttl_seconds, expires_at, state_changed_at, created_at, updated_at)
       values (${p('id')}::uuid, ${p('owner')}::text, 'pending', 1, ${p('title')}::text, ${p('workdir')}::text, ${p('model')}::text,
+        ${p('mode')}::text, ${p('ptimeout')}::int,
         ${p('idle')}::int, ${p('ttl')}::int, ${ts('expires')}, ${ts('now')}, ${ts('now')}, ${ts('now')})
       returning *
     ), logged as (
@@ -218,6 +225,9 @@ export function createSessionRepository (db: Database, opts: SessionRepositoryOp
       version = version + 1,
       updated_at = ${ts('now')},
       title = case when ${p('setTitle')}::boolean then ${p('title')}::text else title end,
+      permission_mode = case when ${p('setMode')}::boolean then ${p('mode')}::text else permission_mode end,
+      model = case when ${p('setModel')}::boolean then ${p('model')}::text else model end,
+      permission_timeout_seconds = case when ${p('setPTimeout')}::boolean then ${p('ptimeout')}::int else permission_timeout_seconds end,
       idle_timeout_seconds = coalesce(${p('idle')}::int, idle_timeout_seconds),
       -- activity is not versioned, so deadlines that depend on it are computed here, atomically
       idle_deadline_at = case when state = 'active' and not busy
@@ -355,20 +365,22 @@ export function createSessionRepository (db: Database, opts: SessionRepositoryOp
   const restartStmt = sweep('sessions_suspend_after_restart', sql`state = 'active'`, 'suspended', 'restart')
 
   const listStmts = new Map<string, { execute: (v: Record<string, unknown>) => Promise<SessionRow[]> }>()
-  function listStmt (withStates: boolean, withCursor: boolean, liveOnly: boolean) {
-    const key = `${withStates}:${withCursor}:${liveOnly}`
+  function listStmt (withStates: boolean, withCursor: boolean, liveOnly: boolean, waiting: boolean) {
+    const key = `${withStates}:${withCursor}:${liveOnly}:${waiting}`
     let stmt = listStmts.get(key)
     if (!stmt) {
       const conditions: SQL[] = [sql`${sessions.owner} = ${p('owner')}::text`, sql`${sessions.deletedAt} is null`]
       if (withStates) conditions.push(sql`${sessions.state} = any(${p('states')}::text[])`)
       // spelled as in the partial index's predicate, so the planner can use sessions_live_list_idx
       if (liveOnly) conditions.push(sql`state in ${LIVE}`)
+      // "waiting for me": an agent asks something; the owner's index narrows it to one user's rows
+      if (waiting) conditions.push(sql`${sessions.pendingPermissions} > 0`)
       if (withCursor) conditions.push(sql`(${sessions.createdAt}, ${sessions.id}) < (${ts('cAt')}, ${p('cId')}::uuid)`)
       stmt = db.select().from(sessions)
         .where(and(...conditions))
         .orderBy(desc(sessions.createdAt), desc(sessions.id))
         .limit(p('limit'))
-        .prepare(`sessions_list_${withStates ? 's' : ''}${withCursor ? 'c' : ''}${liveOnly ? 'l' : ''}`)
+        .prepare(`sessions_list_${withStates ? 's' : ''}${withCursor ? 'c' : ''}${liveOnly ? 'l' : ''}${waiting ? 'w' : ''}`)
       listStmts.set(key, stmt)
     }
     return stmt
@@ -391,6 +403,8 @@ export function createSessionRepository (db: Database, opts: SessionRepositoryOp
         title: row.title,
         workdir: row.workdir,
         model: row.model,
+        mode: row.permissionMode,
+        ptimeout: row.permissionTimeoutSeconds,
         idle: row.idleTimeoutSeconds,
         ttl: row.ttlSeconds,
         expires: row.expiresAt.toISOString(),
@@ -451,7 +465,13 @@ export function createSessionRepository (db: Database, opts: SessionRepositoryOp
         setTitle: w.title !== undefined,
         title: w.title ?? null,
         idle: w.idleTimeoutSeconds ?? null,
-        ttl: w.ttlSeconds ?? null
+        ttl: w.ttlSeconds ?? null,
+        setMode: w.permissionMode !== undefined,
+        mode: w.permissionMode ?? null,
+        setModel: w.model !== undefined,
+        model: w.model ?? null,
+        setPTimeout: w.permissionTimeoutSeconds !== undefined,
+        ptimeout: w.permissionTimeoutSeconds ?? null
       })
       return rows[0] ? toSession(rows[0]) : null
     },
@@ -519,10 +539,10 @@ export function createSessionRepository (db: Database, opts: SessionRepositoryOp
       return sweepAll(idleStmt, now)
     },
 
-    async list (q: { owner: string, states?: SessionState[] | undefined, cursor?: SessionCursor | undefined, limit: number }): Promise<SessionRow[]> {
+    async list (q: { owner: string, states?: SessionState[] | undefined, waiting?: boolean | undefined, cursor?: SessionCursor | undefined, limit: number }): Promise<SessionRow[]> {
       const withStates = q.states !== undefined && q.states.length > 0
       const liveOnly = withStates && q.states!.every((s) => (LIVE_STATES as readonly SessionState[]).includes(s))
-      return listStmt(withStates, q.cursor !== undefined, liveOnly).execute({
+      return listStmt(withStates, q.cursor !== undefined, liveOnly, q.waiting === true).execute({
         owner: q.owner,
         limit: q.limit,
         ...(withStates ? { states: q.states } : {}),

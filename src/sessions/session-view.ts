@@ -1,10 +1,12 @@
 import type { SessionRow, SnapshotRow, TransitionRow } from '../db/schema.js'
+import type { PermissionRow } from './permission-repository.js'
 import { activeMsAt } from '../domain/timers.js'
 import type { SessionView, SnapshotView, TransitionView } from '../schemas/session.js'
 
 const iso = (d: Date | null): string | null => (d ? d.toISOString() : null)
 
-export function toSessionView (row: SessionRow, now: Date): SessionView {
+/** A session as the API shows it; `pending`: its open permission asks (read only when it has some). */
+export function toSessionView (row: SessionRow, now: Date, pending: PermissionRow[] = []): SessionView {
   return {
     id: row.id,
     state: row.state,
@@ -12,6 +14,16 @@ export function toSessionView (row: SessionRow, now: Date): SessionView {
     title: row.title,
     workdir: row.workdir,
     model: row.model,
+    permissionMode: row.permissionMode,
+    permissionTimeoutSeconds: row.permissionTimeoutSeconds,
+    pendingPermissions: pending.filter((p) => p.sessionId === row.id).map((p) => ({
+      requestId: p.requestId,
+      kind: p.kind,
+      toolName: p.toolName,
+      seq: p.seq,
+      createdAt: p.createdAt.toISOString(),
+      expiresAt: p.expiresAt.toISOString()
+    })),
     idleTimeoutSeconds: row.idleTimeoutSeconds,
     ttlSeconds: row.ttlSeconds,
     expiresAt: row.expiresAt.toISOString(),

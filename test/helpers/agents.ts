@@ -8,6 +8,7 @@ import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import type { App } from '../../src/app.js'
 import type { Config } from '../../src/config.js'
+import type { EventType } from '../../src/domain/event-types.js'
 import { call, getSession } from './api.js'
 
 const FAKE_CLAUDE = fileURLToPath(new URL('../fixtures/fake-claude.mjs', import.meta.url))
@@ -27,7 +28,7 @@ const WAIT_MS = 15_000
 
 export interface Frame {
   seq: number
-  type: 'user' | 'agent' | 'status' | 'state' | 'error'
+  type: EventType
   at: string
   data: any
 }
@@ -68,6 +69,10 @@ export function kinds (frames: Frame[]): string[] {
       case 'state': return `state:${f.data.from}->${f.data.to}(${f.data.reason})`
       case 'status': return `status:${f.data.message}`
       case 'error': return `error:${f.data.code}`
+      case 'permission_request': return `permission_request:${f.data.toolName}`
+      case 'question': return 'question'
+      case 'permission_response': return `permission_response:${f.data.decision}(${f.data.by})`
+      case 'permission_cancelled': return `permission_cancelled(${f.data.reason})`
       default: return `user:${f.data.text}`
     }
   })
