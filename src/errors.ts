@@ -31,7 +31,7 @@ export const ERROR_CATALOGUE = {
   SESSION_TERMINAL: { status: 409, where: 'http', meaning: 'A PATCH or heartbeat on a completed, failed or expired session (also a stream error reply); adds `state`, `currentVersion`' },
   SESSION_NO_SNAPSHOT: { status: 409, where: 'http', meaning: 'Resume of a paused session that has no snapshot (should not happen: a pause always takes one)' },
   SESSION_NOT_ACCEPTING_MESSAGES: { status: 409, where: 'http', meaning: 'A message to a paused or terminal session, or while the service shuts down (also a stream error reply)' },
-  PERMISSION_REQUEST_CLOSED: { status: 409, where: 'http', meaning: 'The permission request or question was already answered, went unanswered past its timeout, or was cancelled (pause, interrupt, the agent\'s end, a restart); adds `status` (`allowed`, `denied`, `timed_out`, `cancelled`). Also a stream error reply' },
+  PERMISSION_REQUEST_CLOSED: { status: 409, where: 'http', meaning: 'The permission request or question was already answered, went unanswered past its timeout, or was cancelled (pause, interrupt, the agent\'s end, a restart); adds `requestStatus` (`allowed`, `denied`, `timed_out`, `cancelled`). Also a stream error reply' },
   SESSION_WRITE_CONTENTION: { status: 409, where: 'http', meaning: 'The session changed under a request without `If-Match` 8 times in a row; retry' },
   TOO_MANY_DEVICES: { status: 409, where: 'http', meaning: 'The user already has `PUSH_MAX_DEVICES_PER_USER` devices registered; delete one first. Adds `limit`' },
   SESSION_VERSION_CONFLICT: { status: 412, where: 'http', meaning: '`If-Match` does not match the current version; adds `state`, `currentVersion`' },
@@ -46,7 +46,7 @@ export const ERROR_CATALOGUE = {
   SERVICE_UNAVAILABLE: { status: 503, where: 'http', meaning: '`/readyz`: the database does not answer' },
   SERVICE_OVERLOADED: { status: 503, where: 'http', meaning: 'The event loop is saturated (its delay is above `MAX_EVENT_LOOP_DELAY_MS`): the request was refused before any work, instead of queueing; carries `Retry-After`. Never on `/healthz`' },
   // the stream
-  INVALID_FRAME: { status: null, where: 'stream', meaning: 'Stream error reply: a client frame that is not JSON text (binary included), not one of the two client frames, or has extra members; the connection stays open' },
+  INVALID_FRAME: { status: null, where: 'stream', meaning: 'Stream error reply: a client frame that is not JSON text (binary included), not one of the four client frames, or has extra members; the connection stays open' },
   // stored `error` events
   AGENT_START_FAILED: { status: null, where: 'event', meaning: '`error` event: a new conversation could not start (spawn error, e.g. a wrong `CLAUDE_BIN`, or exit before the turn began); the session becomes `failed` if it never completed a turn, otherwise `suspended`; the message is kept' },
   AGENT_RESUME_FAILED: { status: null, where: 'event', meaning: '`error` event: continuing a conversation failed (`--resume` refused, e.g. "No conversation found", or an exit before the turn began); the session becomes `suspended`, the message is kept: send again to retry, or `POST /restart`' },
@@ -202,7 +202,7 @@ export function permissionRequestClosed (requestId: string, status: string): Err
     timed_out: 'nobody answered in time, so it was denied',
     cancelled: 'it was cancelled (the turn was interrupted or paused, or the agent stopped)'
   }
-  return withDetails(new PermissionRequestClosed(requestId, why[status] ?? status), { status })
+  return withDetails(new PermissionRequestClosed(requestId, why[status] ?? status), { requestStatus: status })
 }
 
 export function permissionModeNotAllowed (mode: string, allowed: readonly string[]): Error {

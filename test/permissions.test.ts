@@ -72,7 +72,8 @@ t.test('a tool use waits for the user, who allows it; a second answer is a 409',
   const request = await waitAsk(s.id)
   t.equal(request.type, 'permission_request')
   t.equal(request.data.toolName, 'Write')
-  t.same(request.data.input, { file_path: 'notes.txt', content: 'hello' })
+  t.equal(request.data.input.content, 'hello')
+  t.match(request.data.input.file_path, /\/notes\.txt$/, 'the path as the CLI resolved it')
   t.type(request.data.requestId, 'string')
   t.ok(request.seq > sent.seq, 'after the message')
   t.ok(Date.parse(request.data.expiresAt) > Date.parse(request.at), 'an expiry in the future')
@@ -93,6 +94,7 @@ t.test('a tool use waits for the user, who allows it; a second answer is a 409',
   t.match(ok.body, { requestId: request.data.requestId, decision: 'allow' })
   const done = await waitEvents(app, s.id, 'the turn\'s result', (f) => results(f).length === 1)
   t.match(replies(done)[0], /^tool Write allowed/, 'the tool ran')
+  t.equal(await readFile(join(s.workdir, 'notes.txt'), 'utf8'), 'hello', 'the file was written in the session\'s workdir')
   const response = done.find((f) => f.type === 'permission_response')!
   t.equal(response.seq, ok.body.seq, 'the answer\'s seq is its event')
   t.match(response.data, { requestId: request.data.requestId, decision: 'allow', by: 'user', remember: false })
@@ -105,7 +107,7 @@ t.test('a tool use waits for the user, who allows it; a second answer is a 409',
 
   const again = await answer(s.id, request.data.requestId, { decision: 'deny' })
   t.equal(again.status, 409)
-  t.match(again.body, { code: 'PERMISSION_REQUEST_CLOSED', status: 'allowed' })
+  t.match(again.body, { code: 'PERMISSION_REQUEST_CLOSED', requestStatus: 'allowed' })
   t.equal(again.contentType, 'application/problem+json')
 
   const unknown = await answer(s.id, 'no-such-request', { decision: 'allow' })
@@ -124,6 +126,12 @@ t.test('a denied tool use tells the agent why, and the turn goes on', async (t) 
   t.equal(res.status, 200)
   const done = await waitEvents(app, s.id, 'the result', (f) => results(f).length === 1)
   t.match(replies(done)[0], /denied: not the build directory/)
+  await send(app, s.id, toolUse('Write', { file_path: 'denied.txt', content: 'no' }))
+  const second = await waitAsk(s.id, 2)
+  t.equal((await answer(s.id, second.data.requestId, { decision: 'deny' })).status, 200)
+  const after = await waitEvents(app, s.id, 'the second result', (f) => results(f).length === 2)
+  t.match(replies(after)[1], /denied: The user denied this tool use\./, 'a deny without a message tells the agent so')
+  t.notOk(existsSync(join(s.workdir, 'denied.txt')), 'a denied write wrote nothing')
   t.match(done.find((f) => f.type === 'permission_response')?.data, { decision: 'deny', message: 'not the build directory', by: 'user' })
 })
 
@@ -179,7 +187,7 @@ t.test('nobody answers: denied at the timeout, the turn goes on, a late answer i
   t.match(replies(done)[0], /denied: Nobody answered/)
   const late = await answer(s.id, request.data.requestId, { decision: 'allow' })
   t.equal(late.status, 409)
-  t.equal(late.body.status, 'timed_out')
+  t.equal(late.body.requestStatus, 'timed_out')
 })
 
 t.test('a waiting ask keeps the session from idling out', async (t) => {
@@ -213,7 +221,7 @@ t.test('an interrupt ends the waiting turn and cancels its ask; a late answer is
   t.same(v.pendingPermissions, [])
   const late = await answer(s.id, request.data.requestId, { decision: 'allow' })
   t.equal(late.status, 409)
-  t.equal(late.body.status, 'cancelled')
+  t.equal(late.body.requestStatus, 'cancelled')
 })
 
 t.test('a pause cancels the waiting ask', async (t) => {
