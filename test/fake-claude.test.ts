@@ -171,7 +171,9 @@ t.test('arguments', async (t) => {
     ['both --session-id and --resume', [...STREAM_ARGS, '--session-id', id, '--resume', id], 'exactly one of'],
     ['a session id that is not a UUID', [...STREAM_ARGS, '--session-id', 'nope'], 'Invalid session ID'],
     ['a flag without its value', [...STREAM_ARGS, '--session-id'], 'argument missing'],
-    ['a positional prompt', [...STREAM_ARGS, '--session-id', id, 'hello'], 'unexpected argument']
+    ['a positional prompt', [...STREAM_ARGS, '--session-id', id, 'hello'], 'unexpected argument'],
+    ['an unknown permission mode', [...STREAM_ARGS, '--session-id', id, '--permission-mode', 'bogus'], "argument 'bogus' is invalid"],
+    ['a permission prompt tool other than stdio', [...STREAM_ARGS, '--session-id', id, '--permission-prompt-tool', 'mcp__x'], 'only supports --permission-prompt-tool stdio']
   ]
   for (const [what, args, message] of bad) {
     const fake = start(t, box, { args })
@@ -184,7 +186,7 @@ t.test('arguments', async (t) => {
   await t.test('every optional flag the service may pass is accepted', async (t) => {
     const fake = start(t, box, {
       args: [...STREAM_ARGS, '--session-id', randomUUID(), '--model', 'claude-test-1', '--permission-mode', 'acceptEdits',
-        '--include-partial-messages', '--permission-prompt-tool', 'stdio', '--setting-sources', '']
+        '--include-partial-messages', '--permission-prompt-tool', 'stdio', '--setting-sources', '', '--allow-dangerously-skip-permissions']
     })
     fake.prompt('hi')
     fake.end()
@@ -215,7 +217,9 @@ t.test('a turn: init, assistant, result with deterministic numbers; the transcri
   const result = await fake.result()
   t.same(fake.types(), ['system/init', 'assistant', 'result/success'])
   const [init, assistant] = fake.lines as [Line, Line]
-  t.match(init, { session_id: id, cwd: box.cwd, model: 'claude-fake-model', tools: ['Bash', 'Read'], permissionMode: 'default', claude_code_version: 'fake-1.0' })
+  t.match(init, {
+    session_id: id, cwd: box.cwd, model: 'claude-fake-model', tools: ['AskUserQuestion', 'Bash', 'Edit', 'NotebookEdit', 'Read', 'Write'], permissionMode: 'default', claude_code_version: 'fake-1.0'
+  })
   t.match(assistant, {
     session_id: id,
     parent_tool_use_id: null,
@@ -374,14 +378,38 @@ t.test('interrupt', async (t) => {
     fake.send({ type: 'control_request', request_id: 'req-1', request: { subtype: 'interrupt' } })
     const result = await fake.result()
     t.same(fake.types(), ['system/init', 'control_response', 'user', 'result/error_during_execution'])
-    t.same(fake.lines[1], { type: 'control_response', response: { subtype: 'success', request_id: 'req-1' } })
+    t.same(fake.lines[1], { type: 'control_response', response: { subtype: 'success', request_id: 'req-1', response: { still_queued: [] } } })
     t.match(fake.lines[2], { type: 'user', message: { role: 'user', content: [{ type: 'text', text: '[Request interrupted by user]' }] } })
     t.match(result, { is_error: true, terminal_reason: 'aborted_streaming', user_message_uuid: uuid, total_cost_usd: 0.001 })
 
     fake.prompt('next')
     t.match(await fake.result(2), { subtype: 'success', result: 'echo: next | remembered: long', total_cost_usd: 0.002 }, 'the process lives on')
     fake.end()
-    t.same(await fake.waitExit(), { code: 1, signal: null }, 'EOF after an interrupted turn: exit 1')
+    t.same(await fake.waitExit(), { code: 0, signal: null }, 'EOF after a turn that was not interrupted: exit 0 (like the real CLI)')
+  })
+
+  await t.test('EOF right after an interrupted turn: exit 1', async (t) => {
+    const fake = start(t, box, { args: [...STREAM_ARGS, '--session-id', randomUUID()] })
+    fake.prompt('/slow 60000 long')
+    await fake.line((l) => l.subtype === 'init', 'init')
+    fake.send({ type: 'control_request', request_id: 'req-e', request: { subtype: 'interrupt' } })
+    await fake.result()
+    fake.end()
+    t.same(await fake.waitExit(), { code: 1, signal: null })
+  })
+
+  await t.test('still_queued lists the uuids of the messages waiting behind the interrupted turn', async (t) => {
+    const fake = start(t, box, { args: [...STREAM_ARGS, '--session-id', randomUUID()] })
+    const queued = randomUUID()
+    fake.prompt('/slow 60000 long')
+    await fake.line((l) => l.subtype === 'init', 'init')
+    fake.prompt('waiting', queued)
+    fake.send({ type: 'control_request', request_id: 'req-q', request: { subtype: 'interrupt' } })
+    t.same((await fake.line((l) => l.type === 'control_response', 'control_response')).response,
+      { subtype: 'success', request_id: 'req-q', response: { still_queued: [queued] } })
+    t.match(await fake.result(2), { subtype: 'success', result: 'echo: waiting | remembered: long' }, 'the queued message still runs')
+    fake.end()
+    t.same(await fake.waitExit(), { code: 0, signal: null })
   })
 
   await t.test('during a flood: the rest of the flood is dropped', async (t) => {
@@ -408,8 +436,11 @@ t.test('interrupt', async (t) => {
 
   await t.test('an unsupported control request gets an error response', async (t) => {
     const fake = start(t, box, { args: [...STREAM_ARGS, '--session-id', randomUUID()] })
-    fake.send({ type: 'control_request', request_id: 'req-3', request: { subtype: 'set_model' } })
-    t.match(await fake.line((l) => l.type === 'control_response', 'control_response'), { response: { subtype: 'error', request_id: 'req-3' } })
+    fake.send({ type: 'control_request', request_id: 'req-3', request: { subtype: 'no_such_thing' } })
+    t.same(await fake.line((l) => l.type === 'control_response', 'control_response'), {
+      type: 'control_response',
+      response: { subtype: 'error', request_id: 'req-3', error: 'Unsupported control request subtype: no_such_thing', error_code: 'unsupported_request' }
+    })
     fake.end()
     t.same(await fake.waitExit(), { code: 0, signal: null })
   })
@@ -555,5 +586,406 @@ t.test('start-up switches', async (t) => {
     t.same(fake.lines, [])
     t.match(fake.stderr, 'FAKE_CLAUDE_EXIT_BEFORE_INIT')
     t.notOk(existsSync(transcriptFile(box.config, box.cwd, id)), 'no transcript')
+  })
+})
+
+// ---------------------------------------------------------------------------------------------
+// Permissions, questions and control requests (--permission-prompt-tool stdio): the shapes are the
+// real CLI 2.1.330's, recorded in docs/AGENTS.md ("Permissions, questions, interrupts and control
+// requests").
+
+const isAsk = (l: Line) => l.type === 'control_request' && l.request?.subtype === 'can_use_tool'
+
+/** The `n`-th can_use_tool request. */
+function canUseTool (fake: Fake, n = 1): Promise<Line> {
+  return fake.line(isAsk, `can_use_tool #${n}`, n)
+}
+
+function answer (fake: Fake, request: Line, response: Record<string, unknown>): void {
+  fake.send({ type: 'control_response', response: { subtype: 'success', request_id: request.request_id, response } })
+}
+
+function startWith (t: Test, box: Sandbox, mode: string, extra: string[] = []): Fake {
+  return start(t, box, { args: [...STREAM_ARGS, '--session-id', randomUUID(), '--permission-prompt-tool', 'stdio', '--permission-mode', mode, ...extra] })
+}
+
+const toolResults = (fake: Fake): Line[] => fake.lines.filter((l) => l.type === 'user' && l.message.content[0]?.type === 'tool_result')
+  .map((l) => l.message.content[0] as Line)
+
+t.test('/tool: the approval round trip', async (t) => {
+  const box = await sandbox(t)
+
+  await t.test('allowed: tool_use, can_use_tool as the real CLI shapes it, tool_result, reply; Write writes', async (t) => {
+    const fake = startWith(t, box, 'default')
+    fake.prompt('/tool Write {"file_path":"allowed.txt","content":"hello world"}')
+    const request = await canUseTool(fake)
+    const toolUse = fake.lines.find((l) => l.type === 'assistant')!.message.content[0]
+    t.match(toolUse, { type: 'tool_use', name: 'Write', input: { file_path: 'allowed.txt', content: 'hello world' } }, 'the model\'s input, as it asked')
+    t.match(request.request_id, /^[0-9a-f-]{36}$/)
+    t.same(request.request, {
+      subtype: 'can_use_tool',
+      tool_name: 'Write',
+      display_name: 'Write',
+      input: { file_path: join(box.cwd, 'allowed.txt'), content: 'hello world' },
+      description: 'allowed.txt',
+      permission_suggestions: [{ type: 'setMode', mode: 'acceptEdits', destination: 'session' }],
+      tool_use_id: toolUse.id
+    }, 'the path is made absolute; the suggestion is acceptEdits for the session')
+    t.notOk(existsSync(join(box.cwd, 'allowed.txt')), 'nothing written before the answer')
+    answer(fake, request, { behavior: 'allow', updatedInput: request.request.input })
+    const result = await fake.result()
+    const used = JSON.stringify(request.request.input)
+    t.same(toolResults(fake), [{ tool_use_id: toolUse.id, type: 'tool_result', content: `tool Write ran with ${used}` }])
+    t.equal(await readFile(join(box.cwd, 'allowed.txt'), 'utf8'), 'hello world', 'the file was written')
+    t.match(result, { subtype: 'success', is_error: false, result: `tool Write allowed: ${used}`, num_turns: 2, permission_denials: [] })
+    t.same(fake.types(), ['system/init', 'assistant', 'control_request', 'user', 'assistant', 'result/success'])
+    fake.end()
+    t.same(await fake.waitExit(), { code: 0, signal: null })
+  })
+
+  await t.test('denied: is_error tool_result with the message, nothing written, the denial in the result', async (t) => {
+    const fake = startWith(t, box, 'default')
+    fake.prompt('/tool Write {"file_path":"denied.txt","content":"x"} and then?')
+    const request = await canUseTool(fake)
+    answer(fake, request, { behavior: 'deny', message: 'not that file' })
+    const result = await fake.result()
+    t.same(toolResults(fake), [{ type: 'tool_result', content: 'not that file', is_error: true, tool_use_id: request.request.tool_use_id }])
+    t.notOk(existsSync(join(box.cwd, 'denied.txt')), 'not written')
+    t.match(result, {
+      subtype: 'success',
+      is_error: false,
+      result: 'tool Write denied: not that file | echo: and then?',
+      permission_denials: [{ tool_name: 'Write', tool_use_id: request.request.tool_use_id, tool_input: request.request.input }]
+    }, 'the rest of the prompt is echoed after the tool\'s part')
+    fake.end()
+    await fake.waitExit()
+  })
+
+  await t.test('updatedInput: used whole when not empty; {} or none keeps the input; a broken one fails the tool', async (t) => {
+    const fake = startWith(t, box, 'default')
+    fake.prompt('/tool Write {"file_path":"a.txt","content":"model"}')
+    answer(fake, await canUseTool(fake, 1), { behavior: 'allow', updatedInput: { file_path: 'b.txt', content: 'user' } })
+    t.match(await fake.result(1), { result: 'tool Write allowed: {"file_path":"b.txt","content":"user"}' })
+    t.notOk(existsSync(join(box.cwd, 'a.txt')))
+    t.equal(await readFile(join(box.cwd, 'b.txt'), 'utf8'), 'user')
+
+    fake.prompt('/tool Write {"file_path":"c.txt","content":"kept"}')
+    answer(fake, await canUseTool(fake, 2), { behavior: 'allow', updatedInput: {} })
+    await fake.result(2)
+    fake.prompt('/tool Write {"file_path":"d.txt","content":"kept"}')
+    answer(fake, await canUseTool(fake, 3), { behavior: 'allow' })
+    await fake.result(3)
+    t.equal(await readFile(join(box.cwd, 'c.txt'), 'utf8'), 'kept', '{} keeps the input')
+    t.equal(await readFile(join(box.cwd, 'd.txt'), 'utf8'), 'kept', 'no updatedInput keeps the input')
+
+    fake.prompt('/tool Write {"file_path":"e.txt","content":"x"}')
+    answer(fake, await canUseTool(fake, 4), { behavior: 'allow', updatedInput: { content: 'no path' } })
+    t.match(await fake.result(4), { result: 'tool Write failed: the required parameter file_path is missing' })
+    t.match(toolResults(fake).at(-1), { is_error: true, content: /failed schema validation[\s\S]*`file_path` is missing/ })
+
+    fake.prompt('/tool Write {"file_path":"f.txt","content":"x"}')
+    answer(fake, await canUseTool(fake, 5), { behavior: 'maybe' })
+    t.match(await fake.result(5), { result: 'tool Write failed: invalid permission result' })
+    t.match(toolResults(fake).at(-1), { is_error: true, content: /^The canUseTool callback returned an invalid permission result/ })
+    t.notOk(existsSync(join(box.cwd, 'e.txt')) || existsSync(join(box.cwd, 'f.txt')), 'neither ran')
+    fake.end()
+    t.same(await fake.waitExit(), { code: 0, signal: null })
+  })
+
+  await t.test('the JSON may hold spaces; tools chain in order; a word that is no JSON object ends the directives', async (t) => {
+    const fake = startWith(t, box, 'bypassPermissions')
+    fake.prompt('/tool Bash {"command":"echo a b","description":"two words"} /tool Read {"file_path":"x"} rest')
+    const result = await fake.result()
+    t.equal(result.result, 'tool Bash allowed: {"command":"echo a b","description":"two words"} | ' +
+      `tool Read allowed: {"file_path":"${join(box.cwd, 'x')}"} | echo: rest`)
+    t.equal(result.num_turns, 3)
+    t.notOk(fake.lines.some(isAsk), 'bypassPermissions asks nothing')
+    fake.prompt('/tool Bash not-json')
+    t.match(await fake.result(2), { result: /^echo: \/tool Bash not-json/ }, 'not a directive: the text is the prompt')
+    fake.end()
+    await fake.waitExit()
+  })
+})
+
+t.test('who is asked, by permission mode', async (t) => {
+  const box = await sandbox(t)
+  const tools = {
+    Write: '/tool Write {"file_path":"w.txt","content":"w"}',
+    Edit: '/tool Edit {"file_path":"w.txt","old_string":"w","new_string":"v"}',
+    Bash: '/tool Bash {"command":"mkdir d1","description":"make d1"}',
+    Read: '/tool Read {"file_path":"w.txt"}',
+    WebFetch: '/tool WebFetch {"url":"http://127.0.0.1:1/","prompt":"x"}'
+  }
+  const expected: Record<string, Record<keyof typeof tools, 'asked' | 'ran' | 'denied'>> = {
+    default: { Write: 'asked', Edit: 'asked', Bash: 'asked', Read: 'ran', WebFetch: 'asked' },
+    acceptEdits: { Write: 'ran', Edit: 'ran', Bash: 'asked', Read: 'ran', WebFetch: 'asked' },
+    plan: { Write: 'asked', Edit: 'asked', Bash: 'denied', Read: 'ran', WebFetch: 'denied' },
+    bypassPermissions: { Write: 'ran', Edit: 'ran', Bash: 'ran', Read: 'ran', WebFetch: 'ran' }
+  }
+  for (const [mode, outcomes] of Object.entries(expected)) {
+    await t.test(mode, async (t) => {
+      const fake = startWith(t, box, mode)
+      let n = 0
+      let asks = 0
+      for (const [tool, prompt] of Object.entries(tools) as Array<[keyof typeof tools, string]>) {
+        fake.prompt(prompt)
+        const settled = await Promise.race([canUseTool(fake, asks + 1).then((r) => ({ r })), fake.result(n + 1).then(() => ({ r: undefined }))])
+        if (settled.r) {
+          asks++
+          answer(fake, settled.r, { behavior: 'allow' })
+        }
+        const result = await fake.result(++n)
+        const outcome = settled.r ? 'asked' : result.result.startsWith(`tool ${tool} denied`) ? 'denied' : 'ran'
+        t.equal(outcome, outcomes[tool], `${tool}: ${outcome}`)
+        if (outcome === 'denied') {
+          t.match(fake.lines.find((l) => l.type === 'system' && l.subtype === 'permission_denied' && l.tool_name === tool),
+            { decision_reason_type: 'classifier', message: new RegExp(`^Auto mode is unavailable.*so ${tool} was not run`) }, 'a system/permission_denied line says why')
+        }
+      }
+      if (mode === 'plan') {
+        t.same(fake.lines.filter(isAsk).map((l) => Object.keys(l.request).sort()),
+          [['decision_reason_type', 'description', 'display_name', 'input', 'subtype', 'tool_name', 'tool_use_id'],
+            ['decision_reason_type', 'description', 'display_name', 'input', 'subtype', 'tool_name', 'tool_use_id']],
+          'plan mode\'s asks carry decision_reason_type, no suggestions')
+      }
+      fake.end()
+      t.same(await fake.waitExit(), { code: 0, signal: null })
+    })
+  }
+
+  await t.test('suggestions: Bash offers its command as a localSettings rule', async (t) => {
+    const fake = startWith(t, box, 'default')
+    fake.prompt(tools.Bash)
+    const request = await canUseTool(fake)
+    t.same(request.request, {
+      subtype: 'can_use_tool',
+      tool_name: 'Bash',
+      display_name: 'Bash',
+      input: { command: 'mkdir d1', description: 'make d1' },
+      description: 'make d1',
+      permission_suggestions: [{ type: 'addRules', rules: [{ toolName: 'Bash', ruleContent: 'mkdir d1' }], behavior: 'allow', destination: 'localSettings' }],
+      tool_use_id: request.request.tool_use_id
+    })
+    answer(fake, request, { behavior: 'deny', message: 'no' })
+    await fake.result()
+    fake.end()
+    await fake.waitExit()
+  })
+})
+
+t.test('remembered answers (updatedPermissions)', async (t) => {
+  const box = await sandbox(t)
+
+  await t.test('a session rule: the same command runs unasked later, another is asked; localSettings is not applied', async (t) => {
+    const fake = startWith(t, box, 'default')
+    const bash = (command: string) => `/tool Bash {"command":"${command}"}`
+    fake.prompt(bash('mkdir a'))
+    const first = await canUseTool(fake, 1)
+    answer(fake, first, { behavior: 'allow', updatedPermissions: [{ ...first.request.permission_suggestions[0], destination: 'session' }] })
+    await fake.result(1)
+    fake.prompt(bash('mkdir a'))
+    await fake.result(2)
+    t.equal(fake.lines.filter(isAsk).length, 1, 'the same command again: not asked')
+    fake.prompt(bash('mkdir b'))
+    const other = await canUseTool(fake, 2)
+    t.equal(other.request.input.command, 'mkdir b', 'another command: asked')
+    answer(fake, other, { behavior: 'allow', updatedPermissions: other.request.permission_suggestions })
+    await fake.result(3)
+    fake.prompt(bash('mkdir b'))
+    answer(fake, await canUseTool(fake, 3), { behavior: 'allow' })
+    await fake.result(4)
+    t.pass('a localSettings rule is not applied: asked again')
+    fake.end()
+    await fake.waitExit()
+  })
+
+  await t.test('setMode acceptEdits for the session: later edits run unasked, the next init reports the mode', async (t) => {
+    const fake = startWith(t, box, 'default')
+    fake.prompt('/tool Write {"file_path":"one.txt","content":"1"}')
+    const request = await canUseTool(fake)
+    answer(fake, request, { behavior: 'allow', updatedPermissions: request.request.permission_suggestions })
+    await fake.result(1)
+    fake.prompt('/tool Write {"file_path":"two.txt","content":"2"}')
+    await fake.result(2)
+    t.equal(fake.lines.filter(isAsk).length, 1, 'the second Write was not asked')
+    t.same(fake.lines.filter((l) => l.subtype === 'init').map((l) => l.permissionMode), ['default', 'acceptEdits'])
+    t.equal(await readFile(join(box.cwd, 'two.txt'), 'utf8'), '2')
+    fake.end()
+    await fake.waitExit()
+  })
+})
+
+t.test('/ask: AskUserQuestion', async (t) => {
+  const box = await sandbox(t)
+  const questions = [
+    { question: 'Which color should the button be?', header: 'Color', options: [{ label: 'Red', description: 'warm' }, { label: 'Blue', description: 'cool' }], multiSelect: false },
+    { question: 'Which sizes?', header: 'Sizes', options: [{ label: 'S', description: 'small' }, { label: 'L', description: 'large' }], multiSelect: true }
+  ]
+
+  await t.test('asked in every mode, bypassPermissions too; the answers come back in updatedInput', async (t) => {
+    const fake = startWith(t, box, 'bypassPermissions')
+    fake.prompt(`/ask ${JSON.stringify({ questions })}`)
+    const request = await canUseTool(fake)
+    t.same(request.request, {
+      subtype: 'can_use_tool',
+      tool_name: 'AskUserQuestion',
+      display_name: 'AskUserQuestion',
+      input: { questions },
+      tool_use_id: request.request.tool_use_id,
+      requires_user_interaction: true
+    }, 'no description, no suggestions, requires_user_interaction')
+    const answers = { 'Which color should the button be?': 'Blue', 'Which sizes?': 'S, L' }
+    answer(fake, request, { behavior: 'allow', updatedInput: { ...request.request.input, answers } })
+    const result = await fake.result()
+    t.same(toolResults(fake), [{
+      tool_use_id: request.request.tool_use_id,
+      type: 'tool_result',
+      content: 'Your questions have been answered: "Which color should the button be?"="Blue", "Which sizes?"="S, L". You can now continue with these answers in mind.'
+    }])
+    t.equal(result.result, `tool AskUserQuestion answered: ${JSON.stringify(answers)}`)
+    fake.end()
+    await fake.waitExit()
+  })
+
+  await t.test('the questions array alone; no answers; answers without the questions fail; denied', async (t) => {
+    const fake = startWith(t, box, 'default')
+    fake.prompt(`/ask ${JSON.stringify(questions)}`)
+    const request = await canUseTool(fake, 1)
+    t.same(request.request.input, { questions })
+    answer(fake, request, { behavior: 'allow' })
+    t.equal((await fake.result(1)).result, 'tool AskUserQuestion answered: {}')
+    t.equal(toolResults(fake).at(-1)!.content, 'The user did not answer the questions.')
+    fake.prompt(`/ask ${JSON.stringify(questions)}`)
+    answer(fake, await canUseTool(fake, 2), { behavior: 'allow', updatedInput: { answers: { 'Which sizes?': 'S' } } })
+    t.match(await fake.result(2), { result: 'tool AskUserQuestion failed: the required parameter questions is missing' })
+    fake.prompt(`/ask ${JSON.stringify(questions)}`)
+    answer(fake, await canUseTool(fake, 3), { behavior: 'deny', message: 'skip it' })
+    t.equal((await fake.result(3)).result, 'tool AskUserQuestion denied: skip it')
+    fake.end()
+    await fake.waitExit()
+  })
+})
+
+t.test('a waiting can_use_tool and the end of its turn', async (t) => {
+  const box = await sandbox(t)
+
+  await t.test('interrupt: control_cancel_request, then the interrupt\'s answer, the rejected tool, aborted_tools; a late answer is ignored', async (t) => {
+    const fake = startWith(t, box, 'default')
+    fake.prompt('/tool Write {"file_path":"never.txt","content":"x"}')
+    const request = await canUseTool(fake)
+    fake.send({ type: 'control_request', request_id: 'int-1', request: { subtype: 'interrupt' } })
+    const result = await fake.result()
+    const tail = fake.lines.slice(fake.lines.indexOf(request) + 1)
+    t.same(tail.slice(0, 2), [
+      { type: 'control_cancel_request', request_id: request.request_id },
+      { type: 'control_response', response: { subtype: 'success', request_id: 'int-1', response: { still_queued: [] } } }
+    ])
+    t.match(tail[2], { type: 'user', message: { content: [{ type: 'tool_result', is_error: true, tool_use_id: request.request.tool_use_id, content: /^The user doesn't want to proceed with this tool use/ }] } })
+    t.match(tail[3], { type: 'user', message: { content: [{ type: 'text', text: '[Request interrupted by user for tool use]' }] } })
+    t.match(result, {
+      subtype: 'error_during_execution',
+      is_error: true,
+      terminal_reason: 'aborted_tools',
+      permission_denials: [{ tool_name: 'Write', tool_use_id: request.request.tool_use_id }]
+    })
+    answer(fake, request, { behavior: 'allow' })
+    fake.prompt('after')
+    t.match(await fake.result(2), { subtype: 'success', result: /^echo: after/ }, 'the process lives on; the late answer did nothing')
+    t.notOk(existsSync(join(box.cwd, 'never.txt')))
+    fake.end()
+    t.same(await fake.waitExit(), { code: 0, signal: null })
+  })
+
+  await t.test('deny with interrupt: true: the same tail, without a control_cancel_request', async (t) => {
+    const fake = startWith(t, box, 'default')
+    fake.prompt('/tool Bash {"command":"rm -rf x"}')
+    const request = await canUseTool(fake)
+    answer(fake, request, { behavior: 'deny', message: 'stop', interrupt: true })
+    t.match(await fake.result(), { subtype: 'error_during_execution', terminal_reason: 'aborted_tools' })
+    t.same(fake.types().slice(-3), ['user', 'user', 'result/error_during_execution'])
+    t.notOk(fake.lines.some((l) => l.type === 'control_cancel_request'))
+    t.match(toolResults(fake), [{ is_error: true, content: /^The user doesn't want to proceed/ }], 'the deny message is not what the model gets')
+    fake.end()
+    t.same(await fake.waitExit(), { code: 1, signal: null }, 'EOF right after an interrupted turn: exit 1')
+  })
+
+  await t.test('stdin EOF: the tool use fails, the turn finishes, exit 0', async (t) => {
+    const fake = startWith(t, box, 'default')
+    fake.prompt('/tool Write {"file_path":"eof.txt","content":"x"}')
+    await canUseTool(fake)
+    fake.end()
+    t.same(await fake.waitExit(), { code: 0, signal: null })
+    t.match(toolResults(fake), [{ is_error: true, content: 'Tool permission request failed: AbortError: Tool permission stream closed before response received' }])
+    t.match(fake.lines.at(-1), { type: 'result', subtype: 'success', result: /^tool Write denied: Tool permission request failed/ })
+  })
+})
+
+t.test('set_permission_mode and set_model', async (t) => {
+  const box = await sandbox(t)
+  const control = (fake: Fake, id: string, request: Record<string, unknown>) => {
+    fake.send({ type: 'control_request', request_id: id, request })
+    return fake.line((l) => l.type === 'control_response' && l.response.request_id === id, `the answer to ${id}`)
+  }
+
+  await t.test('set_permission_mode: success and a system/status line; the next turn runs in the mode; errors', async (t) => {
+    const fake = startWith(t, box, 'default')
+    t.same(await control(fake, 'm1', { subtype: 'set_permission_mode', mode: 'acceptEdits' }),
+      { type: 'control_response', response: { subtype: 'success', request_id: 'm1', response: { mode: 'acceptEdits' } } })
+    t.match(await fake.line((l) => l.type === 'system' && l.subtype === 'status', 'status'), { status: null, permissionMode: 'acceptEdits' })
+    fake.prompt('/tool Write {"file_path":"m.txt","content":"m"}')
+    await fake.result()
+    t.match(fake.lines.find((l) => l.subtype === 'init'), { permissionMode: 'acceptEdits' })
+    t.notOk(fake.lines.some(isAsk), 'acceptEdits: the Write was not asked')
+    t.same((await control(fake, 'm2', { subtype: 'set_permission_mode', mode: 'bogus' })).response, {
+      subtype: 'error', request_id: 'm2', error: 'Cannot set permission mode: must be one of acceptEdits, auto, bypassPermissions, default, dontAsk, plan', error_code: 'invalid_mode'
+    })
+    t.same((await control(fake, 'm3', { subtype: 'set_permission_mode', mode: 'bypassPermissions' })).response, {
+      subtype: 'error',
+      request_id: 'm3',
+      error: 'Cannot set permission mode to bypassPermissions because the session was not launched with --dangerously-skip-permissions',
+      error_code: 'bypass_not_launched'
+    })
+    fake.end()
+    await fake.waitExit()
+  })
+
+  await t.test('bypassPermissions can be set when launched with --allow-dangerously-skip-permissions', async (t) => {
+    const fake = startWith(t, box, 'default', ['--allow-dangerously-skip-permissions'])
+    t.match((await control(fake, 'b1', { subtype: 'set_permission_mode', mode: 'bypassPermissions' })).response, { subtype: 'success', response: { mode: 'bypassPermissions' } })
+    t.match((await control(fake, 'b2', { subtype: 'set_permission_mode', mode: 'plan' })).response, { subtype: 'success', response: { mode: 'plan' } })
+    fake.end()
+    await fake.waitExit()
+  })
+
+  await t.test('a mode change does not answer a waiting can_use_tool', async (t) => {
+    const fake = startWith(t, box, 'default')
+    fake.prompt('/tool Write {"file_path":"w.txt","content":"w"}')
+    const request = await canUseTool(fake)
+    await control(fake, 'm4', { subtype: 'set_permission_mode', mode: 'acceptEdits' })
+    fake.prompt('next')
+    await fake.line((l) => l.type === 'system' && l.subtype === 'status', 'status')
+    t.notOk(fake.lines.some((l) => l.type === 'result'), 'still waiting for the answer')
+    answer(fake, request, { behavior: 'allow' })
+    t.match(await fake.result(1), { subtype: 'success', result: /^tool Write allowed/ })
+    fake.end()
+    await fake.waitExit()
+  })
+
+  await t.test('set_model: a replayed user line, then success; the next turn uses it; none or "default" = the default', async (t) => {
+    const fake = startWith(t, box, 'default', ['--model', 'claude-first'])
+    t.same(await control(fake, 's1', { subtype: 'set_model', model: 'claude-second' }),
+      { type: 'control_response', response: { subtype: 'success', request_id: 's1', response: { model: 'claude-second' } } })
+    t.match(fake.lines.at(-2), {
+      type: 'user', isReplay: true, message: { role: 'user', content: '<local-command-stdout>Set model to `claude-second`</local-command-stdout>' }
+    })
+    fake.prompt('hi')
+    await fake.result(1)
+    t.match(await control(fake, 's2', { subtype: 'set_model' }), { response: { subtype: 'success', response: { model: 'claude-fake-model' } } })
+    fake.prompt('hi again')
+    await fake.result(2)
+    t.same(fake.lines.filter((l) => l.subtype === 'init').map((l) => l.model), ['claude-second', 'claude-fake-model'])
+    t.match(await control(fake, 's3', { subtype: 'set_model', model: 'default' }), { response: { response: { model: 'claude-fake-model' } } })
+    fake.end()
+    await fake.waitExit()
   })
 })
