@@ -6,6 +6,18 @@
  *   (with usage), content_block_start, content_block_delta (text_delta), content_block_stop,
  *   message_delta (stop_reason end_turn, usage.output_tokens), message_stop — whose text is
  *   `fake reply to: <prompt>`. A request without `stream: true` gets the same message as JSON.
+ *   The prompt (the last user message's text) can script the model:
+ *   - `use-tool <Name> <JSON input>` (the JSON is the rest of the prompt, spaces allowed): the answer
+ *     is one `tool_use` block of that tool with that input (id `toolu_fake_<n>`, streamed as
+ *     `input_json_delta`s), `stop_reason: "tool_use"`.
+ *   - `slow <ms> <rest>`: message_start at once, the rest of the answer (for `<rest>`, which may
+ *     itself be `use-tool …`) after `<ms>`, or never if the client goes away first.
+ *   After an interrupted turn the CLI sends the next prompt in one user message with the
+ *   interrupted one and a `[Request interrupted by user…]` marker: the prompt is what follows the
+ *   last marker. When the last user message carries `tool_result` blocks and no prompt (the CLI's
+ *   next request after a tool use), the answer is text: `fake reply to tool_result: <the results' text>`, with ` (is_error)`
+ *   after `tool_result` when one of them is an error, so a test sees whether the tool ran or was
+ *   denied, and with what message.
  * - `POST /v1/messages/count_tokens`: `{ input_tokens }`.
  * - `HEAD`/`GET /api/hello`: 200 (the CLI's connectivity check after an API error).
  * - anything else: 404 with an Anthropic-style error body, and a note in `unknown`.
@@ -45,6 +57,7 @@ export interface FakeAnthropicApiOptions {
 }
 
 export const REPLY_PREFIX = 'fake reply to: '
+export const TOOL_RESULT_PREFIX = 'fake reply to tool_result'
 const INPUT_TOKENS = 11
 const OUTPUT_TOKENS = 7
 
@@ -57,6 +70,42 @@ export function promptOf (body: any): string {
   const lastUser = [...messages].reverse().find((m) => m?.role === 'user')
   if (!lastUser) return ''
   return textOf(lastUser.content)
+}
+
+/** The `tool_result` blocks of the last `role:"user"` message (empty when it has none). */
+export function toolResultsOf (body: any): Array<{ tool_use_id: string, is_error?: boolean, content: unknown }> {
+  const messages: any[] = Array.isArray(body?.messages) ? body.messages : []
+  const lastUser = [...messages].reverse().find((m) => m?.role === 'user')
+  if (!Array.isArray(lastUser?.content)) return []
+  return lastUser.content.filter((b: any) => b?.type === 'tool_result')
+}
+
+/** The text of a tool_result's content: a string, or its text blocks joined. */
+export function toolResultText (content: unknown): string {
+  if (typeof content === 'string') return content
+  if (!Array.isArray(content)) return ''
+  return content.filter((b) => b?.type === 'text' && typeof b.text === 'string').map((b) => b.text as string).join('\n')
+}
+
+/** What the model answers: text, or one tool use. */
+type Answer = { kind: 'text', text: string } | { kind: 'tool_use', name: string, input: unknown }
+
+/** `use-tool <Name> <JSON>` → the tool use; undefined when the prompt is not one. */
+export function toolUseOf (prompt: string): { name: string, input: unknown } | undefined {
+  const m = /^use-tool\s+(\S+)\s+([\s\S]+)$/.exec(prompt.trim())
+  if (!m) return undefined
+  return { name: m[1]!, input: JSON.parse(m[2]!) }
+}
+
+/**
+ * The text after the last `[Request interrupted by user…]` line: after an interrupted turn the CLI
+ * sends the next prompt in the same user message as the interrupted one (or its tool_result), the
+ * marker between them.
+ */
+export function afterInterruptMarker (text: string): string {
+  const lines = text.split('\n')
+  const last = lines.findLastIndex((line) => line.startsWith('[Request interrupted by user'))
+  return lines.slice(last + 1).join('\n').trim()
 }
 
 /** The text of a message's content (a string or blocks), system reminders left out. */
@@ -112,14 +161,46 @@ export async function startFakeAnthropicApi (opts: FakeAnthropicApiOptions = {})
     sendJson(res, 404, apiError('not_found_error', `the fake does not serve ${r.method} ${r.path}`))
   }
 
+  /** The answer to a Messages request, and how long to hold it back (`slow <ms>`). */
+  function answerOf (body: any): { answer: Answer, delayMs: number } {
+    // a prompt sent after an interrupted turn shares its message with the interrupted prompt (or
+    // tool_result) and the CLI's `[Request interrupted by user…]` marker: the new prompt wins
+    let prompt = afterInterruptMarker(promptOf(body))
+    const results = toolResultsOf(body)
+    if (results.length > 0 && prompt === '') {
+      const text = results.map((b) => toolResultText(b.content)).join('\n')
+      const error = results.some((b) => b.is_error === true) ? ' (is_error)' : ''
+      return { answer: { kind: 'text', text: `${TOOL_RESULT_PREFIX}${error}: ${text}` }, delayMs: 0 }
+    }
+    let delayMs = 0
+    const slow = /^slow\s+(\d+)\s+([\s\S]*)$/.exec(prompt)
+    if (slow) {
+      delayMs = Number(slow[1])
+      prompt = slow[2]!
+    }
+    let toolUse: { name: string, input: unknown } | undefined
+    try {
+      toolUse = toolUseOf(prompt)
+    } catch (err) {
+      return { answer: { kind: 'text', text: `fake: bad use-tool input: ${(err as Error).message}` }, delayMs }
+    }
+    if (toolUse) return { answer: { kind: 'tool_use', ...toolUse }, delayMs }
+    return { answer: { kind: 'text', text: reply(prompt) }, delayMs }
+  }
+
   function messages (r: RecordedRequest, res: ServerResponse): void {
     const id = `msg_fake_${++counter}`
     const model = typeof r.body?.model === 'string' ? r.body.model : 'claude-fake'
-    const text = reply(promptOf(r.body))
+    const { answer, delayMs } = answerOf(r.body)
     const usage = { input_tokens: INPUT_TOKENS, output_tokens: OUTPUT_TOKENS, cache_creation_input_tokens: 0, cache_read_input_tokens: 0 }
+    const toolUseId = `toolu_fake_${counter}`
+    const block = answer.kind === 'text'
+      ? { type: 'text', text: answer.text }
+      : { type: 'tool_use', id: toolUseId, name: answer.name, input: answer.input }
+    const stopReason = answer.kind === 'text' ? 'end_turn' : 'tool_use'
     if (r.body?.stream !== true) {
       sendJson(res, 200, {
-        id, type: 'message', role: 'assistant', model, content: [{ type: 'text', text }], stop_reason: 'end_turn', stop_sequence: null, usage
+        id, type: 'message', role: 'assistant', model, content: [block], stop_reason: stopReason, stop_sequence: null, usage
       })
       return
     }
@@ -130,15 +211,29 @@ export async function startFakeAnthropicApi (opts: FakeAnthropicApiOptions = {})
         id, type: 'message', role: 'assistant', model, content: [], stop_reason: null, stop_sequence: null, usage: { ...usage, output_tokens: 1 }
       }
     })
-    event('content_block_start', { index: 0, content_block: { type: 'text', text: '' } })
-    // two deltas, so the reply really streams
-    const cut = Math.ceil(text.length / 2)
-    event('content_block_delta', { index: 0, delta: { type: 'text_delta', text: text.slice(0, cut) } })
-    event('content_block_delta', { index: 0, delta: { type: 'text_delta', text: text.slice(cut) } })
-    event('content_block_stop', { index: 0 })
-    event('message_delta', { delta: { stop_reason: 'end_turn', stop_sequence: null }, usage: { output_tokens: OUTPUT_TOKENS } })
-    event('message_stop', {})
-    res.end()
+    const rest = () => {
+      if (res.destroyed || res.writableEnded) return
+      // each answer in two deltas, so it really streams
+      if (answer.kind === 'text') {
+        const cut = Math.ceil(answer.text.length / 2)
+        event('content_block_start', { index: 0, content_block: { type: 'text', text: '' } })
+        event('content_block_delta', { index: 0, delta: { type: 'text_delta', text: answer.text.slice(0, cut) } })
+        event('content_block_delta', { index: 0, delta: { type: 'text_delta', text: answer.text.slice(cut) } })
+      } else {
+        const json = JSON.stringify(answer.input)
+        const cut = Math.ceil(json.length / 2)
+        event('content_block_start', { index: 0, content_block: { type: 'tool_use', id: toolUseId, name: answer.name, input: {} } })
+        event('content_block_delta', { index: 0, delta: { type: 'input_json_delta', partial_json: json.slice(0, cut) } })
+        event('content_block_delta', { index: 0, delta: { type: 'input_json_delta', partial_json: json.slice(cut) } })
+      }
+      event('content_block_stop', { index: 0 })
+      event('message_delta', { delta: { stop_reason: stopReason, stop_sequence: null }, usage: { output_tokens: OUTPUT_TOKENS } })
+      event('message_stop', {})
+      res.end()
+    }
+    if (delayMs === 0) return rest()
+    const timer = setTimeout(rest, delayMs)
+    res.once('close', () => clearTimeout(timer))
   }
 
   await new Promise<void>((resolve, reject) => {
