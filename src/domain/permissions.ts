@@ -81,11 +81,13 @@ export function answerProblem (ask: Pick<PermissionAsk, 'kind' | 'input'>, answe
 
 /**
  * The suggestions to remember, kept for this session only: a suggestion that would write the
- * user's or the project's settings files is scoped down to the CLI's session. Without suggestions,
- * a rule for the tool itself.
+ * user's or the project's settings files is scoped down to the CLI's session. A suggestion to
+ * switch the permission mode is left out: the mode is the session's setting (`permissionMode`,
+ * within ALLOWED_PERMISSION_MODES), changed by a PATCH the session then shows. Without any
+ * suggestion left, a rule for the tool itself.
  */
 export function sessionRules (ask: Pick<PermissionAsk, 'toolName' | 'suggestions'>): unknown[] {
-  const suggestions = ask.suggestions.filter(isObject)
+  const suggestions = ask.suggestions.filter((s) => isObject(s) && s.type !== 'setMode') as Record<string, unknown>[]
   if (suggestions.length === 0) {
     return [{ type: 'addRules', rules: [{ toolName: ask.toolName }], behavior: 'allow', destination: 'session' }]
   }

@@ -1,0 +1,115 @@
+/**
+ * The pure side of permission asks (src/domain/permissions.ts): reading the CLI's can_use_tool,
+ * checking an answer against its ask, and the control_response the agent gets; and the
+ * configuration of the modes a session may choose.
+ */
+import t from 'tap'
+import { ConfigError, loadConfig } from '../src/config.js'
+import {
+  answerProblem,
+  cliResponse,
+  parseCanUseTool,
+  sessionRules,
+  timeoutAnswer,
+  type PermissionAsk
+} from '../src/domain/permissions.js'
+
+const canUseTool = (request: Record<string, unknown>, requestId: unknown = 'r-1') =>
+  ({ type: 'control_request', request_id: requestId, request: { subtype: 'can_use_tool', ...request } })
+
+t.test('a can_use_tool request is read; anything else is not one', async (t) => {
+  const ask = parseCanUseTool(canUseTool({
+    tool_name: 'Bash',
+    input: { command: 'make' },
+    tool_use_id: 'toolu_1',
+    permission_suggestions: [{ type: 'addRules', rules: [{ toolName: 'Bash', ruleContent: 'make:*' }], behavior: 'allow', destination: 'localSettings' }],
+    blocked_path: '/etc',
+    decision_reason: 'asks'
+  }))
+  t.match(ask, { requestId: 'r-1', kind: 'permission', toolName: 'Bash', input: { command: 'make' }, toolUseId: 'toolu_1' })
+  t.equal(ask?.suggestions.length, 1)
+  t.same(ask?.context, { blocked_path: '/etc', decision_reason: 'asks' }, 'the rest is kept as context')
+  t.equal(parseCanUseTool(canUseTool({ tool_name: 'AskUserQuestion', input: { questions: [] } }))?.kind, 'question')
+  t.same(parseCanUseTool(canUseTool({ tool_name: 'Bash', input: 'not an object' }))?.input, {}, 'a malformed input becomes {}')
+  t.equal(parseCanUseTool(canUseTool({ tool_name: 'Bash' }))?.toolUseId, null)
+  t.equal(parseCanUseTool(canUseTool({ tool_name: 'Bash' }, ''))?.requestId, undefined, 'no request id: not an ask')
+  t.equal(parseCanUseTool({ type: 'control_request', request_id: 'x', request: { subtype: 'interrupt' } }), null)
+  t.equal(parseCanUseTool({ type: 'control_request', request_id: 'x', request: { subtype: 'can_use_tool' } }), null, 'no tool name')
+  t.equal(parseCanUseTool({ type: 'assistant' }), null)
+})
+
+const permission: PermissionAsk = {
+  requestId: 'r-1', kind: 'permission', toolName: 'Write', input: { file_path: '/w/a.txt', content: 'x' }, toolUseId: 'toolu_1', suggestions: [], context: {}
+}
+const question: PermissionAsk = {
+  requestId: 'r-2',
+  kind: 'question',
+  toolName: 'AskUserQuestion',
+  input: { questions: [{ question: 'Which runner?', header: 'Tests', options: [{ label: 'tap' }], multiSelect: false }] },
+  toolUseId: 'toolu_2',
+  suggestions: [],
+  context: {}
+}
+
+t.test('answers are checked against their ask', async (t) => {
+  t.equal(answerProblem(permission, { decision: 'allow' }), null)
+  t.equal(answerProblem(permission, { decision: 'deny', message: 'no' }), null)
+  t.match(answerProblem(permission, { decision: 'allow', answers: { a: 'b' } }), /for questions/)
+  t.match(answerProblem(question, { decision: 'allow' }), /answers/)
+  t.match(answerProblem(question, { decision: 'allow', answers: {} }), /answers/)
+  t.match(answerProblem(question, { decision: 'allow', answers: { 'Which database?': 'pg' } }), /did not ask "Which database\?"/)
+  t.equal(answerProblem(question, { decision: 'allow', answers: { 'Which runner?': 'tap' } }), null)
+  t.equal(answerProblem(question, { decision: 'deny' }), null, 'a question may be declined')
+})
+
+t.test('the control_response the agent gets', async (t) => {
+  t.same(cliResponse(permission, { decision: 'allow' }), {
+    type: 'control_response',
+    response: { subtype: 'success', request_id: 'r-1', response: { behavior: 'allow', updatedInput: permission.input, toolUseID: 'toolu_1' } }
+  }, 'allow: the input as asked')
+  const changed = cliResponse(permission, { decision: 'allow', updatedInput: { file_path: '/w/b.txt', content: 'y' } })
+  t.same((changed.response as any).response.updatedInput, { file_path: '/w/b.txt', content: 'y' }, 'allow with a changed input')
+  t.same((cliResponse(permission, { decision: 'deny', message: 'not now' }).response as any).response,
+    { behavior: 'deny', message: 'not now', toolUseID: 'toolu_1' })
+  t.match((cliResponse(permission, { decision: 'deny' }).response as any).response.message, /denied/, 'a deny always carries a message')
+  const answered = (cliResponse(question, { decision: 'allow', answers: { 'Which runner?': 'tap' } }).response as any).response
+  t.same(answered.updatedInput, { ...question.input, answers: { 'Which runner?': 'tap' } }, 'a question\'s answers ride in the input')
+  t.notOk('updatedPermissions' in answered, 'nothing remembered unless asked')
+  const remembered = (cliResponse(permission, { decision: 'allow', remember: true }).response as any).response
+  t.same(remembered.updatedPermissions, [{ type: 'addRules', rules: [{ toolName: 'Write' }], behavior: 'allow', destination: 'session' }])
+  t.notOk('updatedPermissions' in (cliResponse(permission, { decision: 'deny', remember: true }).response as any).response, 'a deny remembers nothing')
+  const noToolUse = cliResponse({ ...permission, toolUseId: null }, { decision: 'allow' })
+  t.notOk('toolUseID' in (noToolUse.response as any).response)
+})
+
+t.test('remember keeps the CLI\'s suggestions for this session only', async (t) => {
+  const rules = sessionRules({
+    toolName: 'Bash',
+    suggestions: [
+      { type: 'addRules', rules: [{ toolName: 'Bash', ruleContent: 'npm test:*' }], behavior: 'allow', destination: 'localSettings' },
+      { type: 'setMode', mode: 'acceptEdits', destination: 'userSettings' },
+      'not a suggestion'
+    ]
+  })
+  t.same(rules, [
+    { type: 'addRules', rules: [{ toolName: 'Bash', ruleContent: 'npm test:*' }], behavior: 'allow', destination: 'session' }
+  ], 'no settings file is written: every destination is the session; the mode stays the session\'s setting')
+  t.same(sessionRules({ toolName: 'Write', suggestions: [{ type: 'setMode', mode: 'acceptEdits', destination: 'session' }] }),
+    [{ type: 'addRules', rules: [{ toolName: 'Write' }], behavior: 'allow', destination: 'session' }], 'only a mode switch suggested: a rule for the tool')
+})
+
+t.test('the timeout\'s answer denies and says why', async (t) => {
+  const a = timeoutAnswer(90)
+  t.equal(a.decision, 'deny')
+  t.match(a.message, /within 90 s/)
+})
+
+t.test('ALLOWED_PERMISSION_MODES and PERMISSION_TIMEOUT_SECONDS', async (t) => {
+  const base = { JWT_SECRET: 'x'.repeat(32) }
+  t.same(loadConfig(base).agent.allowedPermissionModes, ['default', 'acceptEdits', 'plan'], 'bypassPermissions is off by default')
+  t.equal(loadConfig(base).agent.permissionTimeoutSeconds, 1800)
+  t.same(loadConfig({ ...base, ALLOWED_PERMISSION_MODES: ' plan , bypassPermissions,plan' }).agent.allowedPermissionModes, ['plan', 'bypassPermissions'])
+  t.throws(() => loadConfig({ ...base, ALLOWED_PERMISSION_MODES: 'default,yolo' }), ConfigError)
+  t.throws(() => loadConfig({ ...base, ALLOWED_PERMISSION_MODES: 'default,yolo' }), /ALLOWED_PERMISSION_MODES has "yolo"/)
+  t.throws(() => loadConfig({ ...base, PERMISSION_TIMEOUT_SECONDS: '0' }), /PERMISSION_TIMEOUT_SECONDS/)
+})
