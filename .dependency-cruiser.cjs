@@ -1,7 +1,7 @@
 // Architecture rules for src/ (`npm run lint:deps`, run by .ci/run).
 // Layers, lowest first: src/domain → src/db → src/sessions → src/events → src/agents →
-// src/plugins → src/routes. src/schemas holds the TypeBox schemas; src/app.ts and src/server.ts
-// assemble the service.
+// src/plugins → src/routes; src/push (push notifications) sits on src/db beside the middle three.
+// src/schemas holds the TypeBox schemas; src/app.ts and src/server.ts assemble the service.
 /** @type {import('dependency-cruiser').IConfiguration} */
 module.exports = {
   forbidden: [
@@ -42,6 +42,20 @@ module.exports = {
       severity: 'error',
       from: { path: '^src/agents/' },
       to: { path: '^src/(routes|plugins)/' }
+    },
+    {
+      name: 'push-beside-the-core',
+      comment: 'src/push (devices, providers, the notifier) imports no session, event, agent, route or plugin module: src/plugins/push.ts wires it to them',
+      severity: 'error',
+      from: { path: '^src/push/' },
+      to: { path: '^src/(sessions|events|agents|routes|plugins)/' }
+    },
+    {
+      name: 'core-knows-no-push',
+      comment: 'push notifications hang off the core: nothing in src/domain, src/db, src/schemas, src/sessions, src/events or src/agents imports src/push',
+      severity: 'error',
+      from: { path: '^src/(domain|db|schemas|sessions|events|agents)/' },
+      to: { path: '^src/push/' }
     },
     {
       name: 'agents-no-fastify',

@@ -12,6 +12,7 @@ import errorHandler, { sendProblem } from './plugins/error-handler.js'
 import events from './plugins/events.js'
 import loadShedding from './plugins/load-shedding.js'
 import openapi from './plugins/openapi.js'
+import push from './plugins/push.js'
 import rateLimits from './plugins/rate-limits.js'
 import requestId, { requestIdOf, withoutAccessToken } from './plugins/request-id.js'
 import { createValidatorCompiler } from './plugins/validators.js'
@@ -20,6 +21,7 @@ import { EVENT_SCHEMAS } from './schemas/events.js'
 import { SHARED_SCHEMAS } from './schemas/session.js'
 import sessions from './plugins/sessions.js'
 import webSecurity from './plugins/web-security.js'
+import deviceRoutes from './routes/devices.js'
 import healthRoutes from './routes/health.js'
 import sessionActionRoutes from './routes/session-actions.js'
 import sessionControlRoutes from './routes/session-control.js'
@@ -120,6 +122,8 @@ export async function buildApp (opts: BuildAppOptions) {
   await app.register(sessions, { config, ...clock })
   await app.register(events, clock)
   await app.register(agents, { config, ...clock })
+  // push notifications listen to the agents' attention events
+  await app.register(push, { config })
   // Start-up order: orphans of a previous run are ended and active sessions suspended before the
   // first sweep or request
   app.addHook('onReady', async () => {
@@ -150,6 +154,7 @@ export async function buildApp (opts: BuildAppOptions) {
     await v1.register(sessionControlRoutes)
     await v1.register(sessionStreamRoutes)
     await v1.register(usageRoutes)
+    await v1.register(deviceRoutes)
   }, { prefix: '/v1' })
   return app
 }

@@ -342,27 +342,25 @@ export interface Config {
     liveAgents: number
   }
   maxEventLoopDelayMs: number
-  push: PushConfig
+  /** push notifications to the users' devices (src/push, docs/PUSH.md) */
+  push: {
+    groupWindowMs: number
+    maxDevicesPerUser: number
+    maxAttempts: number
+    retryBaseMs: number
+    retryWindowMs: number
+    requestTimeoutMs: number
+    queueMax: number
+    /** plain http:// to 127.0.0.1 / [::1], and loopback addresses: tests and development */
+    allowLoopback: boolean
+    allowPrivateNetworks: boolean
+    expoApiUrl: string
+    expoAccessToken: string | undefined
+    /** both or neither; neither: generated into the data directory */
+    vapid: { publicKey: string, privateKey: string } | undefined
+    vapidSubject: string
+  }
   logLevel: Env['LOG_LEVEL']
-}
-
-/** Push notifications to the users' devices (src/push, docs/PUSH.md). */
-export interface PushConfig {
-  groupWindowMs: number
-  maxDevicesPerUser: number
-  maxAttempts: number
-  retryBaseMs: number
-  retryWindowMs: number
-  requestTimeoutMs: number
-  queueMax: number
-  /** plain http:// to 127.0.0.1 / [::1], and loopback addresses: tests and development */
-  allowLoopback: boolean
-  allowPrivateNetworks: boolean
-  expoApiUrl: string
-  expoAccessToken: string | undefined
-  /** both or neither; neither: generated into the data directory */
-  vapid: { publicKey: string, privateKey: string } | undefined
-  vapidSubject: string
 }
 
 export class ConfigError extends Error {
@@ -441,7 +439,7 @@ export function loadConfig (env: NodeJS.ProcessEnv = process.env): Config {
   }
 }
 
-function pushConfig (e: Env): PushConfig {
+function pushConfig (e: Env): Config['push'] {
   if ((e.VAPID_PUBLIC_KEY === undefined) !== (e.VAPID_PRIVATE_KEY === undefined)) {
     throw new ConfigError('invalid configuration: VAPID_PUBLIC_KEY and VAPID_PRIVATE_KEY go together: set both, or neither to use the generated pair')
   }

@@ -8,8 +8,7 @@ export const DEVICE_KINDS = ['expo', 'webpush', 'webhook'] as const
 export type DeviceKind = typeof DEVICE_KINDS[number]
 
 /** What happened in a session that the user may want to know while not looking. */
-export const ATTENTION_KINDS = ['turn_ended', 'permission_request', 'question', 'error'] as const
-export type AttentionKind = typeof ATTENTION_KINDS[number]
+export type AttentionKind = 'turn_ended' | 'permission_request' | 'question' | 'error'
 
 /**
  * The most important kind of a burst wins: a request that blocks the agent until the user answers,
