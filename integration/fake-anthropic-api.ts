@@ -44,6 +44,8 @@ export interface FakeAnthropicApi {
   messageRequests (): RecordedRequest[]
   /** requests to paths the fake does not know (also logged) */
   readonly unknown: RecordedRequest[]
+  /** resolves with the `n`-th `POST /v1/messages` request (1-based) once it has arrived */
+  messageRequest (n: number, timeoutMs?: number): Promise<RecordedRequest>
   /** tokens reported in each reply's usage */
   readonly usage: { inputTokens: number, outputTokens: number }
   close (): Promise<void>
@@ -124,7 +126,9 @@ export async function startFakeAnthropicApi (opts: FakeAnthropicApiOptions = {})
   const log = opts.log ?? ((message: string) => console.error(message))
   const requests: RecordedRequest[] = []
   const unknown: RecordedRequest[] = []
+  const arrived = new Set<() => void>()
   let counter = 0
+  const messageRequests = () => requests.filter((r) => r.path === '/v1/messages' && r.method === 'POST')
 
   const server: Server = createServer((req, res) => {
     const chunks: Buffer[] = []
@@ -138,6 +142,7 @@ export async function startFakeAnthropicApi (opts: FakeAnthropicApiOptions = {})
       const url = new URL(req.url ?? '/', 'http://127.0.0.1')
       const recorded: RecordedRequest = { method: req.method ?? '', url: req.url ?? '', path: url.pathname, headers: req.headers, body }
       requests.push(recorded)
+      for (const wake of arrived) wake()
       try {
         route(recorded, res)
       } catch (err) {
@@ -247,7 +252,25 @@ export async function startFakeAnthropicApi (opts: FakeAnthropicApiOptions = {})
     requests,
     unknown,
     usage: { inputTokens: INPUT_TOKENS, outputTokens: OUTPUT_TOKENS },
-    messageRequests: () => requests.filter((r) => r.path === '/v1/messages' && r.method === 'POST'),
+    messageRequests,
+    messageRequest: (n, timeoutMs = 60_000) => new Promise((resolve, reject) => {
+      const check = () => {
+        const found = messageRequests()[n - 1]
+        if (!found) return
+        done()
+        resolve(found)
+      }
+      const timer = setTimeout(() => {
+        done()
+        reject(new Error(`fake-anthropic-api: no Messages request #${n} within ${timeoutMs} ms (${messageRequests().length} so far)`))
+      }, timeoutMs)
+      const done = () => {
+        clearTimeout(timer)
+        arrived.delete(check)
+      }
+      arrived.add(check)
+      check()
+    }),
     close: () => new Promise<void>((resolve) => {
       server.closeAllConnections()
       server.close(() => resolve())

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The real-CLI integration test (integration/real-claude.test.ts): installs the pinned Claude Code CLI
-# into a cache directory outside the repo's node_modules (once), checks its version, and runs the
-# test with CLAUDE_BIN set to it. Not part of `npm test`.
+# The real-CLI integration tests (integration/real-claude.test.ts, integration/real-claude-permissions.test.ts):
+# installs the pinned Claude Code CLI into a cache directory outside the repo's node_modules (once),
+# checks its version, and runs the tests with CLAUDE_BIN set to it. Not part of `npm test`.
 #
 #   scripts/real-claude-integration.sh                 # on PGlite (DATABASE_URL unset)
 #   DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres scripts/real-claude-integration.sh
@@ -80,6 +80,6 @@ fi
 log "CLAUDE_BIN=$bin (version $CLAUDE_VERSION); database: $([ -n "${DATABASE_URL:-}" ] && echo Postgres || echo PGlite)"
 
 status=0
-CLAUDE_BIN=$bin ./node_modules/.bin/tap --disable-coverage "$@" integration/real-claude.test.ts || status=$?
+CLAUDE_BIN=$bin ./node_modules/.bin/tap --disable-coverage "$@" integration/real-claude.test.ts integration/real-claude-permissions.test.ts || status=$?
 log "done in $(($(date +%s) - started)) s (exit $status)"
 exit $status
