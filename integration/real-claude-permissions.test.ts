@@ -299,6 +299,25 @@ t.test('the real Claude Code CLI asks the phone: approvals, denials, questions, 
     t.match(await settled(app, id), { state: 'active', busy: false, pendingPermissions: [] })
   })
 
+  await t.test('remember on a Write: later writes run unasked, and the session keeps its mode', async (t) => {
+    const { id, stream, workdir } = await open(t, 'remember a write')
+    const first = await send(id, useTool('Write', { file_path: 'first.txt', content: 'one' }))
+    const asked = await stream.next(isType('permission_request'), 'the permission_request', first)
+    // the CLI's only suggestion for a Write is to switch the whole session to acceptEdits
+    t.match(asked.data.suggestions, [{ type: 'setMode', mode: 'acceptEdits' }])
+    t.match(await answer(id, asked.data.requestId, { decision: 'allow', remember: true }), { status: 200 })
+    await stream.next(isAgent('result'), 'the first result', asked.seq)
+    await settled(app, id)
+
+    const second = await send(id, useTool('Write', { file_path: 'second.txt', content: 'two' }))
+    const result2 = await stream.next(isAgent('result'), 'the second result', second)
+    t.notOk(stream.between(second, result2.seq).some(isType('permission_request')), 'another Write: not asked')
+    t.equal(await readFile(join(workdir, 'second.txt'), 'utf8'), 'two', 'and written')
+    t.match(stream.between(second, result2.seq).find(isAgent('system', 'init'))?.data, { permissionMode: 'default' },
+      'the CLI is still in the session\'s mode')
+    t.match(await settled(app, id), { state: 'active', busy: false, permissionMode: 'default', pendingPermissions: [] })
+  })
+
   await t.test('a question, answered on the stream: the model gets the user\'s choice', async (t) => {
     const { id, stream } = await open(t, 'question')
     const questions = [{
