@@ -418,6 +418,9 @@ function generalOdd (): fc.Arbitrary<unknown> {
   )
 }
 
+/** What a PATCH may change (besides the version, updatedAt and, with a TTL, expiresAt). */
+const PATCHABLE = ['title', 'idleTimeoutSeconds', 'ttlSeconds', 'model', 'permissionMode', 'permissionTimeoutSeconds']
+
 function rangeOf (name: string): [number, number] | undefined {
   if (name === 'idleTimeoutSeconds') return [config.idleTimeout.minSeconds, config.idleTimeout.maxSeconds]
   if (name === 'ttlSeconds') return [config.ttl.minSeconds, config.ttl.maxSeconds]
@@ -955,9 +958,9 @@ function legal (plan: Plan, r: Resolved, status: number, resBody: any, resHeader
         needs(a.version === b.version + 1, 'the version bumped by exactly one') ??
         needs(a.state === b.state, 'the state unchanged') ?? needs(etagOk(), 'the ETag of the new version') ??
         needs(isDeepStrictEqual({ ...resBody, usage: { ...resBody.usage, activeMs: undefined } }, a), 'the answer is the session as stored') ??
-        needs(['title', 'idleTimeoutSeconds', 'ttlSeconds'].every((k) => lastOf(sentBody, k) === undefined ||
+        needs(PATCHABLE.every((k) => lastOf(sentBody, k) === undefined ||
           a[k] === (typeof lastOf(sentBody, k) === 'string' ? wellFormed(lastOf(sentBody, k) as string) : lastOf(sentBody, k))), 'the members as sent') ??
-        needs(sameBut('version', 'updatedAt', 'title', 'idleTimeoutSeconds', 'ttlSeconds', 'expiresAt'), 'nothing else changed') ??
+        needs(sameBut('version', 'updatedAt', 'expiresAt', ...PATCHABLE), 'nothing else changed') ??
         needs(appended('history', 0) && appended('snapshots', 0), 'history and snapshots unchanged')
     case 'deleteSession':
       return needs(status === 204 && after?.gone, 'deleted is gone') ?? needs(ifMatchOk, 'If-Match admitted the version')

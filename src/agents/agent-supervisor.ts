@@ -48,6 +48,8 @@ interface LiveAgent extends PooledAgent {
   agentSessionId: string
   /** how long its permission asks wait for an answer (the session's, or the default) */
   permissionTimeoutSeconds: number
+  /** the service's control requests to this process still unanswered: request id → what it asked */
+  controls: Map<string, string>
   /** the message whose turn runs now; confirmed once its system/init arrives */
   inflight: (InflightTurn & { seq: number }) | null
   /** the session had never run a conversation before this process */
@@ -398,6 +400,7 @@ export class AgentSupervisor extends EventEmitter<SupervisorEvents> {
       sessionId,
       proc,
       ...conversation,
+      controls: new Map(),
       phase: 'live' satisfies AgentPhase,
       inflight: null,
       lastActivityWrite: 0,
@@ -428,6 +431,8 @@ export class AgentSupervisor extends EventEmitter<SupervisorEvents> {
     const parsed = parseAgentLine(line)
     if (parsed.kind === 'control_request' || parsed.kind === 'control_cancel') {
       if (this.#onControl(live, parsed.kind, parsed.message)) return
+    } else if (parsed.kind === 'control_response') {
+      this.#onControlResponse(live, parsed.message)
     }
     live.unstored++
     if (live.unstored === SUPERVISION.outputHighWater) live.proc.pauseOutput()
@@ -481,13 +486,34 @@ export class AgentSupervisor extends EventEmitter<SupervisorEvents> {
     if (!live || live.phase === 'leaving') return
     const { agent } = this.#o.config
     if (e.permissionTimeoutSeconds !== undefined) live.permissionTimeoutSeconds = e.permissionTimeoutSeconds ?? agent.permissionTimeoutSeconds
+    const control = (what: string, request: Record<string, unknown>) => {
+      const requestId = randomUUID()
+      if (live.proc.send({ type: 'control_request', request_id: requestId, request })) live.controls.set(requestId, what)
+    }
     if (e.permissionMode !== undefined) {
-      live.proc.send({ type: 'control_request', request_id: randomUUID(), request: { subtype: 'set_permission_mode', mode: e.permissionMode ?? agent.permissionMode ?? 'default' } })
+      const mode = e.permissionMode ?? agent.permissionMode ?? 'default'
+      control(`switch to the permission mode ${mode}`, { subtype: 'set_permission_mode', mode })
     }
     if (e.model !== undefined) {
       const model = e.model ?? agent.model
-      live.proc.send({ type: 'control_request', request_id: randomUUID(), request: { subtype: 'set_model', ...(model ? { model } : {}) } })
+      control(`switch to the model ${model ?? '(the default)'}`, { subtype: 'set_model', ...(model ? { model } : {}) })
     }
+  }
+
+  /**
+   * The CLI's answer to a settings change: a refusal is told to the user (the session's setting
+   * holds from the agent's next start), besides the stored line itself.
+   */
+  #onControlResponse (live: LiveAgent, message: Record<string, unknown>): void {
+    const response = message.response as { subtype?: unknown, request_id?: unknown, error?: unknown } | undefined
+    if (typeof response?.request_id !== 'string') return
+    const what = live.controls.get(response.request_id)
+    if (what === undefined) return
+    live.controls.delete(response.request_id)
+    if (response.subtype !== 'error') return
+    const why = typeof response.error === 'string' ? response.error : 'refused'
+    this.#o.events.append(live.sessionId, 'status', { message: `The running agent could not ${what} (${why}); it applies from the agent's next start.` })
+      .catch((err: Error) => this.#log.warn({ err, sessionId: live.sessionId }, 'status event not stored'))
   }
 
   #attention (sessionId: string, kind: AttentionKind, seq: number): void {

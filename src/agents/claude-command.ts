@@ -43,6 +43,11 @@ export function claudeCommand (opts: {
   if (model) args.push('--model', model)
   const permissionMode = opts.permissionMode ?? agent.permissionMode
   if (permissionMode) args.push('--permission-mode', permissionMode)
+  // without it, a live switch to bypassPermissions (a PATCH) is refused by the CLI
+  // (bypass_not_launched); only where the operator allows that mode at all
+  if (agent.allowedPermissionModes.includes('bypassPermissions') && permissionMode !== 'bypassPermissions') {
+    args.push('--allow-dangerously-skip-permissions')
+  }
   args.push(...agent.extraArgs)
 
   const env: Record<string, string> = {}

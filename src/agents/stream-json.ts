@@ -11,6 +11,8 @@ export type AgentLine =
   | { kind: 'control_request', json: string, message: Record<string, unknown> }
   /** the CLI withdraws a control request it made */
   | { kind: 'control_cancel', json: string, message: Record<string, unknown> }
+  /** the CLI answers a control request of the service */
+  | { kind: 'control_response', json: string, message: Record<string, unknown> }
   | { kind: 'other', json: string }
 
 export function parseAgentLine (line: string): AgentLine {
@@ -31,6 +33,7 @@ export function parseAgentLine (line: string): AgentLine {
   if (m.type === 'result') return { kind: 'result', json, message: m }
   if (m.type === 'control_request') return { kind: 'control_request', json, message: m }
   if (m.type === 'control_cancel_request') return { kind: 'control_cancel', json, message: m }
+  if (m.type === 'control_response') return { kind: 'control_response', json, message: m }
   return { kind: 'other', json }
 }
 
