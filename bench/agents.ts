@@ -1,6 +1,7 @@
 // The agent and stream figures (issue 4, point 16): stdout → WebSocket latency, persisted
 // throughput with 1 and with many subscribers, resume overhead, suspended sessions, many live
-// agents, each next to its anchor measured in the same run (stream-anchor.ts).
+// agents, each next to its anchor measured in the same run (stream-anchor.ts); and the phone in
+// the loop (issue 10, phone.ts): permission asks to a phone, push when nobody watches.
 import { randomUUID } from 'node:crypto'
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import { monitorEventLoopDelay } from 'node:perf_hooks'
@@ -18,13 +19,14 @@ import { findByEnvMarker, signal } from '../src/system/proc.js'
 import { LINE_MARKER } from './agent-lines.mjs'
 import type { Closers } from './closers.js'
 import type { LoadDriver, LoadRequest } from './load.js'
+import { phoneFigures } from './phone.js'
 import { failuresOf, fmt, type Db, type Report } from './report.js'
 import { BENCH_AUTH, startService } from './scenarios.js'
 import { rawFanout, rawRelay, rawSpawn, type AgentCommand } from './stream-anchor.js'
 import type { StreamClients } from './stream-clients.js'
 import type { CollectResult } from './stream-worker.js'
 
-export const AGENT_FIGURES = ['suspended', 'resume', 'latency', 'throughput', 'fanout', 'live'] as const
+export const AGENT_FIGURES = ['suspended', 'resume', 'latency', 'throughput', 'fanout', 'live', 'phone'] as const
 export type AgentFigure = typeof AGENT_FIGURES[number]
 
 export interface AgentSettings {
@@ -49,6 +51,10 @@ export interface AgentSettings {
   heartbeatRate: number
   resumes: number
   suspended: number
+  /** permission asks of the phone figure, one at a time */
+  phoneAsks: number
+  /** measured turns of each push figure */
+  pushTurns: number
 }
 
 export interface AgentsContext {
@@ -210,6 +216,20 @@ export class AgentsSection {
         if (on('fanout')) await this.#settled(paced).then(() => this.#throughput(paced, this.#s.subscribers, this.#s.fanoutLines, 0.3))
         if (on('live')) await this.#settled(paced).then(() => this.#liveAgents(paced))
       }
+
+      // The paced agent again, on services of their own (push settings): the phone in the loop
+      if (on('phone')) {
+        await phoneFigures({
+          db: this.#db,
+          settings: this.#s,
+          report: this.#c.report,
+          closers,
+          start: (name, env) => this.#start(name, PACED_AGENT, env),
+          settle: (svc) => this.#settled(svc),
+          api: (base) => new Api(base),
+          agentCommand: (config, cwdName) => agentCommand(config, 'new', randomUUID(), cwdName)
+        })
+      }
     } finally {
       // the services stop their agents when they close; whatever is left after that is a finding
       for (const close of services) await close().catch((err: unknown) => console.error('  (closing the service failed)', err))
@@ -217,7 +237,7 @@ export class AgentsSection {
     }
   }
 
-  async #start (name: string, bin: string): Promise<Service> {
+  async #start (name: string, bin: string, env: Record<string, string> = {}): Promise<Service> {
     const s = this.#s
     const svc = await startService({
       dir: join(this.#c.dir, name),
@@ -231,7 +251,8 @@ export class AgentsSection {
         // throttle a scenario the global one admits
         MAX_LIVE_AGENTS_PER_USER: String(Math.max(32, s.liveAgents)),
         IDLE_TIMEOUT_MIN_SECONDS: '1',
-        KILL_GRACE_MS: '2000'
+        KILL_GRACE_MS: '2000',
+        ...env
       }
     })
     this.#configs.push(svc.config)

@@ -8,10 +8,18 @@
  *   /lines <count> <bytes> <rate> <seconds>
  *       up to <count> assistant lines of exactly <bytes> bytes, <rate> per second (0: as fast as
  *       stdout drains), for at most <seconds>; then the result
+ *   /asks <count> <pause_ms>
+ *       <count> permission asks (`control_request` can_use_tool, tool Bash, `input.t` its write
+ *       time), one at a time: each waits for its `control_response` on stdin, then <pause_ms>;
+ *       the result lists when each answer was read (`bench_answers`)
  *
- * Any other prompt gets one short assistant line. Only node: built-ins; no transcript is kept
- * (a resume always succeeds), so start-up is as short as Node allows.
+ * Any other prompt gets one short assistant line. Every result carries its own write time `t`.
+ * Times of the asks and results are wall-clock ms with sub-ms precision (performance.timeOrigin +
+ * performance.now()), comparable across the processes of the machine to a few µs.
+ * Only node: built-ins; no transcript is kept (a resume always succeeds), so start-up is as short
+ * as Node allows.
  */
+import { randomUUID } from 'node:crypto'
 import { once } from 'node:events'
 import { agentLine } from './agent-lines.mjs'
 
@@ -40,6 +48,38 @@ async function emitText (text) {
 const emit = (message) => emitText(JSON.stringify(message))
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
+/** wall-clock ms, sub-ms precision */
+const wallMs = () => performance.timeOrigin + performance.now()
+
+/** asks waiting for their control_response, by request id */
+const answers = new Map()
+
+/**
+ * `count` can_use_tool asks, one at a time, each after the previous one was answered (or the turn
+ * was interrupted); returns when each answer was read and what it said.
+ */
+async function asks (turn, count, pauseMs) {
+  const read = []
+  for (let i = 0; i < count && !turn.aborted; i++) {
+    const requestId = randomUUID()
+    const answered = new Promise((resolve) => {
+      answers.set(requestId, resolve)
+      turn.onAbort = () => resolve(null)
+    })
+    await emitText(JSON.stringify({
+      type: 'control_request',
+      request_id: requestId,
+      request: { subtype: 'can_use_tool', tool_name: 'Bash', input: { command: 'bench', t: wallMs() }, tool_use_id: `toolu_${i}` }
+    }))
+    const answer = await answered
+    answers.delete(requestId)
+    turn.onAbort = undefined
+    if (answer === null) break
+    read.push({ requestId, readAt: answer.readAt, behavior: answer.behavior })
+    if (pauseMs > 0 && i + 1 < count) await sleep(pauseMs)
+  }
+  return read
+}
 
 async function lines (turn, count, bytes, rate, seconds) {
   const start = process.hrtime.bigint()
@@ -74,10 +114,15 @@ async function runTurn (message) {
   const permissionMode = flag('--permission-mode') ?? 'default'
   await emit({ type: 'system', subtype: 'init', session_id: sessionId, cwd: process.cwd(), model, tools: [], permissionMode, claude_code_version: 'bench-1.0', uuid: uuid() })
   const m = /^\/lines (\d+) (\d+) (\d+(?:\.\d+)?) (\d+(?:\.\d+)?)/.exec(text)
+  const a = /^\/asks (\d+) (\d+(?:\.\d+)?)/.exec(text)
   let reply
+  let benchAnswers
   if (m) {
     const n = await lines(turn, Number(m[1]), Number(m[2]), Number(m[3]), Number(m[4]))
     reply = `${n} lines`
+  } else if (a) {
+    benchAnswers = await asks(turn, Number(a[1]), Number(a[2]))
+    reply = `${benchAnswers.length} asks answered`
   } else {
     reply = `ok: ${text.slice(0, 100)}`
     const usage = { input_tokens: 1, output_tokens: 1 }
@@ -96,7 +141,9 @@ async function runTurn (message) {
     session_id: sessionId,
     total_cost_usd: 0,
     usage: { input_tokens: 1, output_tokens: 1, cache_read_input_tokens: 0, cache_creation_input_tokens: 0 },
-    uuid: uuid()
+    uuid: uuid(),
+    ...(benchAnswers ? { bench_answers: benchAnswers } : {}),
+    t: wallMs()
   })
   running = undefined
 }
@@ -116,6 +163,7 @@ async function exit (code) {
 }
 
 async function onLine (line) {
+  const readAt = wallMs()
   if (line.trim() === '') return
   let message
   try {
@@ -129,7 +177,14 @@ async function onLine (line) {
     pump()
   } else if (message.type === 'control_request') {
     await emit({ type: 'control_response', response: { subtype: 'success', request_id: message.request_id } })
-    if (message.request?.subtype === 'interrupt' && running) running.aborted = true
+    if (message.request?.subtype === 'interrupt' && running) {
+      running.aborted = true
+      running.onAbort?.()
+    }
+  } else if (message.type === 'control_response') {
+    // the answer to one of our asks
+    const r = message.response
+    answers.get(r?.request_id)?.({ readAt, behavior: r?.response?.behavior })
   }
 }
 
@@ -144,5 +199,7 @@ process.stdin.on('data', (chunk) => {
 process.stdin.on('end', () => {
   if (rest) onLine(rest)
   eof = true
+  // nobody is left to answer an ask
+  running?.onAbort?.()
   if (!pumping) exit(0)
 })

@@ -67,7 +67,9 @@ const agentSettings = {
   agentRate: num('BENCH_AGENT_RATE', 100, true),
   heartbeatRate: num('BENCH_HEARTBEAT_RATE', 200),
   resumes: Math.round(num('BENCH_RESUMES', 50)),
-  suspended: Math.round(num('BENCH_SUSPENDED', 10_000))
+  suspended: Math.round(num('BENCH_SUSPENDED', 10_000)),
+  phoneAsks: Math.round(num('BENCH_PHONE_ASKS', 200)),
+  pushTurns: Math.round(num('BENCH_PUSH_TURNS', 20))
 }
 if (settings.only !== undefined && settings.only !== 'postgres' && settings.only !== 'pglite') {
   throw new Error(`BENCH_ONLY must be postgres or pglite, got ${JSON.stringify(settings.only)}`)
@@ -275,7 +277,8 @@ async function main (): Promise<number> {
     const a = agentSettings
     console.log(`agents: ${fmt.int(a.lineBytes)} B lines; latency at ${fmt.int(a.streamRate)} lines/s; floods of ${fmt.int(a.floodLines)} lines (1 subscriber) ` +
       `and ${fmt.int(a.fanoutLines)} lines (${a.subscribers} subscribers); ${a.liveAgents} live agents at ${a.agentRate ? `${a.agentRate} lines/s each (then flooding, info)` : 'full speed'}, ` +
-      `heartbeats at ${a.heartbeatRate}/s; ${a.resumes} resumes; ${fmt.int(a.suspended)} suspended sessions`)
+      `heartbeats at ${a.heartbeatRate}/s; ${a.resumes} resumes; ${fmt.int(a.suspended)} suspended sessions; ` +
+      `${fmt.int(a.phoneAsks)} permission asks; ${fmt.int(a.pushTurns)} pushed turns per push figure`)
   }
   console.log(`load average at start: ${loadAverage()} (other work on the machine skews every figure)`)
   let crashed = false
