@@ -533,6 +533,8 @@ export class AgentSupervisor extends EventEmitter<SupervisorEvents> {
     const seq = await stored.catch(() => undefined)
     // a result before any turn started (a refused resume) is no turn: the exit handler takes over
     if (live.inflight && !live.inflight.confirmed) return
+    // the result is stored: that is what the notice is about (the usage write need not delay it)
+    if (seq !== undefined) this.#attention(sessionId, 'turn_ended', seq)
     const at = this.#clock()
     await this.#o.turns.addTurnUsage(sessionId, { ...turnUsage(result), at })
     live.inflight = null
@@ -540,7 +542,6 @@ export class AgentSupervisor extends EventEmitter<SupervisorEvents> {
     if (result.is_error !== true) this.#crashes.delete(sessionId)
     live.turnEnded?.()
     live.turnEnded = undefined
-    if (seq !== undefined) this.#attention(sessionId, 'turn_ended', seq)
     this.#kick(sessionId)
     // a start waiting for a slot (everybody's, or this user's) can have this agent's now that its turn is over
     if (this.#pool.waiting > 0) setImmediate(() => { this.#pool.makeRoom() })

@@ -43,6 +43,11 @@ export class PermissionBroker {
   readonly #o: PermissionBrokerOptions
   /** asks being stored: an answer that overtakes its own request's row waits for it */
   readonly #opening = new Map<string, Promise<void>>()
+  /**
+   * The open asks of this instance's agents, so an answer is checked and sent after one statement
+   * (the compare-and-set); the row stays the truth of whether it is still open
+   */
+  readonly #open = new Map<string, PermissionAsk>()
   readonly #timers = new Map<string, NodeJS.Timeout>()
 
   constructor (opts: PermissionBrokerOptions) {
@@ -62,23 +67,29 @@ export class PermissionBroker {
       : { requestId: ask.requestId, toolName: ask.toolName, input: ask.input, toolUseId: ask.toolUseId, suggestions: ask.suggestions, context: ask.context, expiresAt: expiresAt.toISOString() }
     const stored = this.#o.events.append(sessionId, type, data)
     const k = key(sessionId, ask.requestId)
-    const opening = (async () => {
-      const opened = await this.#o.repo.open({
-        sessionId, requestId: ask.requestId, kind: ask.kind, toolName: ask.toolName, request: { ...ask }, createdAt, expiresAt
-      })
-      const seq = await stored
+    const inserted = this.#o.repo.open({
+      sessionId, requestId: ask.requestId, kind: ask.kind, toolName: ask.toolName, request: { ...ask }, createdAt, expiresAt
+    })
+    // an answer waits for the row only, not for the event's seq written into it
+    const opening = inserted.then((opened) => {
       if (!opened) return
-      await this.#o.repo.setSeq(sessionId, ask.requestId, seq)
+      this.#open.set(k, ask)
       const timer = setTimeout(() => { this.#expire(sessionId, ask.requestId, timeoutSeconds) }, timeoutSeconds * 1000)
       timer.unref()
       this.#timers.set(k, timer)
-      this.#o.onAsk(sessionId, type, seq)
-    })().catch((err: Error) => {
+    }).catch((err: Error) => {
       this.#o.logger.error({ err, sessionId, requestId: ask.requestId }, 'storing a permission request failed')
     }).finally(() => {
       if (this.#opening.get(k) === opening) this.#opening.delete(k)
     })
     this.#opening.set(k, opening)
+    Promise.all([inserted, stored]).then(async ([opened, seq]) => {
+      if (!opened) return
+      this.#o.onAsk(sessionId, type, seq)
+      await this.#o.repo.setSeq(sessionId, ask.requestId, seq)
+    }).catch((err: Error) => {
+      this.#o.logger.error({ err, sessionId, requestId: ask.requestId }, 'storing a permission request\'s event failed')
+    })
   }
 
   /**
@@ -86,21 +97,20 @@ export class PermissionBroker {
    * any later one is a 409, an unknown id a 404.
    */
   async answer (sessionId: string, requestId: string, answer: PermissionAnswer, by: 'user' | 'timeout' = 'user'): Promise<AnswerResult> {
-    await this.#opening.get(key(sessionId, requestId))
-    const found = await this.#o.repo.find(sessionId, requestId)
-    if (!found) throw new PermissionRequestNotFound(sessionId, requestId)
-    if (found.status !== 'pending') throw permissionRequestClosed(requestId, found.status)
-    const ask = found.request as unknown as PermissionAsk
+    const k = key(sessionId, requestId)
+    await this.#opening.get(k)
+    // open on this instance: known without a read. Otherwise the row says why it cannot be answered
+    const ask = this.#open.get(k) ?? await this.#closedReason(sessionId, requestId)
     const problem = answerProblem(ask, answer)
     if (problem !== null) throw new InvalidPermissionAnswer(problem)
     const status: ClosedStatus = by === 'timeout' ? 'timed_out' : answer.decision === 'allow' ? 'allowed' : 'denied'
     const closed = await this.#o.repo.close(sessionId, requestId, status, this.#o.clock())
     if (!closed) {
-      // another answer, the timeout or a cancellation won the race since the read
+      // another answer, the timeout or a cancellation won the race
       const now = await this.#o.repo.find(sessionId, requestId)
       throw permissionRequestClosed(requestId, now?.status ?? 'cancelled')
     }
-    this.#clearTimer(sessionId, requestId)
+    this.#forget(sessionId, requestId)
     if (!this.#o.send(sessionId, cliResponse(ask, answer))) {
       this.#o.logger.warn({ sessionId, requestId }, 'the agent that asked is gone: the answer reached nobody')
     }
@@ -114,6 +124,17 @@ export class PermissionBroker {
       by
     })
     return { requestId, decision: answer.decision, seq }
+  }
+
+  /**
+   * An ask this instance does not hold open: 404 when the row does not exist, 409 when it closed.
+   * An open row without its agent here (its process ended meanwhile) is answered, to no effect.
+   */
+  async #closedReason (sessionId: string, requestId: string): Promise<PermissionAsk> {
+    const found = await this.#o.repo.find(sessionId, requestId)
+    if (!found) throw new PermissionRequestNotFound(sessionId, requestId)
+    if (found.status !== 'pending') throw permissionRequestClosed(requestId, found.status)
+    return found.request as unknown as PermissionAsk
   }
 
   /** The CLI withdrew one ask (`control_cancel_request`): it can no longer be answered. */
@@ -143,7 +164,7 @@ export class PermissionBroker {
     const prefix = `${sessionId}\u0000`
     await Promise.all([...this.#opening].filter(([k]) => k.startsWith(prefix)).map(([, p]) => p))
     const requestIds = await close()
-    for (const requestId of requestIds) this.#clearTimer(sessionId, requestId)
+    for (const requestId of requestIds) this.#forget(sessionId, requestId)
     if (requestIds.length > 0) await this.#o.events.append(sessionId, 'permission_cancelled', { requestIds, reason })
   }
 
@@ -155,10 +176,12 @@ export class PermissionBroker {
     })
   }
 
-  #clearTimer (sessionId: string, requestId: string): void {
+  /** A closed ask: its timer and its record go. */
+  #forget (sessionId: string, requestId: string): void {
     const k = key(sessionId, requestId)
     clearTimeout(this.#timers.get(k))
     this.#timers.delete(k)
+    this.#open.delete(k)
   }
 
   /** The open asks of these sessions, for their views. */
@@ -170,5 +193,6 @@ export class PermissionBroker {
   close (): void {
     for (const timer of this.#timers.values()) clearTimeout(timer)
     this.#timers.clear()
+    this.#open.clear()
   }
 }

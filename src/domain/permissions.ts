@@ -5,9 +5,9 @@
  */
 
 /** The tool through which the agent asks the user a question; it reaches can_use_tool like any other. */
-export const QUESTION_TOOL = 'AskUserQuestion'
+const QUESTION_TOOL = 'AskUserQuestion'
 
-export type AskKind = 'permission' | 'question'
+type AskKind = 'permission' | 'question'
 
 /** A permission ask as the service keeps it: the CLI's request, named. */
 export interface PermissionAsk {
@@ -58,7 +58,7 @@ export function parseCanUseTool (message: Record<string, unknown>): PermissionAs
 }
 
 /** The questions of an AskUserQuestion input: their texts, in order. */
-export function questionTexts (input: Record<string, unknown>): string[] {
+function questionTexts (input: Record<string, unknown>): string[] {
   const questions = Array.isArray(input.questions) ? input.questions : []
   return questions.flatMap((q) => (isObject(q) && typeof q.question === 'string' ? [q.question] : []))
 }
@@ -95,7 +95,7 @@ export function sessionRules (ask: Pick<PermissionAsk, 'toolName' | 'suggestions
 }
 
 /** The message a denied tool use carries to the model when the user gave none. */
-export const DEFAULT_DENY_MESSAGE = 'The user denied this tool use.'
+const DEFAULT_DENY_MESSAGE = 'The user denied this tool use.'
 
 /** The `control_response` line that answers an ask on the agent's stdin. */
 export function cliResponse (ask: PermissionAsk, answer: PermissionAnswer): Record<string, unknown> {

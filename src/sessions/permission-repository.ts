@@ -7,7 +7,7 @@ const p = sql.placeholder
 const ts = (name: string) => sql`${p(name)}::timestamptz`
 
 export type PermissionRow = typeof sessionPermissionRequests.$inferSelect
-export type PermissionKind = PermissionRow['kind']
+type PermissionKind = PermissionRow['kind']
 /** How a request closed: answered (allowed or denied), unanswered in time, or cancelled. */
 export type ClosedStatus = Exclude<PermissionRow['status'], 'pending'>
 
