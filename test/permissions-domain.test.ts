@@ -4,6 +4,7 @@
  * configuration of the modes a session may choose.
  */
 import t from 'tap'
+import { claudeCommand } from '../src/agents/claude-command.js'
 import { ConfigError, loadConfig } from '../src/config.js'
 import {
   answerProblem,
@@ -112,4 +113,31 @@ t.test('ALLOWED_PERMISSION_MODES and PERMISSION_TIMEOUT_SECONDS', async (t) => {
   t.throws(() => loadConfig({ ...base, ALLOWED_PERMISSION_MODES: 'default,yolo' }), ConfigError)
   t.throws(() => loadConfig({ ...base, ALLOWED_PERMISSION_MODES: 'default,yolo' }), /ALLOWED_PERMISSION_MODES has "yolo"/)
   t.throws(() => loadConfig({ ...base, PERMISSION_TIMEOUT_SECONDS: '0' }), /PERMISSION_TIMEOUT_SECONDS/)
+})
+
+t.test('the command line: permission asks over stdio, the session\'s mode, bypass only where it can start', async (t) => {
+  const config = (allowed: string) => loadConfig({ JWT_SECRET: 'x'.repeat(32), ALLOWED_PERMISSION_MODES: allowed, CLAUDE_PERMISSION_MODE: 'acceptEdits' })
+  const args = (o: { allowed?: string, mode?: string | null, asRoot?: boolean, env?: NodeJS.ProcessEnv, passthrough?: boolean }) => {
+    const c = config(o.allowed ?? 'default,acceptEdits,plan')
+    if (o.passthrough) c.agent.envPassthrough.push('IS_SANDBOX')
+    return claudeCommand({
+      agent: c.agent,
+      sessionId: 's',
+      model: null,
+      permissionMode: o.mode ?? null,
+      conversation: { mode: 'new', agentSessionId: '00000000-0000-4000-8000-000000000000' },
+      parentEnv: o.env ?? {},
+      tmpDir: '/tmp/x',
+      asRoot: o.asRoot ?? false
+    }).args.join(' ')
+  }
+  t.match(args({}), /--permission-prompt-tool stdio/)
+  t.match(args({}), /--permission-mode acceptEdits/, 'the configured default')
+  t.match(args({ mode: 'plan' }), /--permission-mode plan/, 'the session\'s own wins')
+  t.notMatch(args({}), /dangerously/, 'bypass not allowed: no flag')
+  t.match(args({ allowed: 'default,bypassPermissions' }), /--allow-dangerously-skip-permissions/, 'allowed: the flag')
+  t.notMatch(args({ allowed: 'default,bypassPermissions', mode: 'bypassPermissions' }), /dangerously/, 'not when it starts in that mode')
+  t.notMatch(args({ allowed: 'default,bypassPermissions', asRoot: true }), /dangerously/, 'as root the CLI would not start with it')
+  t.match(args({ allowed: 'default,bypassPermissions', asRoot: true, passthrough: true, env: { IS_SANDBOX: '1' } }), /--allow-dangerously-skip-permissions/,
+    'as root with IS_SANDBOX=1 passed on, it would')
 })

@@ -424,7 +424,9 @@ t.test('the agent\'s command line asks permissions over stdio', async (t) => {
 })
 
 t.test('where the operator allows bypassPermissions, a live agent switches to it', async (t) => {
-  const bypass = await build(t, { env: agentEnv({ ALLOWED_PERMISSION_MODES: 'default,bypassPermissions' }) })
+  // as root, the CLI starts with --allow-dangerously-skip-permissions only when IS_SANDBOX=1 reaches it
+  process.env.IS_SANDBOX = '1'
+  const bypass = await build(t, { env: agentEnv({ ALLOWED_PERMISSION_MODES: 'default,bypassPermissions', AGENT_ENV_PASSTHROUGH: 'IS_SANDBOX' }) })
   const s = await createSession(bypass.app, {})
   sessionIds.push(s.id)
   await send(bypass.app, s.id, 'hello')
@@ -438,4 +440,27 @@ t.test('where the operator allows bypassPermissions, a live agent switches to it
   t.equal(asks(frames).length, 0, 'nothing asked in bypassPermissions')
   t.match(replies(frames)[1], /allowed/)
   t.notOk(frames.some((f) => f.type === 'status' && /could not/.test(f.data.message)), 'no refusal reported')
+})
+
+t.test('a live switch the CLI refuses is told, and applies from the next start', async (t) => {
+  // without IS_SANDBOX, a service running as root starts its agents unable to switch to bypassPermissions
+  const asRoot = process.getuid?.() === 0
+  const bypass = await build(t, { env: agentEnv({ ALLOWED_PERMISSION_MODES: 'default,bypassPermissions' }) })
+  const s = await createSession(bypass.app, {})
+  sessionIds.push(s.id)
+  await send(bypass.app, s.id, 'hello')
+  await waitEvents(bypass.app, s.id, 'the first result', (f) => results(f).length === 1)
+  t.equal((await call(bypass.app, 'PATCH', `/v1/sessions/${s.id}`, { permissionMode: 'bypassPermissions' })).status, 200)
+  await send(bypass.app, s.id, 'again')
+  const frames = await waitEvents(bypass.app, s.id, 'the second result', (f) => results(f).length === 2)
+  const refusal = frames.find((f) => f.type === 'status' && /could not switch to the permission mode bypassPermissions/.test(f.data.message))
+  if (asRoot) {
+    t.ok(refusal, 'as root: the refusal is told')
+    t.match(refusal?.data.message, /bypass|dangerously/i, 'with the CLI\'s reason')
+    t.equal(frames.filter(isInit)[1]?.data.permissionMode, 'default', 'the running agent kept its mode')
+  } else {
+    t.notOk(refusal, 'not root: the switch is taken')
+    t.equal(frames.filter(isInit)[1]?.data.permissionMode, 'bypassPermissions')
+  }
+  t.equal((await getSession(bypass.app, s.id)).permissionMode, 'bypassPermissions', 'the setting holds for the next start')
 })

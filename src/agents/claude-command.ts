@@ -24,6 +24,8 @@ export function claudeCommand (opts: {
   permissionMode: string | null
   conversation: Conversation
   parentEnv: NodeJS.ProcessEnv
+  /** the service runs as root (the CLI then refuses --allow-dangerously-skip-permissions unless IS_SANDBOX=1 reaches it) */
+  asRoot?: boolean
   /** the session's own CLAUDE_CONFIG_DIR (agent-state.ts); default: the agents' state root (the bench runs the CLI so) */
   stateDir?: string
   tmpDir: string
@@ -43,18 +45,21 @@ export function claudeCommand (opts: {
   if (model) args.push('--model', model)
   const permissionMode = opts.permissionMode ?? agent.permissionMode
   if (permissionMode) args.push('--permission-mode', permissionMode)
-  // without it, a live switch to bypassPermissions (a PATCH) is refused by the CLI
-  // (bypass_not_launched); only where the operator allows that mode at all
-  if (agent.allowedPermissionModes.includes('bypassPermissions') && permissionMode !== 'bypassPermissions') {
-    args.push('--allow-dangerously-skip-permissions')
-  }
-  args.push(...agent.extraArgs)
-
   const env: Record<string, string> = {}
   for (const name of ['PATH', 'HOME', 'LANG', ...agent.envPassthrough]) {
     const value = opts.parentEnv[name]
     if (value !== undefined) env[name] = value
   }
+  // without it, a live switch to bypassPermissions (a PATCH) is refused by the CLI
+  // (bypass_not_launched); only where the operator allows that mode at all, and never where the
+  // CLI would refuse to start because of it (as root without IS_SANDBOX=1)
+  const asRoot = opts.asRoot ?? process.getuid?.() === 0
+  if (agent.allowedPermissionModes.includes('bypassPermissions') && permissionMode !== 'bypassPermissions' &&
+    (!asRoot || env.IS_SANDBOX === '1')) {
+    args.push('--allow-dangerously-skip-permissions')
+  }
+  args.push(...agent.extraArgs)
+
   env.CLAUDE_CONFIG_DIR = opts.stateDir ?? agent.configDir
   env.CLAUDE_CODE_TMPDIR = opts.tmpDir
   env.CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC = '1'
