@@ -116,7 +116,7 @@ export class PushNotifier extends EventEmitter<NotifierEvents> {
 
   /** Resolves once every open burst is decided and every delivery has ended (tests, the bench). */
   async idle (): Promise<void> {
-    while (this.#groups.size > 0 || this.#flushing.size > 0 || this.#pending > 0) {
+    while (this.#groups.size > 0 || this.#flushing.size > 0 || this.#pending > 0 || this.#running.size > 0) {
       await new Promise((resolve) => setTimeout(resolve, 5))
     }
   }
@@ -239,10 +239,10 @@ export class PushNotifier extends EventEmitter<NotifierEvents> {
         this.emit('delivered', facts)
         return
       case 'gone':
-        this.#pending--
         log.info({ reason: outcome.reason }, 'push: the provider says the device is gone; removed')
         await this.#o.devices.removeGone(d.device.id)
           .catch((err: unknown) => log.warn({ err }, 'push: a gone device could not be removed'))
+        this.#pending--
         this.emit('gone', { ...facts, reason: outcome.reason })
         return
       case 'failed':
