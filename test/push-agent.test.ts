@@ -1,7 +1,8 @@
 /**
  * Push notifications end to end, with the fake CLI as the agent and the fake Expo API as the
  * provider: a turn that ends while no stream client watches sends one push, whose seq is the turn's
- * stored result; the same turn watched by a stream sends none; an agent's crash is an `error` push.
+ * stored result; the same turn watched by a stream sends none; a permission request is a push of its
+ * own while the turn waits; an agent's crash is an `error` push.
  */
 import { once } from 'node:events'
 import t from 'tap'
@@ -51,6 +52,23 @@ t.test('a turn that ends unwatched sends one push', async (t) => {
     t.match((await skipped)[0], { sessionId: session.id, reason: 'watched' })
     await app.push.notifier.idle()
     t.equal(expo.requests.length, before, 'nothing sent')
+  })
+
+  t.test('a permission request is a high-priority push, while the turn waits', async (t) => {
+    const session = await createSession(app, { title: 'asks' })
+    const notified = once(app.push.notifier, 'notified')
+    await send(app, session.id, '/tool Bash {"command":"ls"}')
+    const frames = await waitEvents(app, session.id, 'the permission request', (f) => f.some((e) => e.type === 'permission_request'))
+    const ask = frames.find((e) => e.type === 'permission_request')!
+    const [message] = expoMessages(await expo.next())
+    t.same(message?.data, { sessionId: session.id, seq: ask.seq, kind: 'permission_request' })
+    t.equal(message?.priority, 'high')
+    t.notOk(JSON.stringify(message).includes('ls'), 'not the tool\'s input')
+    t.match((await notified)[0], { kind: 'permission_request', seq: ask.seq })
+    const answered = await call(app, 'POST', `/v1/sessions/${session.id}/permissions/${ask.data.requestId}`, { decision: 'deny', message: 'not now' })
+    t.equal(answered.status, 200)
+    await waitResults(app, session.id, 1)
+    t.match(expoMessages(await expo.next())[0], { data: { kind: 'turn_ended' } }, 'then the turn\'s end, a push of its own')
   })
 
   t.test('a crash is an error push', async (t) => {
