@@ -171,6 +171,14 @@ export class AgentSupervisor extends EventEmitter<SupervisorEvents> {
   }
 
   /**
+   * Whether an ask of the session is being stored here: its view then reads the open asks even
+   * if the session's row, read a moment before, did not count it yet.
+   */
+  isAsking (sessionId: string): boolean {
+    return this.#permissions.isOpening(sessionId)
+  }
+
+  /**
    * The user's answer to a permission request or question of the session: the first answer wins
    * (409 after it), an unknown id is a 404. The agent gets it at once.
    */

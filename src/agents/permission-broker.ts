@@ -67,29 +67,38 @@ export class PermissionBroker {
       : { requestId: ask.requestId, toolName: ask.toolName, input: ask.input, toolUseId: ask.toolUseId, suggestions: ask.suggestions, context: ask.context, expiresAt: expiresAt.toISOString() }
     const stored = this.#o.events.append(sessionId, type, data)
     const k = key(sessionId, ask.requestId)
-    const inserted = this.#o.repo.open({
-      sessionId, requestId: ask.requestId, kind: ask.kind, toolName: ask.toolName, request: { ...ask }, createdAt, expiresAt
-    })
-    // an answer waits for the row only, not for the event's seq written into it
-    const opening = inserted.then((opened) => {
+    // The row and the event are written side by side; until both are (and the row knows its
+    // event's seq), an answer or a session view of this instance waits for them
+    const opening = (async () => {
+      const opened = await this.#o.repo.open({
+        sessionId, requestId: ask.requestId, kind: ask.kind, toolName: ask.toolName, request: { ...ask }, createdAt, expiresAt
+      })
+      const seq = await stored
       if (!opened) return
       this.#open.set(k, ask)
       const timer = setTimeout(() => { this.#expire(sessionId, ask.requestId, timeoutSeconds) }, timeoutSeconds * 1000)
       timer.unref()
       this.#timers.set(k, timer)
-    }).catch((err: Error) => {
+      await this.#o.repo.setSeq(sessionId, ask.requestId, seq)
+      this.#o.onAsk(sessionId, type, seq)
+    })().catch((err: Error) => {
       this.#o.logger.error({ err, sessionId, requestId: ask.requestId }, 'storing a permission request failed')
     }).finally(() => {
       if (this.#opening.get(k) === opening) this.#opening.delete(k)
     })
     this.#opening.set(k, opening)
-    Promise.all([inserted, stored]).then(async ([opened, seq]) => {
-      if (!opened) return
-      this.#o.onAsk(sessionId, type, seq)
-      await this.#o.repo.setSeq(sessionId, ask.requestId, seq)
-    }).catch((err: Error) => {
-      this.#o.logger.error({ err, sessionId, requestId: ask.requestId }, 'storing a permission request\'s event failed')
-    })
+  }
+
+  /** An ask of the session is being stored on this instance: its view must wait for it. */
+  isOpening (sessionId: string): boolean {
+    const prefix = `${sessionId}\u0000`
+    for (const k of this.#opening.keys()) if (k.startsWith(prefix)) return true
+    return false
+  }
+
+  async #settledOpenings (sessionIds: string[]): Promise<void> {
+    const prefixes = sessionIds.map((id) => `${id}\u0000`)
+    await Promise.all([...this.#opening].filter(([k]) => prefixes.some((p) => k.startsWith(p))).map(([, p]) => p))
   }
 
   /**
@@ -161,8 +170,7 @@ export class PermissionBroker {
 
   async #cancel (sessionId: string, reason: string, close: () => Promise<string[]>): Promise<void> {
     // an ask still being stored is cancelled with the rest, not left open behind
-    const prefix = `${sessionId}\u0000`
-    await Promise.all([...this.#opening].filter(([k]) => k.startsWith(prefix)).map(([, p]) => p))
+    await this.#settledOpenings([sessionId])
     const requestIds = await close()
     for (const requestId of requestIds) this.#forget(sessionId, requestId)
     if (requestIds.length > 0) await this.#o.events.append(sessionId, 'permission_cancelled', { requestIds, reason })
@@ -184,8 +192,9 @@ export class PermissionBroker {
     this.#open.delete(k)
   }
 
-  /** The open asks of these sessions, for their views. */
-  pendingOf (sessionIds: string[]): Promise<PermissionRow[]> {
+  /** The open asks of these sessions, for their views: with those being stored here, once they are. */
+  async pendingOf (sessionIds: string[]): Promise<PermissionRow[]> {
+    await this.#settledOpenings(sessionIds)
     return this.#o.repo.pendingOf(sessionIds)
   }
 

@@ -9,8 +9,9 @@ import { toSessionView } from '../sessions/session-view.js'
  * page) only for the sessions whose count says they have some.
  */
 export async function sessionViews (reply: FastifyReply, rows: SessionRow[], now: Date): Promise<SessionView[]> {
-  const asking = rows.filter((r) => r.pendingPermissions > 0).map((r) => r.id)
-  const pending = asking.length > 0 ? await reply.server.agents.pendingPermissions(asking) : []
+  const { agents } = reply.server
+  const asking = rows.filter((r) => r.pendingPermissions > 0 || agents.isAsking(r.id)).map((r) => r.id)
+  const pending = asking.length > 0 ? await agents.pendingPermissions(asking) : []
   return rows.map((row) => toSessionView(row, now, pending))
 }
 
