@@ -70,7 +70,8 @@ export default fp(async function openapi (app: FastifyInstance, opts: { version:
       security: [{ bearerAuth: [] }],
       tags: [
         { name: 'sessions', description: 'Session resources and their lifecycle' },
-        { name: 'agent', description: 'Messages to the Claude Code agent, its events, and the WebSocket stream' },
+        { name: 'agent', description: 'Messages to the Claude Code agent, its events, its permission requests and questions, interrupts, and the WebSocket stream' },
+        { name: 'push', description: 'The user\'s devices (Expo, Web Push, webhooks) notified when a session nobody watches needs them' },
         { name: 'health', description: 'Liveness and readiness' }
       ]
     },
