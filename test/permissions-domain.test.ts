@@ -10,6 +10,7 @@ import {
   answerProblem,
   cliResponse,
   parseCanUseTool,
+  rememberable,
   sessionRules,
   timeoutAnswer,
   type PermissionAsk
@@ -76,6 +77,7 @@ t.test('the control_response the agent gets', async (t) => {
   const answered = (cliResponse(question, { decision: 'allow', answers: { 'Which runner?': 'tap' } }).response as any).response
   t.same(answered.updatedInput, { ...question.input, answers: { 'Which runner?': 'tap' } }, 'a question\'s answers ride in the input')
   t.notOk('updatedPermissions' in answered, 'nothing remembered unless asked')
+  t.notOk('updatedPermissions' in (cliResponse(question, { decision: 'allow', remember: true, answers: { 'Which runner?': 'tap' } }).response as any).response, 'a question\'s answer is not remembered')
   const remembered = (cliResponse(permission, { decision: 'allow', remember: true }).response as any).response
   t.same(remembered.updatedPermissions, [{ type: 'addRules', rules: [{ toolName: 'Write' }], behavior: 'allow', destination: 'session' }])
   t.notOk('updatedPermissions' in (cliResponse(permission, { decision: 'deny', remember: true }).response as any).response, 'a deny remembers nothing')
@@ -86,6 +88,7 @@ t.test('the control_response the agent gets', async (t) => {
 t.test('remember keeps the CLI\'s suggestions for this session only', async (t) => {
   const rules = sessionRules({
     toolName: 'Bash',
+    input: { command: 'npm test' },
     suggestions: [
       { type: 'addRules', rules: [{ toolName: 'Bash', ruleContent: 'npm test:*' }], behavior: 'allow', destination: 'localSettings' },
       { type: 'setMode', mode: 'acceptEdits', destination: 'userSettings' },
@@ -95,8 +98,14 @@ t.test('remember keeps the CLI\'s suggestions for this session only', async (t) 
   t.same(rules, [
     { type: 'addRules', rules: [{ toolName: 'Bash', ruleContent: 'npm test:*' }], behavior: 'allow', destination: 'session' }
   ], 'no settings file is written: every destination is the session; the mode stays the session\'s setting')
-  t.same(sessionRules({ toolName: 'Write', suggestions: [{ type: 'setMode', mode: 'acceptEdits', destination: 'session' }] }),
-    [{ type: 'addRules', rules: [{ toolName: 'Write' }], behavior: 'allow', destination: 'session' }], 'only a mode switch suggested: a rule for the tool')
+  t.same(sessionRules({ toolName: 'Write', input: {}, suggestions: [{ type: 'setMode', mode: 'acceptEdits', destination: 'session' }] }),
+    [{ type: 'addRules', rules: [{ toolName: 'Write' }], behavior: 'allow', destination: 'session' }], 'only a mode switch suggested, an edit: edits')
+  t.same(sessionRules({ toolName: 'Bash', input: { command: 'echo x > f' }, suggestions: [{ type: 'setMode', mode: 'acceptEdits', destination: 'session' }] }),
+    [{ type: 'addRules', rules: [{ toolName: 'Bash', ruleContent: 'echo x > f' }], behavior: 'allow', destination: 'session' }], 'a Bash command: that command only, never every command')
+  t.same(sessionRules({ toolName: 'WebFetch', input: { url: 'https://x' }, suggestions: [] }), [], 'another tool without suggestions: nothing to remember')
+  t.notOk(rememberable({ kind: 'permission', toolName: 'WebFetch', input: {}, suggestions: [] }))
+  t.notOk(rememberable({ kind: 'question', toolName: 'AskUserQuestion', input: {}, suggestions: [] }), 'a question is never remembered')
+  t.ok(rememberable({ kind: 'permission', toolName: 'Bash', input: { command: 'ls' }, suggestions: [] }))
 })
 
 t.test('the timeout\'s answer denies and says why', async (t) => {

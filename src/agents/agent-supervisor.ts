@@ -50,6 +50,8 @@ interface LiveAgent extends PooledAgent {
   permissionTimeoutSeconds: number
   /** the service's control requests to this process still unanswered: request id → what it asked */
   controls: Map<string, string>
+  /** the settings it was started with, to catch a PATCH that came while it started */
+  launched: { permissionMode: string | null, model: string | null }
   /** the message whose turn runs now; confirmed once its system/init arrives */
   inflight: (InflightTurn & { seq: number }) | null
   /** the session had never run a conversation before this process */
@@ -142,9 +144,16 @@ export class AgentSupervisor extends EventEmitter<SupervisorEvents> {
       onAsk: (sessionId, kind, seq) => this.#attention(sessionId, kind, seq)
     })
     opts.manager.on('settings', (e) => this.#applySettings(e))
+    // a session that ends holds nothing any more
+    opts.manager.on('transitions', (events) => { for (const e of events) if (isTerminal(e.to)) this.#held.delete(e.sessionId) })
     opts.manager.on('transition', (e) => {
-      // messages a pause kept are delivered after the resume, in order; without, nothing starts
-      if (e.from === 'paused' && this.#keptByPause.delete(e.sessionId) && e.to === 'active') this.#kick(e.sessionId)
+      if (isTerminal(e.to)) this.#held.delete(e.sessionId)
+      // messages a pause kept are delivered after the resume, in order (a resume is the user's
+      // go-ahead, an interrupt's hold included); without kept messages, nothing starts
+      if (e.from === 'paused' && this.#keptByPause.delete(e.sessionId) && e.to === 'active') {
+        this.#held.delete(e.sessionId)
+        this.#kick(e.sessionId)
+      }
     })
   }
 
@@ -218,9 +227,9 @@ export class AgentSupervisor extends EventEmitter<SupervisorEvents> {
       throw new MessageNotAccepted(sessionId, session.state === 'paused' ? 'it is paused: resume it first' : `it is ${session.state}`)
     }
     const stored = await this.#o.events.appendUser(sessionId, message)
-    // a new message also lets the ones an interrupt held go on, first, in their order
-    this.#held.delete(sessionId)
-    if (!stored.duplicate) this.#kick(sessionId)
+    // a new message (or a retry of a held one) lets the ones an interrupt held go on, first, in their order
+    const released = this.#held.delete(sessionId)
+    if (!stored.duplicate || released) this.#kick(sessionId)
     return stored
   }
 
@@ -243,6 +252,8 @@ export class AgentSupervisor extends EventEmitter<SupervisorEvents> {
       row = await this.#o.manager.transitionState(sessionId, 'active', { actor: 'user', reason: reason ?? 'restart: fresh conversation' })
     }
     await this.#o.events.append(sessionId, 'status', { message: 'Starting a fresh conversation…' })
+    // a restart is the user's go-ahead: what an interrupt held goes out
+    this.#held.delete(sessionId)
     this.#kick(sessionId)
     return row
   }
@@ -255,7 +266,9 @@ export class AgentSupervisor extends EventEmitter<SupervisorEvents> {
     if (reason === 'pause' && live.inflight) {
       // only a busy session can have messages waiting: the resume must deliver them
       this.#keptByPause.add(sessionId)
+      // never in the way of the stop: the agent's exit cancels whatever is still open
       await this.#permissions.cancelOpen(sessionId, 'pause')
+        .catch((err: Error) => this.#log.warn({ err, sessionId }, 'cancelling the permission requests of a paused turn failed'))
       await this.#interruptTurn(live)
     }
     await live.proc.stop(reason)
@@ -356,7 +369,17 @@ export class AgentSupervisor extends EventEmitter<SupervisorEvents> {
    */
   async #stillActive (sessionId: string, agent: LiveAgent): Promise<boolean> {
     const now = await this.#o.manager.find(sessionId)
-    if (now?.state === 'active') return true
+    if (now?.state === 'active') {
+      // a PATCH while it started found no agent to tell: it is told now
+      const mode = this.#allowedMode(now.permissionMode)
+      this.#applySettings({
+        sessionId,
+        ...(mode !== agent.launched.permissionMode ? { permissionMode: mode } : {}),
+        ...(now.model !== agent.launched.model ? { model: now.model } : {}),
+        permissionTimeoutSeconds: now.permissionTimeoutSeconds
+      })
+      return true
+    }
     if (now?.state === 'paused') this.#keptByPause.add(sessionId)
     this.#log.info({ sessionId, state: now?.state ?? 'deleted' }, 'the session left active while its agent started: stopped')
     await this.stopAgent(sessionId, now ? stopReasonFor(now.state) : 'deleted')
@@ -365,15 +388,31 @@ export class AgentSupervisor extends EventEmitter<SupervisorEvents> {
     return false
   }
 
-  async #spawn (session: SessionRow): Promise<LiveAgent | null> {
-    const sessionId = session.id
-    const slot = await this.#pool.acquireSlot(sessionId, session.owner, async () => {
+  /**
+   * The session's mode if the operator (still) allows it; null (the default) for one stored when
+   * ALLOWED_PERMISSION_MODES listed it and no longer does.
+   */
+  #allowedMode (mode: SessionRow['permissionMode']): SessionRow['permissionMode'] {
+    return mode === null || this.#o.config.agent.allowedPermissionModes.includes(mode) ? mode : null
+  }
+
+  async #spawn (queued: SessionRow): Promise<LiveAgent | null> {
+    const sessionId = queued.id
+    const slot = await this.#pool.acquireSlot(sessionId, queued.owner, async () => {
       await this.#o.events.append(sessionId, 'status', { message: 'Waiting for a free agent slot…' })
     })
     if (this.#closing) {
       this.#pool.releaseSlot(slot)
       await this.#o.turns.releaseBusy(sessionId, this.#clock())
       return null
+    }
+    // the wait for a slot can be long: start with the settings of now
+    const session = await this.#o.manager.find(sessionId).catch(() => null) ?? queued
+    const permissionMode = this.#allowedMode(session.permissionMode)
+    if (permissionMode !== session.permissionMode) {
+      await this.#o.events.append(sessionId, 'status', {
+        message: `The permission mode ${String(session.permissionMode)} is no longer allowed here: the agent starts in the default mode.`
+      })
     }
     const firstStart = session.agentSessionId === null
     const agentSessionId = session.agentSessionId ?? randomUUID()
@@ -383,13 +422,14 @@ export class AgentSupervisor extends EventEmitter<SupervisorEvents> {
         owner: session.owner,
         workdir: session.workdir,
         model: session.model,
-        permissionMode: session.permissionMode,
+        permissionMode,
         conversation: { mode: firstStart ? 'new' : 'resume', agentSessionId },
         slot
       }, (proc) => this.#wire(sessionId, proc, {
         agentSessionId,
         firstStart,
-        permissionTimeoutSeconds: session.permissionTimeoutSeconds ?? this.#o.config.agent.permissionTimeoutSeconds
+        permissionTimeoutSeconds: session.permissionTimeoutSeconds ?? this.#o.config.agent.permissionTimeoutSeconds,
+        launched: { permissionMode, model: session.model }
       }))
       this.#log.info({ sessionId, pid: live.proc.pid, mode: firstStart ? 'new' : 'resume' }, 'agent started')
       return live
@@ -403,7 +443,7 @@ export class AgentSupervisor extends EventEmitter<SupervisorEvents> {
   }
 
   /** The agent's record, listening to its process before anything can be emitted. */
-  #wire (sessionId: string, proc: AgentProcess, conversation: { agentSessionId: string, firstStart: boolean, permissionTimeoutSeconds: number }): LiveAgent {
+  #wire (sessionId: string, proc: AgentProcess, conversation: Pick<LiveAgent, 'agentSessionId' | 'firstStart' | 'permissionTimeoutSeconds' | 'launched'>): LiveAgent {
     const live: LiveAgent = {
       sessionId,
       proc,
@@ -525,7 +565,12 @@ export class AgentSupervisor extends EventEmitter<SupervisorEvents> {
   }
 
   #attention (sessionId: string, kind: AttentionKind, seq: number): void {
-    this.emit('attention', { sessionId, kind, seq, at: this.#clock() })
+    try {
+      this.emit('attention', { sessionId, kind, seq, at: this.#clock() })
+    } catch (err) {
+      // a listener's failure must not leave the turn half-ended
+      this.#log.error({ err, sessionId }, 'an attention listener failed')
+    }
   }
 
   async #onTurnStart (live: LiveAgent): Promise<void> {
@@ -541,8 +586,16 @@ export class AgentSupervisor extends EventEmitter<SupervisorEvents> {
     const seq = await stored.catch(() => undefined)
     // a result before any turn started (a refused resume) is no turn: the exit handler takes over
     if (live.inflight && !live.inflight.confirmed) return
-    // the result is stored: that is what the notice is about (the usage write need not delay it)
-    if (seq !== undefined) this.#attention(sessionId, 'turn_ended', seq)
+    // the result is stored: that is what the notice is about (the usage write need not delay it).
+    // A turn the user stopped (an interrupt, a pause) is no news to them
+    const stopped = live.turnEnded !== undefined || live.phase === 'leaving'
+    if (seq !== undefined && !stopped) this.#attention(sessionId, 'turn_ended', seq)
+    // the CLI waits for nothing once its turn is over: an ask still open here (stored while a
+    // cancellation ran) can no longer be answered
+    if (this.#permissions.hasOpen(sessionId)) {
+      await this.#permissions.cancelOpen(sessionId, 'turn ended')
+        .catch((err: Error) => this.#log.warn({ err, sessionId }, 'cancelling the permission requests of an ended turn failed'))
+    }
     const at = this.#clock()
     await this.#o.turns.addTurnUsage(sessionId, { ...turnUsage(result), at })
     live.inflight = null

@@ -1,7 +1,9 @@
 import type { EventType } from '../domain/event-types.js'
+import { withoutNul } from '../domain/text.js'
 import {
   answerProblem,
   cliResponse,
+  rememberable,
   timeoutAnswer,
   type PermissionAnswer,
   type PermissionAsk
@@ -32,6 +34,11 @@ export interface AnswerResult {
 }
 
 const key = (sessionId: string, requestId: string) => `${sessionId}\u0000${requestId}`
+
+/** A JSON value with U+0000 replaced in every string (Postgres text and jsonb cannot hold it). */
+function withoutNulDeep<T> (value: T): T {
+  return JSON.parse(JSON.stringify(value, (_k, v: unknown) => (typeof v === 'string' ? withoutNul(v) : v))) as T
+}
 
 /**
  * The agents' permission asks, from the CLI's line to the user's answer: each is stored (a row,
@@ -65,28 +72,41 @@ export class PermissionBroker {
     const data = ask.kind === 'question'
       ? { requestId: ask.requestId, toolUseId: ask.toolUseId, questions: Array.isArray(ask.input.questions) ? ask.input.questions : [], expiresAt: expiresAt.toISOString() }
       : { requestId: ask.requestId, toolName: ask.toolName, input: ask.input, toolUseId: ask.toolUseId, suggestions: ask.suggestions, context: ask.context, expiresAt: expiresAt.toISOString() }
-    const stored = this.#o.events.append(sessionId, type, data)
+    // Postgres cannot store U+0000 (the event log replaces it the same way)
+    const storable = withoutNulDeep(data)
+    const stored = this.#o.events.append(sessionId, type, storable)
+    // handled below; this keeps a failure of both writes from being an unhandled rejection
+    stored.catch(() => {})
     const k = key(sessionId, ask.requestId)
     // The row and the event are written side by side; until both are (and the row knows its
     // event's seq), an answer or a session view of this instance waits for them
     const opening = (async () => {
       const opened = await this.#o.repo.open({
-        sessionId, requestId: ask.requestId, kind: ask.kind, toolName: ask.toolName, request: { ...ask }, createdAt, expiresAt
+        sessionId, requestId: ask.requestId, kind: ask.kind, toolName: ask.toolName, request: withoutNulDeep({ ...ask }), createdAt, expiresAt
       })
-      const seq = await stored
-      if (!opened) return
+      if (!opened) throw new Error('the request id is already taken')
       this.#open.set(k, ask)
       const timer = setTimeout(() => { this.#expire(sessionId, ask.requestId, timeoutSeconds) }, timeoutSeconds * 1000)
       timer.unref()
       this.#timers.set(k, timer)
+      const seq = await stored
       await this.#o.repo.setSeq(sessionId, ask.requestId, seq)
       this.#o.onAsk(sessionId, type, seq)
     })().catch((err: Error) => {
-      this.#o.logger.error({ err, sessionId, requestId: ask.requestId }, 'storing a permission request failed')
+      this.#o.logger.error({ err, sessionId, requestId: ask.requestId }, 'storing a permission request failed: it is denied')
+      // nobody could answer an ask that is not stored: the agent must not wait for it
+      if (!this.#open.has(k)) this.#o.send(sessionId, cliResponse(ask, { decision: 'deny', message: 'The service could not relay this permission request to the user; it was denied.' }))
     }).finally(() => {
       if (this.#opening.get(k) === opening) this.#opening.delete(k)
     })
     this.#opening.set(k, opening)
+  }
+
+  /** The session has asks open (or being stored) on this instance. */
+  hasOpen (sessionId: string): boolean {
+    const prefix = `${sessionId}\u0000`
+    for (const k of this.#open.keys()) if (k.startsWith(prefix)) return true
+    return this.isOpening(sessionId)
   }
 
   /** An ask of the session is being stored on this instance: its view must wait for it. */
@@ -116,6 +136,7 @@ export class PermissionBroker {
     const closed = await this.#o.repo.close(sessionId, requestId, status, this.#o.clock())
     if (!closed) {
       // another answer, the timeout or a cancellation won the race
+      this.#forget(sessionId, requestId)
       const now = await this.#o.repo.find(sessionId, requestId)
       throw permissionRequestClosed(requestId, now?.status ?? 'cancelled')
     }
@@ -129,7 +150,7 @@ export class PermissionBroker {
       ...(answer.message !== undefined ? { message: answer.message } : {}),
       ...(answer.updatedInput !== undefined ? { updatedInput: answer.updatedInput } : {}),
       ...(answer.answers !== undefined ? { answers: answer.answers } : {}),
-      remember: answer.remember === true && answer.decision === 'allow',
+      remember: answer.remember === true && answer.decision === 'allow' && rememberable(ask),
       by
     })
     return { requestId, decision: answer.decision, seq }

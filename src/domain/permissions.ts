@@ -79,19 +79,29 @@ export function answerProblem (ask: Pick<PermissionAsk, 'kind' | 'input'>, answe
   return null
 }
 
+/** Tools whose every use is a file edit: "always allow this" means edits, as the CLI's acceptEdits does. */
+const EDIT_TOOLS = new Set(['Write', 'Edit', 'MultiEdit', 'NotebookEdit'])
+
 /**
- * The suggestions to remember, kept for this session only: a suggestion that would write the
- * user's or the project's settings files is scoped down to the CLI's session. A suggestion to
- * switch the permission mode is left out: the mode is the session's setting (`permissionMode`,
- * within ALLOWED_PERMISSION_MODES), changed by a PATCH the session then shows. Without any
- * suggestion left, a rule for the tool itself.
+ * What `remember` keeps, for this session only: the CLI's suggestions, scoped down to its session
+ * (never written to the user's or the project's settings files), without those that switch the
+ * permission mode (the mode is the session's setting, `permissionMode` within
+ * ALLOWED_PERMISSION_MODES, which the session shows). With no suggestion left: this exact Bash
+ * command, or the edit tool; for any other tool nothing, since a rule for the whole tool would
+ * allow far more than what the user saw.
  */
-export function sessionRules (ask: Pick<PermissionAsk, 'toolName' | 'suggestions'>): unknown[] {
+export function sessionRules (ask: Pick<PermissionAsk, 'toolName' | 'suggestions' | 'input'>): unknown[] {
   const suggestions = ask.suggestions.filter((s) => isObject(s) && s.type !== 'setMode') as Record<string, unknown>[]
-  if (suggestions.length === 0) {
-    return [{ type: 'addRules', rules: [{ toolName: ask.toolName }], behavior: 'allow', destination: 'session' }]
-  }
-  return suggestions.map((s) => ({ ...s, destination: 'session' }))
+  if (suggestions.length > 0) return suggestions.map((s) => ({ ...s, destination: 'session' }))
+  const rule = (r: Record<string, string>) => [{ type: 'addRules', rules: [r], behavior: 'allow', destination: 'session' }]
+  if (ask.toolName === 'Bash' && typeof ask.input.command === 'string') return rule({ toolName: 'Bash', ruleContent: ask.input.command })
+  if (EDIT_TOOLS.has(ask.toolName)) return rule({ toolName: ask.toolName })
+  return []
+}
+
+/** Whether `remember` can keep anything for this ask (a question's answer is never remembered). */
+export function rememberable (ask: Pick<PermissionAsk, 'kind' | 'toolName' | 'suggestions' | 'input'>): boolean {
+  return ask.kind === 'permission' && sessionRules(ask).length > 0
 }
 
 /** The message a denied tool use carries to the model when the user gave none. */
@@ -108,7 +118,7 @@ export function cliResponse (ask: PermissionAsk, answer: PermissionAnswer): Reco
     response = {
       behavior: 'allow',
       updatedInput: ask.kind === 'question' ? { ...input, answers: answer.answers ?? {} } : input,
-      ...(answer.remember === true ? { updatedPermissions: sessionRules(ask) } : {}),
+      ...(answer.remember === true && rememberable(ask) ? { updatedPermissions: sessionRules(ask) } : {}),
       ...toolUse
     }
   }
