@@ -9,11 +9,12 @@
  */
 import { createECDH, randomBytes } from 'node:crypto'
 import { once } from 'node:events'
+import { createServer, type AddressInfo } from 'node:net'
 import t from 'tap'
 import type { App } from '../src/app.js'
 import type { DeviceRow } from '../src/db/schema.js'
 import type { AttentionKind } from '../src/domain/push-policy.js'
-import { guardedLookup, refuseUrl } from '../src/push/address-policy.js'
+import { guardedLookup, refuseUrl, type AddressPolicy, type ResolveName } from '../src/push/address-policy.js'
 import type { Sender, SendOutcome } from '../src/push/delivery.js'
 import { PushHttpClient } from '../src/push/http-client.js'
 import { PushNotifier, type NotifierEvents } from '../src/push/notifier.js'
@@ -36,6 +37,15 @@ function browserKeys () {
   const ecdh = createECDH('prime256v1')
   ecdh.generateKeys()
   return { p256dh: ecdh.getPublicKey().toString('base64url'), auth: randomBytes(16).toString('base64url') }
+}
+
+/** Resolves once `done()` holds, checked on each turn of the event loop; fails after `timeoutMs`. */
+async function until (done: () => boolean, what: string, timeoutMs = 5000): Promise<void> {
+  const deadline = Date.now() + timeoutMs
+  while (!done()) {
+    if (Date.now() > deadline) throw new Error(`gave up after ${timeoutMs} ms waiting for ${what}`)
+    await new Promise((resolve) => setImmediate(resolve))
+  }
 }
 
 /** The next event of the notifier with these facts, ignoring the others. */
@@ -263,7 +273,7 @@ t.test('push notifications', async (t) => {
       ws.terminate()
       await closed
       // the server side lets go of the subscription when the socket closes
-      while (app.eventBus.subscriberCount(u.sessionId) > 0) await new Promise((resolve) => setImmediate(resolve))
+      await until(() => app.eventBus.subscriberCount(u.sessionId) === 0, 'the closed stream to unsubscribe')
       t.match(expoMessages(await expo.next())[0], { data: { kind: 'turn_ended', seq: 6 } })
       await delivered
     })
@@ -284,27 +294,141 @@ t.test('push notifications', async (t) => {
 
 t.test('the address policy', async (t) => {
   const closed = { allowLoopback: false, allowPrivateNetworks: false }
+  const open = { allowLoopback: true, allowPrivateNetworks: true }
   t.equal(refuseUrl('https://hooks.example.com/x', closed), null)
   t.match(refuseUrl('http://127.0.0.1:8080/x', closed), /https/, 'plain http is refused without PUSH_ALLOW_LOOPBACK')
   t.match(refuseUrl('https://127.0.0.1/x', closed), /loopback/)
   t.match(refuseUrl('https://[::1]/x', closed), /loopback/)
   t.match(refuseUrl('https://[::ffff:127.0.0.1]/x', closed), /loopback/, 'an IPv4-mapped loopback address')
+  t.match(refuseUrl('https://2130706433/x', closed), /loopback/, '127.0.0.1 as one number (URL parsing makes it dotted)')
   t.match(refuseUrl('https://localhost/x', closed), /localhost/)
   t.match(refuseUrl('https://LOCALHOST./x', closed), /localhost/, 'in any spelling')
   t.match(refuseUrl('https://192.168.1.10/x', closed), /private/)
   t.equal(refuseUrl('https://192.168.1.10/x', { ...closed, allowPrivateNetworks: true }), null, 'PUSH_ALLOW_PRIVATE_NETWORKS')
-  t.match(refuseUrl('https://224.0.0.1/x', { allowLoopback: true, allowPrivateNetworks: true }), /reserved/, 'multicast, whatever the switches')
+  t.match(refuseUrl('https://224.0.0.1/x', open), /reserved/, 'multicast, whatever the switches')
   t.equal(refuseUrl('http://127.0.0.1:8080/x', { ...closed, allowLoopback: true }), null)
   t.match(refuseUrl('http://127.0.0.2:8080/x', { ...closed, allowLoopback: true }), /https/, 'plain http to 127.0.0.1 and [::1] only')
 
-  const lookup = guardedLookup(closed)
-  const err = await new Promise<NodeJS.ErrnoException | null>((resolve) => lookup('localhost', { all: true }, (e) => resolve(e)))
-  t.equal(err?.code, 'EPUSHADDRESS', 'a name that resolves to loopback is refused where the connection is made')
+  t.test('link-local and the metadata services: refused whatever the switches', async (t) => {
+    for (const host of [
+      '169.254.169.254', '169.254.0.1', '169.254.255.255', '169.254.170.2',
+      '[fe80::1]', '[febf:ffff::1]', '[fd00:ec2::254]', '100.100.100.200',
+      '[::ffff:169.254.169.254]', '[::169.254.169.254]', '[64:ff9b::169.254.169.254]', '[2002:a9fe:a9fe::1]'
+    ]) {
+      t.match(refuseUrl(`https://${host}/latest/meta-data/`, open), /link-local/, `${host} with both switches on`)
+      t.match(refuseUrl(`https://${host}/latest/meta-data/`, closed), /link-local/, `${host} with both off`)
+    }
+    t.equal(refuseUrl('https://169.253.255.255/x', closed), null, 'the ranges end where they should: 169.253.255.255')
+    t.equal(refuseUrl('https://169.255.0.1/x', closed), null, '169.255.0.1')
+    t.equal(refuseUrl('https://[fec0::1]/x', { ...closed, allowPrivateNetworks: true }), refuseUrl('https://[fec0::1]/x', closed), 'fec0::/10 (site-local, deprecated) is no private network either')
+    t.equal(refuseUrl('https://[fd00:ec2::253]/x', { ...closed, allowPrivateNetworks: true }), null, 'the rest of fc00::/7 is private')
+    t.equal(refuseUrl('https://100.100.100.199/x', { ...closed, allowPrivateNetworks: true }), null, 'the rest of 100.64/10 is shared')
+  })
 
-  const http = new PushHttpClient({ policy: { allowLoopback: false, allowPrivateNetworks: true }, timeoutMs: 1000 })
-  t.teardown(() => http.close())
-  const refused = await http.post('https://localhost:9/x', { headers: {}, body: '{}', signal: new AbortController().signal, gone: [410] })
-  t.match(refused, { status: 'failed', reason: /localhost/ }, 'a refused address fails for good, no retry')
+  t.test('an IPv4 address inside an IPv6 one is judged as IPv4', async (t) => {
+    /** `a.b.c.d` as two hex groups: `7f00:1` for 127.0.0.1 */
+    const hexGroups = (v4: string) => {
+      const [a, b, c, d] = v4.split('.').map(Number) as [number, number, number, number]
+      return `${((a << 8) | b).toString(16)}:${((c << 8) | d).toString(16)}`
+    }
+    // each form, around a loopback, a private, a link-local and a public IPv4 address
+    const forms: Array<[string, (v4: string) => string]> = [
+      ['IPv4-mapped', (v4) => `::ffff:${v4}`],
+      ['IPv4-translated', (v4) => `::ffff:0:${v4}`],
+      ['IPv4-compatible', (v4) => `::${v4}`],
+      ['NAT64 64:ff9b::/96', (v4) => `64:ff9b::${v4}`],
+      ['6to4 2002::/16', (v4) => `2002:${hexGroups(v4)}::1`]
+    ]
+    for (const [form, embed] of forms) {
+      const url = (v4: string) => `https://[${embed(v4)}]/x`
+      t.match(refuseUrl(url('127.0.0.1'), closed), /loopback/, `${form}: loopback (${new URL(url('127.0.0.1')).hostname})`)
+      t.equal(refuseUrl(url('127.0.0.1'), { ...closed, allowLoopback: true }), null, `${form}: loopback, with PUSH_ALLOW_LOOPBACK`)
+      t.match(refuseUrl(url('10.0.0.1'), closed), /private/, `${form}: private`)
+      t.equal(refuseUrl(url('10.0.0.1'), { ...closed, allowPrivateNetworks: true }), null, `${form}: private, with PUSH_ALLOW_PRIVATE_NETWORKS`)
+      t.match(refuseUrl(url('169.254.169.254'), open), /link-local/, `${form}: the metadata service, whatever the switches`)
+      t.match(refuseUrl(url('0.0.0.0'), open), /reserved/, `${form}: "this network"`)
+      t.equal(refuseUrl(url('93.184.215.14'), closed), null, `${form}: a public address is one`)
+    }
+    t.match(refuseUrl('https://[::127.0.0.1]/x', closed), /loopback/, 'as URL parsing rewrites it: [::7f00:1]')
+    t.equal(new URL('https://[::127.0.0.1]/x').hostname, '[::7f00:1]')
+    t.match(refuseUrl('https://[::1]/x', closed), /loopback/, '::1 is IPv6 loopback, not 0.0.0.1')
+    t.equal(refuseUrl('https://[::1]/x', { ...closed, allowLoopback: true }), null)
+    t.match(refuseUrl('https://[::]/x', open), /reserved/)
+  })
+
+  t.test('Teredo and local-use NAT64: refused outright', async (t) => {
+    for (const host of ['[2001::1]', '[2001:0:4136:e378:8000:63bf:3fff:fdd2]', '[64:ff9b:1::8.8.8.8]', '[64:ff9b:1:ffff::1]']) {
+      t.match(refuseUrl(`https://${host}/x`, open), /reserved/, `${host}, whatever the switches`)
+    }
+    t.equal(refuseUrl('https://[2001:1::1]/x', closed), refuseUrl('https://[2001:4860::8888]/x', closed), 'the neighbours of 2001::/32 are not Teredo')
+    t.equal(refuseUrl('https://[2001:4860::8888]/x', closed), null)
+  })
+
+  t.test('the lookup of each connection', async (t) => {
+    const names = new Map<string, string[]>()
+    const dns: ResolveName = (hostname, _options, callback) => {
+      const addresses = names.get(hostname)
+      if (addresses === undefined) callback(Object.assign(new Error(`${hostname} not found`), { code: 'ENOTFOUND' }), [])
+      else callback(null, addresses.map((address) => ({ address, family: address.includes(':') ? 6 : 4 })))
+    }
+    const lookupAll = (policy: AddressPolicy, hostname: string) => new Promise<{ err: NodeJS.ErrnoException | null, addresses: unknown }>((resolve) =>
+      guardedLookup(policy, dns)(hostname, { all: true }, (err, addresses) => resolve({ err, addresses })))
+
+    names.set('mixed.example.test', ['10.0.0.1', '93.184.215.14', '::ffff:127.0.0.1', '2606:4700::1'])
+    t.same((await lookupAll(closed, 'mixed.example.test')).addresses, [{ address: '93.184.215.14', family: 4 }, { address: '2606:4700::1', family: 6 }], 'only the allowed answers are handed out')
+    names.set('metadata.example.test', ['169.254.169.254', 'fd00:ec2::254', 'fe80::1%eth0'])
+    t.equal((await lookupAll(open, 'metadata.example.test')).err?.code, 'EPUSHADDRESS', 'a name of the metadata service, whatever the switches')
+    names.set('nat64.example.test', ['64:ff9b::7f00:1', '2002:a00:1::1'])
+    t.equal((await lookupAll(closed, 'nat64.example.test')).err?.code, 'EPUSHADDRESS', 'NAT64 and 6to4 answers are judged by their IPv4 address')
+
+    const real = await new Promise<NodeJS.ErrnoException | null>((resolve) => guardedLookup(closed)('localhost', { all: true }, (e) => resolve(e)))
+    t.equal(real?.code, 'EPUSHADDRESS', 'with the system\'s DNS, localhost is refused where the connection is made')
+  })
+
+  t.test('a name re-pointed after its registration reaches nothing (DNS rebinding)', async (t) => {
+    // a TCP server on 127.0.0.1 that counts the connections it gets
+    const server = createServer((socket) => { socket.destroy() })
+    const connected: number[] = []
+    server.on('connection', () => connected.push(Date.now()))
+    server.listen(0, '127.0.0.1')
+    await once(server, 'listening')
+    t.teardown(() => { server.close() })
+    const { port } = server.address() as AddressInfo
+    const url = `https://hooks.example.test:${port}/x`
+
+    // the name is public when the user registers it...
+    let answer = '93.184.215.14'
+    const asked: string[] = []
+    const dns: ResolveName = (hostname, _options, callback) => {
+      asked.push(hostname)
+      callback(null, [{ address: answer, family: 4 }])
+    }
+    t.equal(refuseUrl(url, closed), null, 'the registration accepts the URL')
+    const atRegistration = await new Promise<NodeJS.ErrnoException | null>((resolve) => guardedLookup(closed, dns)('hooks.example.test', { all: true }, (e) => resolve(e)))
+    t.equal(atRegistration, null, 'and its name resolves to a public address then')
+
+    // ... and answers 127.0.0.1 when the notification is posted
+    answer = '127.0.0.1'
+    asked.length = 0
+    const http = new PushHttpClient({ policy: closed, timeoutMs: 2000, resolve: dns })
+    t.teardown(() => http.close())
+    t.equal(refuseUrl(url, closed), null, 'the URL itself still passes: only the lookup can catch it')
+    const refused = await http.post(url, { headers: {}, body: '{}', signal: AbortSignal.timeout(5000), gone: [410] })
+    t.match(refused, { status: 'failed', reason: /hooks\.example\.test resolves to no address that push may reach/ }, 'refused for good, no retry')
+    t.same(asked, ['hooks.example.test'], 'by the request\'s own lookup')
+    t.match(await http.post(`https://[::ffff:127.0.0.1]:${port}/x`, { headers: {}, body: '{}', signal: AbortSignal.timeout(5000), gone: [410] }),
+      { status: 'failed', reason: /^the address must not lead to a loopback/ }, 'a literal address is refused before the request, for good')
+    t.equal(connected.length, 0, 'the server on 127.0.0.1 saw no connection')
+
+    // the control: where loopback is allowed, the same request does reach that server
+    const loopback = new PushHttpClient({ policy: { ...closed, allowLoopback: true }, timeoutMs: 2000, resolve: dns })
+    t.teardown(() => loopback.close())
+    const reached = once(server, 'connection')
+    const outcome = await loopback.post(url, { headers: {}, body: '{}', signal: AbortSignal.timeout(5000), gone: [410] })
+    await reached
+    t.equal(connected.length, 1, 'with PUSH_ALLOW_LOOPBACK the server sees the connection')
+    t.equal(outcome.status, 'retry', 'which is no TLS server: a network error, retried')
+  })
 })
 
 t.test('the notifier on its own', async (t) => {

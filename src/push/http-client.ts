@@ -1,5 +1,5 @@
 import { Agent, request } from 'undici'
-import { guardedLookup, refuseUrl, type AddressPolicy } from './address-policy.js'
+import { guardedLookup, refuseUrl, type AddressPolicy, type ResolveName } from './address-policy.js'
 import { outcomeOfError, outcomeOfStatus, retryAfterMs, type SendOutcome } from './delivery.js'
 
 export interface PostOptions {
@@ -19,10 +19,11 @@ export class PushHttpClient {
   readonly #policy: AddressPolicy
   readonly #agent: Agent
 
-  constructor (opts: { policy: AddressPolicy, timeoutMs: number }) {
+  /** `resolve`: how host names are resolved, node's DNS lookup unless a test brings its own */
+  constructor (opts: { policy: AddressPolicy, timeoutMs: number, resolve?: ResolveName }) {
     this.#policy = opts.policy
     this.#agent = new Agent({
-      connect: { timeout: opts.timeoutMs, lookup: guardedLookup(opts.policy) },
+      connect: { timeout: opts.timeoutMs, lookup: guardedLookup(opts.policy, opts.resolve) },
       headersTimeout: opts.timeoutMs,
       bodyTimeout: opts.timeoutMs,
       // a few idle connections per provider host are kept: bursts go to the same few hosts
