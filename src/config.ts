@@ -264,7 +264,7 @@ export const EnvSchema = Type.Object({
   }),
   PUSH_ALLOW_PRIVATE_NETWORKS: Type.Boolean({
     default: false,
-    description: 'webhook URLs and Web Push endpoints may lead to private, shared or link-local addresses (`10/8`, `172.16/12`, `192.168/16`, `100.64/10`, `169.254/16`, `fc00::/7`, `fe80::/10`), e.g. a receiver on the operator\'s network. Off: only public addresses, checked after DNS on every request, so that a user cannot aim the service at internal hosts'
+    description: 'webhook URLs and Web Push endpoints may lead to private or shared addresses (`10/8`, `172.16/12`, `192.168/16`, `100.64/10`, `fc00::/7`), e.g. a receiver on the operator\'s network. Link-local ranges and cloud metadata addresses stay refused whatever this says. Off: only public addresses, checked after DNS on every request, so that a user cannot aim the service at internal hosts'
   }),
   EXPO_API_URL: Type.String({
     default: 'https://exp.host',
