@@ -1,6 +1,6 @@
-import { chmod, mkdir, open, readFile, stat } from 'node:fs/promises'
 import { join } from 'node:path'
 import webpush from 'web-push'
+import { loadOrCreatePrivateFile } from '../system/private-file.js'
 
 export interface VapidKeys {
   /** base64url, an uncompressed P-256 point: the browser's `applicationServerKey` */
@@ -31,28 +31,14 @@ function parse (text: string): VapidKeys | null {
  */
 export async function loadOrCreateVapidKeys (dataDir: string): Promise<{ keys: VapidKeys, path: string, created: boolean }> {
   const path = join(dataDir, 'vapid-keys.json')
-  await mkdir(dataDir, { recursive: true })
-  try {
-    const file = await open(path, 'wx', 0o600)
-    const generated = webpush.generateVAPIDKeys()
-    const keys = { publicKey: generated.publicKey, privateKey: generated.privateKey }
-    try {
-      await file.writeFile(JSON.stringify(keys) + '\n')
-      await file.sync()
-    } finally {
-      await file.close()
-    }
-    return { keys, path, created: true }
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err
-  }
-  // a private key readable by others lets anyone on the host push to this service's subscribers
-  if (((await stat(path)).mode & 0o077) !== 0) await chmod(path, 0o600)
-  // another process may be between creating the file and writing it: read until the pair is whole
-  for (let attempt = 0; ; attempt++) {
-    const keys = parse(await readFile(path, 'utf8'))
-    if (keys) return { keys, path, created: false }
-    if (attempt >= 50) throw new Error(`${path} does not hold a VAPID key pair: delete it to generate a new one (every browser then subscribes again)`)
-    await new Promise((resolve) => setTimeout(resolve, 20))
-  }
+  const { value, created } = await loadOrCreatePrivateFile(path, {
+    generate: () => {
+      const generated = webpush.generateVAPIDKeys()
+      return { publicKey: generated.publicKey, privateKey: generated.privateKey }
+    },
+    serialize: (keys) => JSON.stringify(keys) + '\n',
+    parse,
+    invalid: 'does not hold a VAPID key pair: delete it to generate a new one (every browser then subscribes again)'
+  })
+  return { keys: value, path, created }
 }
