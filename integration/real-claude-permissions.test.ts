@@ -10,139 +10,27 @@
  * on events with generous bounds. The shapes the CLI speaks are in docs/AGENTS.md ("Permissions,
  * questions, interrupts and control requests").
  */
-import { execFile } from 'node:child_process'
 import { existsSync } from 'node:fs'
-import { mkdtemp, readFile, realpath, rm } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
+import { readFile, realpath } from 'node:fs/promises'
 import { join } from 'node:path'
-import { promisify } from 'node:util'
 import t, { type Test } from 'tap'
-import WebSocket from 'ws'
 import type { App } from '../src/app.js'
 import { authHeader, call, createSession, getSession } from '../test/helpers/api.js'
 import { build } from '../test/helpers/build.js'
-import { REPLY_PREFIX, TOOL_RESULT_PREFIX, startFakeAnthropicApi, toolResultsOf, type FakeAnthropicApi } from './fake-anthropic-api.js'
+import { REPLY_PREFIX, TOOL_RESULT_PREFIX, toolResultsOf } from './fake-anthropic-api.js'
+import { PINNED_VERSION, StreamClient, isAgent, startRealClaude, type Frame } from './real-claude-helpers.js'
 
-const PINNED_VERSION = '2.1.330'
 /** the first run of the 364 MiB binary may be slow to page in; later turns take ~0.3 s */
 const WAIT_MS = 60_000
 /** how long the service may take to clear `busy` once a turn's result is on the stream */
 const SETTLE_MS = 10_000
 
-const execFileAsync = promisify(execFile)
-
-interface Frame {
-  seq: number
-  type: string
-  at: string
-  data: any
-}
-
-/** A client on a session's WebSocket stream: the stored frames, the other frames, bounded waits. */
-class StreamClient {
-  readonly frames: Frame[] = []
-  readonly others: any[] = []
-  #waiters = new Set<() => void>()
-  #closed: string | undefined
-
-  private constructor (readonly socket: WebSocket) {
-    socket.on('message', (data) => {
-      const frame = JSON.parse(String(data))
-      if (typeof frame.seq === 'number') this.frames.push(frame as Frame)
-      else this.others.push(frame)
-      this.#wake()
-    })
-    socket.on('close', (code, reason) => {
-      this.#closed = `${code} ${String(reason)}`
-      this.#wake()
-    })
-  }
-
-  static async open (t: Test, baseUrl: string, sessionId: string, headers: Record<string, string>): Promise<StreamClient> {
-    const socket = new WebSocket(`${baseUrl.replace(/^http/, 'ws')}/v1/sessions/${sessionId}/stream?after=0`, { headers })
-    const client = new StreamClient(socket)
-    t.teardown(() => { if (socket.readyState !== WebSocket.CLOSED) socket.terminate() })
-    await new Promise<void>((resolve, reject) => {
-      socket.once('open', () => resolve())
-      socket.once('error', reject)
-    })
-    return client
-  }
-
-  #wake (): void {
-    for (const waiter of this.#waiters) waiter()
-  }
-
-  #until<T> (find: () => T | undefined, what: string): Promise<T> {
-    return new Promise((resolve, reject) => {
-      const check = () => {
-        const found = find()
-        if (found !== undefined) {
-          done()
-          resolve(found)
-        } else if (this.#closed) {
-          done()
-          reject(new Error(`the stream closed (${this.#closed}) before ${what}\nframes: ${this.summary()}`))
-        }
-      }
-      const timer = setTimeout(() => {
-        done()
-        reject(new Error(`nothing within ${WAIT_MS} ms: ${what}\nframes: ${this.summary()}`))
-      }, WAIT_MS)
-      const done = () => {
-        clearTimeout(timer)
-        this.#waiters.delete(check)
-      }
-      this.#waiters.add(check)
-      check()
-    })
-  }
-
-  /** The first stored frame after `afterSeq` that matches. */
-  next (match: (f: Frame) => boolean, what: string, afterSeq: number): Promise<Frame> {
-    return this.#until(() => this.frames.find((f) => f.seq > afterSeq && match(f)), what)
-  }
-
-  /** The first frame without a seq (an answer to a frame we sent) that matches. */
-  reply (match: (f: any) => boolean, what: string): Promise<any> {
-    return this.#until(() => this.others.find(match), what)
-  }
-
-  send (frame: unknown): void {
-    this.socket.send(JSON.stringify(frame))
-  }
-
-  between (afterSeq: number, untilSeq: number): Frame[] {
-    return this.frames.filter((f) => f.seq > afterSeq && f.seq <= untilSeq)
-  }
-
-  summary (): string {
-    return this.frames.map((f) => f.type === 'agent'
-      ? `${f.seq}:agent/${f.data.type}${f.data.subtype ? `/${f.data.subtype}` : ''}`
-      : `${f.seq}:${f.type}`).join(' ')
-  }
-}
-
-const isAgent = (type: string, subtype?: string) => (f: Frame) =>
-  f.type === 'agent' && f.data.type === type && (subtype === undefined || f.data.subtype === subtype)
 const isType = (type: string) => (f: Frame) => f.type === type
 
 /** The tool_result blocks of the stored `user` agent lines. */
 const toolResultFrames = (frames: Frame[]): any[] => frames.filter(isAgent('user'))
   .flatMap((f) => Array.isArray(f.data.message?.content) ? f.data.message.content : [])
   .filter((b: any) => b?.type === 'tool_result')
-
-/** Sets process.env for the test (the service's allow-list passes these to the CLI), restored in teardown. */
-function setEnv (t: Test, vars: Record<string, string>): void {
-  const saved = Object.fromEntries(Object.keys(vars).map((k) => [k, process.env[k]]))
-  Object.assign(process.env, vars)
-  t.teardown(() => {
-    for (const [k, v] of Object.entries(saved)) {
-      if (v === undefined) delete process.env[k]
-      else process.env[k] = v
-    }
-  })
-}
 
 /**
  * The session once the service has finished with the turn whose result is on the stream (`busy`
@@ -161,19 +49,9 @@ async function settled (app: App, id: string): Promise<any> {
 const useTool = (name: string, input: unknown) => `use-tool ${name} ${JSON.stringify(input)}`
 
 t.test('the real Claude Code CLI asks the phone: approvals, denials, questions, interrupts', async (t) => {
-  const bin = process.env.CLAUDE_BIN
-  if (!bin) {
-    t.fail('CLAUDE_BIN is not set: run scripts/real-claude-integration.sh, which installs the pinned CLI and sets it')
-    return
-  }
-  const home = await mkdtemp(join(tmpdir(), 'mobvibe-real-claude-home-'))
-  t.teardown(() => rm(home, { recursive: true, force: true }))
-  const version = await execFileAsync(bin, ['--version'], { timeout: 60_000, env: { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: home } })
-  t.match(version.stdout, new RegExp(`^${PINNED_VERSION.replaceAll('.', '\\.')} `), `CLAUDE_BIN is the pinned ${PINNED_VERSION}`)
-
-  const api: FakeAnthropicApi = await startFakeAnthropicApi({ log: (m) => t.comment(m) })
-  t.teardown(() => api.close())
-  setEnv(t, { HOME: home, ANTHROPIC_BASE_URL: api.url, ANTHROPIC_API_KEY: 'test-key', CLAUDE_CODE_MAX_RETRIES: '0' })
+  const real = await startRealClaude(t)
+  if (!real) return
+  const { bin, api } = real
   const { app, baseUrl } = await build(t, {
     listen: true,
     env: {
@@ -188,7 +66,7 @@ t.test('the real Claude Code CLI asks the phone: approvals, denials, questions, 
   async function open (t: Test, title: string) {
     const session = await createSession(app, { title, permissionMode: 'default' })
     t.equal(session.permissionMode, 'default')
-    const stream = await StreamClient.open(t, baseUrl, session.id, authHeader(app))
+    const stream = await StreamClient.open(t, baseUrl, session.id, authHeader(app), { timeoutMs: WAIT_MS })
     return { id: session.id, stream, workdir: await realpath(session.workdir) }
   }
 

@@ -7,20 +7,16 @@
  * CLI outside the repo and sets CLAUDE_BIN. Everything goes through the public API (HTTP and the
  * WebSocket stream); waits are on events with generous bounds, never on sleeps.
  */
-import { execFile } from 'node:child_process'
-import { mkdtemp, readFile, readdir, realpath, rm } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
-import { basename, join } from 'node:path'
-import { promisify } from 'node:util'
-import t, { type Test } from 'tap'
-import WebSocket from 'ws'
+import { readFile, readdir, realpath } from 'node:fs/promises'
+import { basename } from 'node:path'
+import t from 'tap'
 import { AGENT_MARKER } from '../src/agents/claude-command.js'
 import { findByEnvMarker } from '../src/system/proc.js'
 import { authHeader, call, createSession, getSession } from '../test/helpers/api.js'
 import { build } from '../test/helpers/build.js'
-import { REPLY_PREFIX, startFakeAnthropicApi, textOf, type FakeAnthropicApi } from './fake-anthropic-api.js'
+import { REPLY_PREFIX, textOf } from './fake-anthropic-api.js'
+import { PINNED_VERSION, StreamClient, isAgent, startRealClaude, type Frame } from './real-claude-helpers.js'
 
-const PINNED_VERSION = '2.1.330'
 /** the first run of the 364 MiB binary may be slow to page in; later turns take ~0.3 s */
 const TURN_TIMEOUT_MS = 60_000
 /** idleTimeoutSeconds is 1 and the sweep runs every 100 ms */
@@ -29,112 +25,14 @@ const MODEL = 'claude-fake-model-1'
 const FIRST_PROMPT = 'Remember the word PELICAN-7316, please.'
 const SECOND_PROMPT = 'Which word did I ask you to remember?'
 
-const execFileAsync = promisify(execFile)
-
 /** The first word of a process's command line ('' when it is gone). */
 async function argv0Of (pid: number): Promise<string> {
   return (await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '')).split('\0')[0] ?? ''
 }
 
-interface Frame {
-  seq: number
-  type: 'user' | 'agent' | 'status' | 'state' | 'error'
-  at: string
-  data: any
-}
-
-/** A client on the session's WebSocket stream: every persisted frame, with bounded waits on them. */
-class StreamClient {
-  readonly frames: Frame[] = []
-  readonly others: unknown[] = []
-  #waiters = new Set<() => void>()
-  #closed: { code: number, reason: string } | undefined
-
-  constructor (readonly socket: WebSocket, readonly describe: () => Promise<string>) {
-    socket.on('message', (data) => {
-      const frame = JSON.parse(String(data))
-      if (typeof frame.seq === 'number') this.frames.push(frame as Frame)
-      else this.others.push(frame)
-      this.#wake()
-    })
-    socket.on('close', (code, reason) => {
-      this.#closed = { code, reason: String(reason) }
-      this.#wake()
-    })
-  }
-
-  /** `headers`: the bearer token of the session's owner, as a phone sends it on the upgrade */
-  static async open (t: Test, baseUrl: string, sessionId: string, headers: Record<string, string>, describe: () => Promise<string>): Promise<StreamClient> {
-    const socket = new WebSocket(`${baseUrl.replace(/^http/, 'ws')}/v1/sessions/${sessionId}/stream?after=0`, { headers })
-    const client = new StreamClient(socket, describe)
-    t.teardown(() => { if (socket.readyState !== WebSocket.CLOSED) socket.terminate() })
-    await new Promise<void>((resolve, reject) => {
-      socket.once('open', () => resolve())
-      socket.once('error', reject)
-    })
-    return client
-  }
-
-  #wake (): void {
-    for (const waiter of this.#waiters) waiter()
-  }
-
-  /** The first frame after `afterSeq` that matches; rejects on timeout or when the stream closes. */
-  next (match: (f: Frame) => boolean, what: string, afterSeq = 0, timeoutMs = TURN_TIMEOUT_MS): Promise<Frame> {
-    return new Promise((resolve, reject) => {
-      const fail = (why: string) => {
-        done()
-        this.describe().then((state) => reject(new Error(`${why}: ${what}\n${state}\nframes: ${this.summary()}`)), reject)
-      }
-      const check = () => {
-        const found = this.frames.find((f) => f.seq > afterSeq && match(f))
-        if (found) {
-          done()
-          resolve(found)
-        } else if (this.#closed) {
-          fail(`the stream closed (${this.#closed.code} ${this.#closed.reason}) before`)
-        }
-      }
-      const timer = setTimeout(() => fail(`nothing within ${timeoutMs} ms`), timeoutMs)
-      const done = () => {
-        clearTimeout(timer)
-        this.#waiters.delete(check)
-      }
-      this.#waiters.add(check)
-      check()
-    })
-  }
-
-  /** The frames after `afterSeq` up to and including `untilSeq`. */
-  between (afterSeq: number, untilSeq: number): Frame[] {
-    return this.frames.filter((f) => f.seq > afterSeq && f.seq <= untilSeq)
-  }
-
-  summary (): string {
-    return this.frames.map((f) => f.type === 'agent'
-      ? `${f.seq}:agent/${f.data.type}${f.data.subtype ? `/${f.data.subtype}` : ''}`
-      : `${f.seq}:${f.type}${f.type === 'state' ? `(${f.data.from}→${f.data.to})` : ''}`).join(' ')
-  }
-}
-
-const isAgent = (type: string, subtype?: string) => (f: Frame) =>
-  f.type === 'agent' && f.data.type === type && (subtype === undefined || f.data.subtype === subtype)
-
 /** The text of an `assistant` line's text blocks. */
 const assistantText = (f: Frame): string =>
   (f.data.message?.content ?? []).filter((b: any) => b.type === 'text').map((b: any) => b.text).join('')
-
-/** Sets process.env for the test (the service's allow-list passes these to the CLI), restored in teardown. */
-function setEnv (t: Test, vars: Record<string, string>): void {
-  const saved = Object.fromEntries(Object.keys(vars).map((k) => [k, process.env[k]]))
-  Object.assign(process.env, vars)
-  t.teardown(() => {
-    for (const [k, v] of Object.entries(saved)) {
-      if (v === undefined) delete process.env[k]
-      else process.env[k] = v
-    }
-  })
-}
 
 /** What the fake API was sent as a conversation: role and text of each message, reminders left out. */
 function conversationOf (body: any): Array<{ role: string, text: string }> {
@@ -142,28 +40,9 @@ function conversationOf (body: any): Array<{ role: string, text: string }> {
 }
 
 t.test('the real Claude Code CLI: message, streamed reply, idle suspension, transparent resume', async (t) => {
-  const bin = process.env.CLAUDE_BIN
-  if (!bin) {
-    t.fail('CLAUDE_BIN is not set: run scripts/real-claude-integration.sh, which installs the pinned CLI and sets it')
-    return
-  }
-
-  // A home of its own: nothing of the developer's ~/.claude or CLAUDE.md reaches the CLI
-  const home = await mkdtemp(join(tmpdir(), 'mobvibe-real-claude-home-'))
-  t.teardown(() => rm(home, { recursive: true, force: true }))
-
-  const version = await execFileAsync(bin, ['--version'], { timeout: 60_000, env: { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: home } })
-  t.match(version.stdout, new RegExp(`^${PINNED_VERSION.replaceAll('.', '\\.')} `), `CLAUDE_BIN is the pinned ${PINNED_VERSION}: ${version.stdout.trim()}`)
-
-  const api: FakeAnthropicApi = await startFakeAnthropicApi({ log: (m) => t.comment(m) })
-  t.teardown(() => api.close())
-
-  setEnv(t, {
-    HOME: home,
-    ANTHROPIC_BASE_URL: api.url,
-    ANTHROPIC_API_KEY: 'test-key',
-    CLAUDE_CODE_MAX_RETRIES: '0'
-  })
+  const real = await startRealClaude(t)
+  if (!real) return
+  const { bin, home, api } = real
   const { app, baseUrl, config } = await build(t, {
     listen: true,
     env: {
@@ -189,7 +68,7 @@ t.test('the real Claude Code CLI: message, streamed reply, idle suspension, tran
     return `session: ${JSON.stringify(s)}\nfake API requests: ${requests}`
   }
   // the HTTP calls (call, createSession, getSession) send the default user's token; the stream too
-  const stream = await StreamClient.open(t, baseUrl, id, authHeader(app), describe)
+  const stream = await StreamClient.open(t, baseUrl, id, authHeader(app), { timeoutMs: TURN_TIMEOUT_MS, describe })
   t.same(await liveAgents(), [], 'no process before the first message')
 
   // ---- turn 1: a new conversation -----------------------------------------------------------
