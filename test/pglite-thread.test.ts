@@ -80,12 +80,14 @@ t.test('the event loop runs while a statement does', async (t) => {
   let ticks = 0
   const timer = setInterval(() => { ticks++ }, 10)
   try {
-    await db.query('select pg_sleep(0.4)')
+    await db.query('select pg_sleep(0.6)')
   } finally {
     clearInterval(timer)
   }
-  // on the main thread, PGlite would have held the loop for the whole statement: no tick at all
-  t.ok(ticks >= 5, `timers fired during the statement (${ticks})`)
+  // on the main thread, PGlite would have held the loop for the whole statement: no tick during
+  // it, and at most one (the missed ones coalesced) once it is over. A free loop gets ~60; a
+  // machine loaded by other work delays timers, hence a bound far from both
+  t.ok(ticks >= 3, `timers fired during the statement (${ticks})`)
 })
 
 t.test('a cached statement survives a schema change and a DEALLOCATE', async (t) => {
