@@ -63,6 +63,8 @@ async function waitAsk (id: string, n = 1): Promise<Frame> {
   return asks(frames)[n - 1]!
 }
 
+const transitionTo = (id: string, to: string) => call(app, 'POST', `/v1/sessions/${id}/transitions`, { to })
+
 const answer = (id: string, requestId: string, body: Record<string, unknown>) =>
   call(app, 'POST', `/v1/sessions/${id}/permissions/${encodeURIComponent(requestId)}`, body)
 
@@ -419,6 +421,8 @@ t.test('interrupting an idle session is harmless; an unknown one is a 404', asyn
   t.equal(unknown.status, 404)
   const bad = await call(app, 'POST', `/v1/sessions/${s.id}/interrupt`, { deliverQueued: 'yes' })
   t.equal(bad.status, 400)
+  t.equal((await transitionTo(s.id, 'completed')).status, 200)
+  t.same((await call(app, 'POST', `/v1/sessions/${s.id}/interrupt`, {})).body, { interrupted: false }, 'an ended session: nothing to stop')
 })
 
 t.test('permission modes and models per session', async (t) => {

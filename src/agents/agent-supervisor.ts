@@ -202,7 +202,9 @@ export class AgentSupervisor extends EventEmitter<SupervisorEvents> {
    * message, or go on at once with `deliverQueued`. Harmless when nothing runs.
    */
   async interrupt (sessionId: string, opts: { deliverQueued?: boolean | undefined } = {}): Promise<{ interrupted: boolean }> {
-    await this.#o.manager.get(sessionId)
+    const session = await this.#o.manager.get(sessionId)
+    // an ended session runs nothing and delivers nothing: nothing to hold either
+    if (isTerminal(session.state)) return { interrupted: false }
     if (opts.deliverQueued === true) this.#held.delete(sessionId)
     else this.#held.add(sessionId)
     const live = this.#pool.get(sessionId)
