@@ -265,12 +265,14 @@ export class AgentSupervisor extends EventEmitter<SupervisorEvents> {
     const live = this.#pool.get(sessionId)
     if (!live) return
     live.phase = 'leaving'
+    // what it asks can no longer be answered, for the reason of the stop (before its stdin closes:
+    // the CLI then fails the waiting tool and ends the turn). Never in the way of the stop: the
+    // agent's exit cancels whatever is still open
+    await this.#permissions.cancelOpen(sessionId, reason)
+      .catch((err: Error) => this.#log.warn({ err, sessionId }, 'cancelling the permission requests of a stopping agent failed'))
     if (reason === 'pause' && live.inflight) {
       // only a busy session can have messages waiting: the resume must deliver them
       this.#keptByPause.add(sessionId)
-      // never in the way of the stop: the agent's exit cancels whatever is still open
-      await this.#permissions.cancelOpen(sessionId, 'pause')
-        .catch((err: Error) => this.#log.warn({ err, sessionId }, 'cancelling the permission requests of a paused turn failed'))
       await this.#interruptTurn(live)
     }
     await live.proc.stop(reason)
