@@ -161,6 +161,9 @@ t.test('agent lines: turn boundaries found, text Postgres cannot hold replaced, 
   t.same(parseAgentLine(plain), { kind: 'other', json: plain }, 'a line is kept exactly as printed')
   const nul = parseAgentLine('{"type":"assistant","text":"a\\u0000b"}')
   t.same(JSON.parse(nul.json), { type: 'assistant', text: 'a\uFFFDb' }, 'U+0000 becomes U+FFFD')
+  const ask = parseAgentLine('{"type":"control_request","request_id":"r","request":{"subtype":"can_use_tool","tool_name":"Bash","input":{"command":"a\\u0000b"}}}')
+  t.same(ask.kind === 'control_request' && ask.message.request, { subtype: 'can_use_tool', tool_name: 'Bash', input: { command: 'a\uFFFDb' } },
+    'and in the message the supervisor reads (a permission ask is stored from it)')
   t.same(JSON.parse(parseAgentLine('not json \u0000').json), { type: 'unparsed', line: 'not json \uFFFD' }, 'non-JSON is wrapped, not lost')
   t.same(JSON.parse(parseAgentLine('[1,2]').json), { type: 'unparsed', line: '[1,2]' })
   t.same(turnUsage({ usage: { input_tokens: 5, output_tokens: 7, cache_read_input_tokens: 3, cache_creation_input_tokens: 1 }, total_cost_usd: 0.25 }),

@@ -1,5 +1,4 @@
 import type { EventType } from '../domain/event-types.js'
-import { withoutNul } from '../domain/text.js'
 import {
   answerProblem,
   cliResponse,
@@ -33,11 +32,13 @@ export interface AnswerResult {
   seq: number
 }
 
-const key = (sessionId: string, requestId: string) => `${sessionId}\u0000${requestId}`
-
-/** A JSON value with U+0000 replaced in every string (Postgres text and jsonb cannot hold it). */
-function withoutNulDeep<T> (value: T): T {
-  return JSON.parse(JSON.stringify(value, (_k, v: unknown) => (typeof v === 'string' ? withoutNul(v) : v))) as T
+/** One ask of this instance's agents, from its line to its close. */
+interface Entry {
+  /** set once its row exists: an answer is then checked and sent after one statement (the compare-and-set) */
+  ask?: PermissionAsk
+  /** until its row and event are stored: an answer or a view of this instance waits for it */
+  opening?: Promise<void>
+  timer?: NodeJS.Timeout
 }
 
 /**
@@ -48,14 +49,8 @@ function withoutNulDeep<T> (value: T): T {
  */
 export class PermissionBroker {
   readonly #o: PermissionBrokerOptions
-  /** asks being stored: an answer that overtakes its own request's row waits for it */
-  readonly #opening = new Map<string, Promise<void>>()
-  /**
-   * The open asks of this instance's agents, so an answer is checked and sent after one statement
-   * (the compare-and-set); the row stays the truth of whether it is still open
-   */
-  readonly #open = new Map<string, PermissionAsk>()
-  readonly #timers = new Map<string, NodeJS.Timeout>()
+  /** by session, then request id; the rows stay the truth of whether an ask is still open */
+  readonly #asks = new Map<string, Map<string, Entry>>()
 
   constructor (opts: PermissionBrokerOptions) {
     this.#o = opts
@@ -72,53 +67,56 @@ export class PermissionBroker {
     const data = ask.kind === 'question'
       ? { requestId: ask.requestId, toolUseId: ask.toolUseId, questions: Array.isArray(ask.input.questions) ? ask.input.questions : [], expiresAt: expiresAt.toISOString() }
       : { requestId: ask.requestId, toolName: ask.toolName, input: ask.input, toolUseId: ask.toolUseId, suggestions: ask.suggestions, context: ask.context, expiresAt: expiresAt.toISOString() }
-    // Postgres cannot store U+0000 (the event log replaces it the same way)
-    const storable = withoutNulDeep(data)
-    const stored = this.#o.events.append(sessionId, type, storable)
+    const stored = this.#o.events.append(sessionId, type, data)
     // handled below; this keeps a failure of both writes from being an unhandled rejection
     stored.catch(() => {})
-    const k = key(sessionId, ask.requestId)
+    const entry: Entry = {}
+    this.#entries(sessionId).set(ask.requestId, entry)
     // The row and the event are written side by side; until both are (and the row knows its
     // event's seq), an answer or a session view of this instance waits for them
-    const opening = (async () => {
+    entry.opening = (async () => {
       const opened = await this.#o.repo.open({
-        sessionId, requestId: ask.requestId, kind: ask.kind, toolName: ask.toolName, request: withoutNulDeep({ ...ask }), createdAt, expiresAt
+        sessionId, requestId: ask.requestId, kind: ask.kind, toolName: ask.toolName, request: { ...ask }, createdAt, expiresAt
       })
       if (!opened) throw new Error('the request id is already taken')
-      this.#open.set(k, ask)
-      const timer = setTimeout(() => { this.#expire(sessionId, ask.requestId, timeoutSeconds) }, timeoutSeconds * 1000)
-      timer.unref()
-      this.#timers.set(k, timer)
+      entry.ask = ask
+      entry.timer = setTimeout(() => { this.#expire(sessionId, ask.requestId, timeoutSeconds) }, timeoutSeconds * 1000)
+      entry.timer.unref()
       const seq = await stored
       await this.#o.repo.setSeq(sessionId, ask.requestId, seq)
       this.#o.onAsk(sessionId, type, seq)
     })().catch((err: Error) => {
       this.#o.logger.error({ err, sessionId, requestId: ask.requestId }, 'storing a permission request failed: it is denied')
       // nobody could answer an ask that is not stored: the agent must not wait for it
-      if (!this.#open.has(k)) this.#o.send(sessionId, cliResponse(ask, { decision: 'deny', message: 'The service could not relay this permission request to the user; it was denied.' }))
-    }).finally(() => {
-      if (this.#opening.get(k) === opening) this.#opening.delete(k)
-    })
-    this.#opening.set(k, opening)
+      if (!entry.ask) {
+        this.#forget(sessionId, ask.requestId)
+        this.#o.send(sessionId, cliResponse(ask, { decision: 'deny', message: 'The service could not relay this permission request to the user; it was denied.' }))
+      }
+    }).finally(() => { entry.opening = undefined })
+  }
+
+  #entries (sessionId: string): Map<string, Entry> {
+    let entries = this.#asks.get(sessionId)
+    if (!entries) {
+      entries = new Map()
+      this.#asks.set(sessionId, entries)
+    }
+    return entries
   }
 
   /** The session has asks open (or being stored) on this instance. */
   hasOpen (sessionId: string): boolean {
-    const prefix = `${sessionId}\u0000`
-    for (const k of this.#open.keys()) if (k.startsWith(prefix)) return true
-    return this.isOpening(sessionId)
+    return (this.#asks.get(sessionId)?.size ?? 0) > 0
   }
 
   /** An ask of the session is being stored on this instance: its view must wait for it. */
   isOpening (sessionId: string): boolean {
-    const prefix = `${sessionId}\u0000`
-    for (const k of this.#opening.keys()) if (k.startsWith(prefix)) return true
+    for (const entry of this.#asks.get(sessionId)?.values() ?? []) if (entry.opening) return true
     return false
   }
 
   async #settledOpenings (sessionIds: string[]): Promise<void> {
-    const prefixes = sessionIds.map((id) => `${id}\u0000`)
-    await Promise.all([...this.#opening].filter(([k]) => prefixes.some((p) => k.startsWith(p))).map(([, p]) => p))
+    await Promise.all(sessionIds.flatMap((id) => [...this.#asks.get(id)?.values() ?? []].map((e) => e.opening)))
   }
 
   /**
@@ -126,10 +124,9 @@ export class PermissionBroker {
    * any later one is a 409, an unknown id a 404.
    */
   async answer (sessionId: string, requestId: string, answer: PermissionAnswer, by: 'user' | 'timeout' = 'user'): Promise<AnswerResult> {
-    const k = key(sessionId, requestId)
-    await this.#opening.get(k)
+    await this.#asks.get(sessionId)?.get(requestId)?.opening
     // open on this instance: known without a read. Otherwise the row says why it cannot be answered
-    const ask = this.#open.get(k) ?? await this.#closedReason(sessionId, requestId)
+    const ask = this.#asks.get(sessionId)?.get(requestId)?.ask ?? await this.#closedReason(sessionId, requestId)
     const problem = answerProblem(ask, answer)
     if (problem !== null) throw new InvalidPermissionAnswer(problem)
     const status: ClosedStatus = by === 'timeout' ? 'timed_out' : answer.decision === 'allow' ? 'allowed' : 'denied'
@@ -198,7 +195,6 @@ export class PermissionBroker {
   }
 
   #expire (sessionId: string, requestId: string, seconds: number): void {
-    this.#timers.delete(key(sessionId, requestId))
     this.answer(sessionId, requestId, timeoutAnswer(seconds), 'timeout').catch((err: Error & { statusCode?: number }) => {
       // answered or cancelled meanwhile: nothing to do
       if (err.statusCode !== 409 && err.statusCode !== 404) this.#o.logger.error({ err, sessionId, requestId }, 'denying an unanswered permission request failed')
@@ -207,10 +203,10 @@ export class PermissionBroker {
 
   /** A closed ask: its timer and its record go. */
   #forget (sessionId: string, requestId: string): void {
-    const k = key(sessionId, requestId)
-    clearTimeout(this.#timers.get(k))
-    this.#timers.delete(k)
-    this.#open.delete(k)
+    const entries = this.#asks.get(sessionId)
+    clearTimeout(entries?.get(requestId)?.timer)
+    entries?.delete(requestId)
+    if (entries?.size === 0) this.#asks.delete(sessionId)
   }
 
   /** The open asks of these sessions, for their views: with those being stored here, once they are. */
@@ -221,8 +217,7 @@ export class PermissionBroker {
 
   /** Shutdown: no timer may fire into a closed database. */
   close (): void {
-    for (const timer of this.#timers.values()) clearTimeout(timer)
-    this.#timers.clear()
-    this.#open.clear()
+    for (const entries of this.#asks.values()) for (const entry of entries.values()) clearTimeout(entry.timer)
+    this.#asks.clear()
   }
 }

@@ -26,9 +26,14 @@ export function parseAgentLine (line: string): AgentLine {
   if (message === null || typeof message !== 'object' || Array.isArray(message)) {
     return { kind: 'other', json: JSON.stringify({ type: 'unparsed', line: withoutNul(line) }) }
   }
-  // Postgres text and jsonb cannot hold U+0000: such a line is stored with U+FFFD in its place
-  const json = line.includes('\\u0000') ? JSON.stringify(message, (_k, v: unknown) => (typeof v === 'string' ? withoutNul(v) : v)) : line
-  const m = message as Record<string, unknown>
+  // Postgres text and jsonb cannot hold U+0000: such a line is stored, and read, with U+FFFD in its
+  // place (what the supervisor takes from the message, a permission ask, is stored too)
+  let json = line
+  let m = message as Record<string, unknown>
+  if (line.includes('\\u0000')) {
+    json = JSON.stringify(message, (_k, v: unknown) => (typeof v === 'string' ? withoutNul(v) : v))
+    m = JSON.parse(json) as Record<string, unknown>
+  }
   if (m.type === 'system' && m.subtype === 'init') return { kind: 'init', json, message: m }
   if (m.type === 'result') return { kind: 'result', json, message: m }
   if (m.type === 'control_request') return { kind: 'control_request', json, message: m }
