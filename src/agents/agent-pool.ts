@@ -6,8 +6,10 @@ import { AgentProcess } from './agent-process.js'
 import { AgentSlots } from './agent-slots.js'
 import { adoptLegacyTranscript, agentStateDir, ownerKey } from './agent-state.js'
 import { claudeCommand, type ClaudeCommand, type Conversation } from './claude-command.js'
+import { AgentWatchdog } from './agent-watchdog.js'
 import type { ProcessRegistry } from './process-registry.js'
 import { findExecutable, installationDirs, resolveSandbox, SANDBOX_TMP, sandboxCommand, sandboxedAgentPid, type Sandbox } from './sandbox.js'
+import { processStartTime } from '../system/proc.js'
 
 /**
  * Where a live agent is in its life: `live` takes messages; `evicting` was chosen to make room and
@@ -28,6 +30,11 @@ export interface PooledAgent {
 export interface AgentPoolOptions {
   config: Pick<Config, 'agent' | 'dataDir' | 'workspaceRoot' | 'sandbox' | 'perUser'>
   registry: ProcessRegistry
+  /**
+   * How long this service may be frozen or dead before the watchdog kills its agents: less than
+   * the instance lease, so that they are gone before another instance takes their sessions over.
+   */
+  watchdogMs: number
   logger: Log
   /**
    * Suspends a session to make room (through the lifecycle manager); its agent's exit frees a
@@ -71,6 +78,10 @@ export class AgentPool<A extends PooledAgent> {
   readonly #holds = new Map<A, SlotHold>()
   /** the on-disk record of each process, written while it starts */
   readonly #recorded = new Map<A, Promise<void>>()
+  /** kills the agents if this service freezes or dies */
+  readonly #watchdog: AgentWatchdog
+  /** each process's group registered with the watchdog, once its start time is read */
+  readonly #watched = new Map<A, Promise<void>>()
   /** sessions with an agent temp directory (created since start-up) */
   readonly #tmpDirs = new Set<string>()
   #sandbox: Sandbox = { mode: 'none', reason: 'not started' }
@@ -80,6 +91,11 @@ export class AgentPool<A extends PooledAgent> {
   constructor (opts: AgentPoolOptions) {
     this.#o = opts
     this.#slots = new AgentSlots(opts.config.agent.maxLive)
+    this.#watchdog = new AgentWatchdog({
+      timeoutMs: opts.watchdogMs,
+      logger: opts.logger.child({ component: 'agent-watchdog' }),
+      path: this.#env.PATH
+    })
   }
 
   get size (): number { return this.#live.size }
@@ -98,7 +114,8 @@ export class AgentPool<A extends PooledAgent> {
 
   /**
    * Start-up: decides the sandbox (throws when AGENT_SANDBOX=bwrap and bwrap does not work), ends
-   * what a previous run left; returns the pids it ended.
+   * what a previous run left, starts the watchdog (throws when it cannot run); returns the pids it
+   * ended.
    */
   async start (): Promise<number[]> {
     const { config, logger } = this.#o
@@ -119,7 +136,13 @@ export class AgentPool<A extends PooledAgent> {
     const reaped = await this.#o.registry.reapOrphans()
     // no agent runs yet: whatever temp files earlier runs left are nobody's
     await rm(join(config.dataDir, 'tmp'), { recursive: true, force: true })
+    await this.#watchdog.start()
     return reaped
+  }
+
+  /** Shutdown, once the agents are stopped: the watchdog exits without killing anything. */
+  async close (): Promise<void> {
+    await this.#watchdog.close()
   }
 
   get #env (): NodeJS.ProcessEnv { return this.#o.parentEnv ?? process.env }
@@ -256,8 +279,14 @@ export class AgentPool<A extends PooledAgent> {
     }
     this.#holds.set(agent, opts.slot)
     this.#live.set(sessionId, agent)
-    this.#recorded.set(agent, this.#o.registry.record(sessionId, agent.proc.pid!)
+    const pid = agent.proc.pid!
+    this.#recorded.set(agent, this.#o.registry.record(sessionId, pid)
       .catch((err: Error) => this.#o.logger.warn({ err, sessionId }, 'could not record the agent process')))
+    // spawned detached: its pid is its process group's id
+    this.#watched.set(agent, processStartTime(pid).then((startTime) => {
+      // null: gone already, nothing to guard
+      if (startTime !== null) this.#watchdog.watch(pid, startTime)
+    }))
     return agent
   }
 
@@ -267,6 +296,9 @@ export class AgentPool<A extends PooledAgent> {
     const hold = this.#holds.get(agent)
     this.#holds.delete(agent)
     if (hold) this.releaseSlot(hold)
+    await this.#watched.get(agent)
+    this.#watched.delete(agent)
+    if (agent.proc.pid !== undefined) this.#watchdog.unwatch(agent.proc.pid)
     await this.#recorded.get(agent)
     this.#recorded.delete(agent)
     await this.#o.registry.forget(agent.sessionId).catch(() => {})

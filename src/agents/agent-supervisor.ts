@@ -64,7 +64,7 @@ interface LiveAgent extends PooledAgent {
 }
 
 export interface AgentSupervisorOptions {
-  config: Pick<Config, 'agent' | 'dataDir' | 'workspaceRoot' | 'sandbox' | 'perUser'>
+  config: Pick<Config, 'agent' | 'dataDir' | 'workspaceRoot' | 'sandbox' | 'perUser' | 'instance'>
   /** the agents' permission asks */
   permissions: PermissionRepository
   /** the one writer of session state: every state change goes through it */
@@ -127,6 +127,7 @@ export class AgentSupervisor extends EventEmitter<SupervisorEvents> {
     this.#pool = new AgentPool<LiveAgent>({
       config: opts.config,
       registry: opts.registry,
+      watchdogMs: opts.config.instance.leaseSeconds * 500,
       logger: opts.logger,
       evict: (id) => this.#evict(id),
       ...(opts.parentEnv ? { parentEnv: opts.parentEnv } : {})
@@ -289,6 +290,7 @@ export class AgentSupervisor extends EventEmitter<SupervisorEvents> {
         .catch((err: Error) => this.#log.warn({ err, sessionId: id }, 'could not mark the session suspended at shutdown'))
     }
     this.#permissions.close()
+    await this.#pool.close()
   }
 
   /** Resolves once the session's pending work (a delivery, a start waiting for a slot) is done. */
