@@ -1,0 +1,188 @@
+/**
+ * An instance that goes away, three ways: SIGTERM (it hands its sessions back at once), kill -9
+ * (its agents die within half a lease and another instance takes its sessions over once the lease
+ * has run out), and SIGSTOP beyond the lease (the same, and when it wakes up it owns nothing and
+ * its late writes change nothing). A, B and C share one PostgreSQL; A is the one that goes away
+ * and is started again on its data directory after each scenario.
+ *
+ * Waits are bounded polls, frames or exits; the lease is INSTANCE_LEASE_SECONDS=3.
+ */
+import t from 'tap'
+import {
+  Cluster, DoubleOwnerSampler, LEASE_MS, Viewer, apiEvents, contiguity, createSession, describeAgents, framesDiffer, isInit,
+  isReplyTo, send, soft, waitUntil, type AgentProcess, type Instance
+} from './harness.js'
+
+const cluster = await Cluster.start(t)
+const A = cluster.instance('A')
+const B = cluster.instance('B')
+const C = cluster.instance('C')
+
+/** A session whose agent runs on `on`: created there, its first message sent there and answered. */
+async function sessionOn (on: Instance, prompt: string): Promise<{ id: string, agent: AgentProcess }> {
+  const { id } = await createSession(on, { title: prompt })
+  await send(on, id, prompt)
+  await cluster.waitReply(id, prompt)
+  const [agent] = await cluster.waitAgents(id, `one agent, on ${on.name}`, (a) => a.length === 1 && a[0]!.instance === on.name)
+  return { id, agent: agent! }
+}
+
+/**
+ * Waits until the instance row `id` is no longer live (its lease ran out, or it was stopped); with
+ * no row to watch (a build that registers no instances), until a lease and a second have passed.
+ */
+async function leaseOver (id: string | undefined, what: string): Promise<void> {
+  const leaseEnds = Date.now() + LEASE_MS + 1000
+  await waitUntil(what, async () => {
+    if (id === undefined) return Date.now() > leaseEnds
+    const row = (await cluster.instanceRows()).find((r) => r.id === id)
+    return row !== undefined && !row.live
+  }, { timeoutMs: LEASE_MS + 5000, intervalMs: 100, describe: async () => JSON.stringify(await cluster.instanceRows()) })
+}
+
+/** Polls for `ms` that `check` says nothing ('' = all well); the first complaint, or ''. */
+async function staysSo (ms: number, check: () => Promise<string>): Promise<string> {
+  const until = Date.now() + ms
+  let complaint = ''
+  await waitUntil(`${ms} ms of stability`, async () => {
+    complaint = await check()
+    return complaint !== '' || Date.now() > until
+  }, { timeoutMs: ms + 10_000, intervalMs: 100 })
+  return complaint
+}
+
+/** The transitions after the one that says `worker lost`: '' when it is there and followed by the takeover. */
+async function workerLost (id: string): Promise<string> {
+  const history = await cluster.transitions(id)
+  const i = history.findIndex((h) => h.reason === 'worker lost')
+  const describe = JSON.stringify(history.map((h) => `${h.from_state}->${h.to_state}(${h.reason})`))
+  if (i < 0) return `no 'worker lost' transition: ${describe}`
+  const lost = history[i]!
+  const next = history[i + 1]
+  if (lost.from_state !== 'active' || lost.to_state !== 'suspended') return `worker lost is not active → suspended: ${describe}`
+  if (next?.from_state !== 'suspended' || next.to_state !== 'active') return `no suspended → active after it: ${describe}`
+  return ''
+}
+
+t.test('SIGTERM of A hands its sessions back at once; a message on B resumes without waiting for the lease', async (t) => {
+  const { id } = await sessionOn(A, 'before the handback')
+  t.equal(await cluster.workerOf(id), A.tag, 'owned by A')
+  const exit = await A.service.stop('SIGTERM')
+  t.same(exit, { code: 0, signal: null }, 'A exits 0')
+  const row = await cluster.session(id)
+  t.equal(row.state, 'suspended', 'suspended as A exits')
+  t.equal(row.worker_id, null, 'worker_id null: owned by nobody')
+  t.match((await cluster.transitions(id)).at(-1), { from_state: 'active', to_state: 'suspended', reason: 'shutdown' }, 'reason shutdown')
+  t.same(await cluster.agentsOf(id), [], 'A stopped its agent')
+
+  const sent = Date.now()
+  const { seq } = await send(B, id, 'after the handback')
+  const reply = await cluster.waitReply(id, 'after the handback', { afterSeq: seq })
+  const ms = Date.now() - sent
+  t.ok(ms < LEASE_MS, `answered ${ms} ms after the message: no wait for A's lease (${LEASE_MS} ms)`)
+  t.equal(reply.data.result, 'echo: after the handback | remembered: before the handback', 'the conversation went on (--resume)')
+  t.notOk((await cluster.transitions(id)).some((h) => h.reason === 'worker lost'), 'no "worker lost": nothing was taken over')
+  const agents = await cluster.agentsOf(id)
+  t.same(agents.map((a) => a.instance), ['B'], `one agent, on B: ${describeAgents(agents)}`)
+  t.equal(await cluster.workerOf(id), B.tag, 'owned by B')
+  await cluster.restart('A')
+})
+
+t.test('kill -9 of A mid-turn: its agents die, B takes the session over after the lease, a stream on C sees it all', async (t) => {
+  const { id } = await sessionOn(A, 'before the crash')
+  const viewer = await Viewer.open(t, cluster, id, C)
+  const { seq } = await send(A, id, '/slow 60000 mid turn')
+  await cluster.waitEvents(id, 'the slow turn started', (f) => f.some(isInit), { afterSeq: seq })
+  const [agent] = await cluster.agentsOf(id)
+  t.equal(agent?.instance, 'A', `the slow turn runs on A: pid ${agent?.pid}`)
+  const dead = await cluster.instanceId(A)
+
+  const killedAt = Date.now()
+  t.same(await A.service.stop('SIGKILL'), { code: null, signal: 'SIGKILL' }, 'A is killed')
+  if (await soft(t, cluster.waitAgents(id, 'no agent of A left', (a) => a.length === 0, LEASE_MS / 2 + 2000))) {
+    t.pass(`no agent of the session left ${Date.now() - killedAt} ms after the kill (bound: lease/2 + 2 s)`)
+  }
+
+  await leaseOver(dead, 'A\'s lease to run out')
+  const { seq: afterSeq } = await send(B, id, 'after the crash')
+  const reply = await cluster.waitReply(id, 'after the crash', { afterSeq, timeoutMs: 20_000 })
+  t.equal(reply.data.result, 'echo: after the crash | remembered: before the crash / mid turn', 'the conversation went on, the cut turn included')
+  t.equal(await workerLost(id), '', 'the history: active → suspended (worker lost), then → active')
+  const agents = await cluster.agentsOf(id)
+  t.same(agents.map((a) => a.instance), ['B'], `one agent, on B: ${describeAgents(agents)}`)
+  t.ok(agents[0]?.argv.includes('--resume'), `started with --resume: ${agents[0]?.argv.join(' ')}`)
+  t.equal(await cluster.workerOf(id), B.tag, 'owned by B')
+
+  const stored = await apiEvents(C, id)
+  await soft(t, viewer.waitSeq(stored.at(-1)!.seq))
+  t.equal(contiguity(viewer.frames, 0, stored.at(-1)!.seq), '', `the stream on C, open throughout, got seqs 1..${viewer.frames.length}, each once`)
+  t.same(framesDiffer(viewer.frames, stored), [], 'exactly what GET /events holds')
+  t.same(viewer.connections.map((c) => c.closed), [undefined], 'on one connection, never closed')
+  await viewer.close()
+
+  // A again on its data directory: its start-up takes over only what its last run left, and B has that
+  const before = (await cluster.agentsOf(id))[0]
+  await cluster.restart('A')
+  const complaint = await staysSo(LEASE_MS / 2, async () => {
+    const row = await cluster.session(id)
+    const now = await cluster.agentsOf(id)
+    if (row.state !== 'active') return `state ${row.state}`
+    if (await cluster.workerOf(id) !== B.tag) return `owned by ${await cluster.workerOf(id)}`
+    if (now.length !== 1 || now[0]!.pid !== before?.pid) return `agents ${describeAgents(now)}`
+    return ''
+  })
+  t.equal(complaint, '', 'A\'s restart leaves B\'s session alone: active, B\'s, the same agent')
+})
+
+t.test('SIGSTOP of A beyond the lease, then SIGCONT: B serves, never two agents, A\'s late writes change nothing', async (t) => {
+  const { id } = await sessionOn(A, 'before the freeze')
+  const { seq } = await send(A, id, '/slow 60000 frozen turn')
+  await cluster.waitEvents(id, 'the slow turn started', (f) => f.some(isInit), { afterSeq: seq })
+  const sampler = new DoubleOwnerSampler(cluster).start()
+  t.teardown(() => sampler.stop())
+  const frozen = await cluster.instanceId(A)
+  const frozenAt = Date.now()
+  A.signal('SIGSTOP')
+  t.teardown(() => { if (A.running) A.signal('SIGCONT') })
+
+  if (await soft(t, cluster.waitAgents(id, 'A\'s agents killed by its watchdog', (a) => a.length === 0, LEASE_MS / 2 + 2000))) {
+    t.pass(`A's agent gone ${Date.now() - frozenAt} ms after the freeze (bound: lease/2 + 2 s)`)
+  }
+  await leaseOver(frozen, 'the frozen A\'s lease to run out')
+  const { seq: afterSeq } = await send(B, id, 'while A is frozen')
+  const reply = await cluster.waitReply(id, 'while A is frozen', { afterSeq, timeoutMs: 20_000 })
+  t.equal(reply.data.result, 'echo: while A is frozen | remembered: before the freeze / frozen turn')
+  t.equal(await workerLost(id), '', 'the history: active → suspended (worker lost), then → active')
+  const [onB, ...more] = await cluster.agentsOf(id)
+  t.equal(onB?.instance, 'B', `B serves it: ${describeAgents([onB!, ...more].filter(Boolean))}`)
+  t.equal(await cluster.workerOf(id), B.tag, 'owned by B')
+
+  A.signal('SIGCONT')
+  const again = await soft(t, waitUntil('A to register again under a new id', async () => {
+    const now = await cluster.instanceId(A, { live: true })
+    return now !== undefined && now !== frozen ? now : undefined
+  }, { timeoutMs: LEASE_MS + 10_000, intervalMs: 100, describe: async () => JSON.stringify(await cluster.instanceRows()) }))
+  if (again) t.pass(`A registered again: ${frozen} → ${again}`)
+  t.ok(A.running, 'A keeps running')
+  const lengthBefore = (await cluster.events(id)).length
+  const complaint = await staysSo(LEASE_MS, async () => {
+    const row = await cluster.session(id)
+    const now = await cluster.agentsOf(id)
+    if (row.state !== 'active') return `state ${row.state}: ${JSON.stringify((await cluster.transitions(id)).slice(-2))}`
+    if (await cluster.workerOf(id) !== B.tag) return `owned by ${await cluster.workerOf(id)}`
+    if (now.length !== 1 || now[0]!.pid !== onB?.pid) return `agents ${describeAgents(now)}`
+    return ''
+  })
+  t.equal(complaint, '', 'for a lease after A woke up: still active, B\'s, the same agent on B')
+  const events = await cluster.events(id)
+  t.equal(contiguity(events), '', `the events stay contiguous (1..${events.length})`)
+  t.same(events.slice(lengthBefore).map((f) => f.type), [], 'and nothing was appended after A woke up')
+  t.equal(events.filter(isReplyTo('while A is frozen')).length, 1, 'one reply to the message')
+
+  // A serves again, under its new id
+  const fresh = await sessionOn(A, 'A serves again')
+  t.equal(fresh.agent.instance, 'A', 'a new session\'s agent runs on A')
+  await sampler.stop()
+  t.ok(sampler.samples >= 20, `the sampler looked ${sampler.samples} times`)
+  t.same(sampler.violations.slice(0, 5), [], 'no moment with two agents for one session')
+})
