@@ -30,6 +30,13 @@ module.exports = {
       to: { path: '^src/(agents|events|routes|plugins)/' }
     },
     {
+      name: 'cluster-below-the-core',
+      comment: 'the instances\' lease and doorbell know the database, the pure domain and nothing of sessions, events or agents',
+      severity: 'error',
+      from: { path: '^src/cluster/' },
+      to: { path: '^src/(sessions|events|agents|routes|plugins|push)/' }
+    },
+    {
       name: 'events-below-agents',
       comment: 'src/events never imports src/agents, src/routes or src/plugins',
       severity: 'error',

@@ -20,7 +20,10 @@ const config: KnipConfig = {
     'test/**/*.test.ts',
     // type-checked on its own by test/openapi.test.ts (tsconfig.sdk.json)
     'test/fixtures/sdk-client.ts',
-    'integration/*.ts'
+    // spawned with node --import tsx by test/agent-watchdog.test.ts
+    'test/fixtures/watchdog-host.ts',
+    'integration/*.ts',
+    'integration/instances/*.test.ts'
   ],
   project: [
     'src/**/*.ts',

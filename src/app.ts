@@ -7,6 +7,7 @@ import type { Config } from './config.js'
 import { toProblem } from './errors.js'
 import agents from './plugins/agents.js'
 import auth from './plugins/auth.js'
+import cluster from './plugins/cluster.js'
 import database from './plugins/database.js'
 import errorHandler, { sendProblem } from './plugins/error-handler.js'
 import events from './plugins/events.js'
@@ -119,6 +120,8 @@ export async function buildApp (opts: BuildAppOptions) {
   // The components load in the order the data flows: sessions (the state) → events (the log and
   // its fan-out, which records every transition) → agents (which write both)
   const clock = opts.clock ? { clock: opts.clock } : {}
+  // this instance's lease first: a session may be claimed only under one
+  await app.register(cluster, { config })
   await app.register(sessions, { config, ...clock })
   await app.register(events, clock)
   await app.register(agents, { config, ...clock })
@@ -127,7 +130,7 @@ export async function buildApp (opts: BuildAppOptions) {
   // Start-up order: orphans of a previous run are ended and active sessions suspended before the
   // first sweep or request
   app.addHook('onReady', async () => {
-    await app.agents.start()
+    await app.agents.start(app.previousInstances)
     if (opts.startWorker !== false) app.timeoutWorker.start()
   })
   await app.register(healthRoutes)

@@ -119,6 +119,16 @@ export const EnvSchema = Type.Object({
     maximum: 3_600_000,
     description: 'pause between two timeout-worker sweeps; bounds the precision of idle suspension and expiry (10–3600000)'
   }),
+  INSTANCE_LEASE_SECONDS: Type.Integer({
+    default: 20,
+    minimum: 4,
+    maximum: 600,
+    description: "how long an instance's lease lasts without renewal (4–600). Each instance renews its row every quarter of it; one that cannot renew for three quarters stops its own agents (and its watchdog kills them at half, if the instance itself is frozen), so that after a crash another instance may take its sessions over once the lease has run out. With several instances on one PostgreSQL this is the failover time"
+  }),
+  REDIS_URL: Type.Optional(Type.String({
+    pattern: '^rediss?://',
+    description: '`redis://` or `rediss://` URL: the per-user request rates (`RATE_LIMIT_PER_MINUTE`, `HEARTBEAT_RATE_LIMIT_PER_MINUTE`) are then counted in Redis, shared by every instance; unset = each instance counts on its own'
+  })),
   KILL_GRACE_MS: Type.Integer({
     default: 5000,
     minimum: 0,
@@ -296,7 +306,7 @@ export const EnvSchema = Type.Object({
 
 type Env = Static<typeof EnvSchema>
 
-const SECRET_VARIABLES = new Set(['DATABASE_URL', 'JWT_SECRET', 'VAPID_PRIVATE_KEY', 'EXPO_ACCESS_TOKEN'])
+const SECRET_VARIABLES = new Set(['DATABASE_URL', 'REDIS_URL', 'JWT_SECRET', 'VAPID_PRIVATE_KEY', 'EXPO_ACCESS_TOKEN'])
 
 export interface Config {
   host: string
@@ -322,6 +332,9 @@ export interface Config {
   ttl: { defaultSeconds: number, minSeconds: number, maxSeconds: number }
   heartbeatCoalesceFraction: number
   sweepIntervalMs: number
+  /** this process as one of several instances on one database */
+  instance: { leaseSeconds: number }
+  redisUrl: string | undefined
   limits: { bodyBytes: number, messageBytes: number, wsFrameBytes: number, wsPingIntervalMs: number }
   /** origins allowed to call the API from a browser; empty: none */
   corsOrigins: string[]
@@ -416,6 +429,8 @@ export function loadConfig (env: NodeJS.ProcessEnv = process.env): Config {
     ttl: { defaultSeconds: e.SESSION_TTL_SECONDS, minSeconds: e.SESSION_TTL_MIN_SECONDS, maxSeconds: e.SESSION_TTL_MAX_SECONDS },
     heartbeatCoalesceFraction: e.HEARTBEAT_COALESCE_FRACTION,
     sweepIntervalMs: e.SWEEP_INTERVAL_MS,
+    instance: { leaseSeconds: e.INSTANCE_LEASE_SECONDS },
+    redisUrl: e.REDIS_URL,
     limits: { bodyBytes: e.BODY_LIMIT_BYTES, messageBytes: e.MESSAGE_MAX_BYTES, wsFrameBytes: e.WS_MAX_FRAME_BYTES, wsPingIntervalMs: e.WS_PING_INTERVAL_MS },
     corsOrigins: parseOrigins(e.CORS_ORIGINS),
     auth: {

@@ -44,6 +44,7 @@ export const ERROR_CATALOGUE = {
   DATABASE_UNAVAILABLE: { status: 503, where: 'http', meaning: 'The database cannot be reached (connection refused or lost, server shutting down, out of connections, the embedded database\'s thread gone); carries `Retry-After: 1`: send the same request again (a message with a `clientMessageId` is stored once). Also a stream error reply' },
   AUTH_KEYS_UNAVAILABLE: { status: 503, where: 'http', meaning: 'The identity provider\'s keys (`JWT_JWKS_URL`) cannot be fetched, so no token can be checked; carries `Retry-After`' },
   SERVICE_UNAVAILABLE: { status: 503, where: 'http', meaning: '`/readyz`: the database does not answer' },
+  INSTANCE_LEASE_LOST: { status: 503, where: 'http', meaning: 'This instance lost its lease (it could not reach the database for three quarters of `INSTANCE_LEASE_SECONDS`) and is joining again, so it may not start agents: the request did nothing. Carries `Retry-After: 1`; any instance serves the retry' },
   SERVICE_OVERLOADED: { status: 503, where: 'http', meaning: 'The event loop is saturated (its delay is above `MAX_EVENT_LOOP_DELAY_MS`): the request was refused before any work, instead of queueing; carries `Retry-After`. Never on `/healthz`' },
   // the stream
   INVALID_FRAME: { status: null, where: 'stream', meaning: 'Stream error reply: a client frame that is not JSON text (binary included), not one of the four client frames, or has extra members; the connection stays open' },
@@ -160,6 +161,26 @@ const TooManyDevices = define('TOO_MANY_DEVICES', 'This user already has %s devi
 
 export function tooManyDevices (limit: number): Error {
   return withDetails(new TooManyDevices(limit), { limit })
+}
+
+const InstanceLeaseLost = define('INSTANCE_LEASE_LOST', 'This instance lost its lease and is joining again; retry')
+
+export function instanceLeaseLost (): Error {
+  const err = new InstanceLeaseLost()
+  err.headers = { 'retry-after': '1' }
+  return err
+}
+
+/**
+ * A write of an agent whose claim on the session was replaced (its instance lost its lease, and
+ * another took the session over): refused by the database. Never a client's answer: the agent
+ * that made it is stopped.
+ */
+export class FencedWrite extends Error {
+  override name = 'FencedWrite'
+  constructor (readonly sessionId: string) {
+    super(`session ${sessionId} belongs to another instance now: this agent's write was refused`)
+  }
 }
 
 /** The 503 of load shedding: nothing about the measurement, only when to come back. */

@@ -47,14 +47,14 @@ t.test('state events are recorded by the events layer, with no agent side at all
 t.test('the supervisor\'s turn store writes turn facts only: no state, no settings', async (t) => {
   const { app } = await build(t)
   t.same(Object.keys(app.turns).sort(), [
-    'addTurnUsage', 'claimBusy', 'recordActivity', 'releaseBusy', 'startNewConversation'
+    'addTurnUsage', 'agentGone', 'agentStart', 'agentsGone', 'claimBusy', 'recordActivity', 'releaseBusy', 'startNewConversation'
   ])
   // @ts-expect-error the type has no way to change a session's state
   t.equal(app.turns.transition, undefined)
   // @ts-expect-error nor its settings
   t.equal(app.turns.updateSettings, undefined)
   const created = await app.sessions.create({}, 'layers-user')
-  t.notOk(await app.turns.claimBusy(created.id, new Date()), 'a pending session cannot be claimed: claims never move state')
+  t.notOk(await app.turns.claimBusy(created.id, new Date(), { worker: app.instanceLease.id!, epoch: 0 }), 'a pending session cannot be claimed: claims never move state')
   t.equal((await app.sessions.get(created.id)).state, 'pending')
 })
 

@@ -154,6 +154,18 @@ export class AgentProcess extends EventEmitter<AgentProcessEvents> {
     return this.#stopping
   }
 
+  /**
+   * At once, without the grace of `stop`: SIGKILL to the whole group. For an instance that lost its
+   * lease, whose sessions another instance may resume within moments.
+   */
+  kill (reason: StopReason): Promise<AgentExit> {
+    if (!this.#child?.pid || !this.#exit) return Promise.resolve({ code: null, signal: null, reason, stderrTail: '' })
+    this.#stopReason ??= reason
+    signal(-this.#child.pid, 'SIGKILL')
+    signal(this.#child.pid, 'SIGKILL')
+    return this.#exit
+  }
+
   async #stopSequence (child: ChildProcessByStdio<Writable, Readable, Readable>, exited: Promise<AgentExit>): Promise<AgentExit> {
     const pid = child.pid!
     const log = this.#log.child({ pid, reason: this.#stopReason })

@@ -12,13 +12,16 @@ import {
   type ExitOutcome,
   type InflightTurn
 } from '../domain/exit-policy.js'
+import type { ControlMessage, Doorbell } from '../cluster/doorbell.js'
+import type { InstanceLease } from '../cluster/instance-lease.js'
+import type { Fence } from '../domain/lease.js'
 import { parseCanUseTool, type PermissionAnswer } from '../domain/permissions.js'
 import { isTerminal } from '../domain/state-machine.js'
 import { stopReasonFor, type StopReason } from '../domain/stop-reasons.js'
-import { MessageNotAccepted, invalidTransition, type ErrorCode } from '../errors.js'
+import { FencedWrite, MessageNotAccepted, invalidTransition, type ErrorCode } from '../errors.js'
 import type { EventLog } from '../events/event-log.js'
 import type { Log } from '../logger.js'
-import type { SessionLifecycleManager, SettingsEvent } from '../sessions/lifecycle-manager.js'
+import { ORPHANED, type SessionLifecycleManager, type SettingsEvent } from '../sessions/lifecycle-manager.js'
 import type { PermissionRepository } from '../sessions/permission-repository.js'
 import type { TurnStore } from '../sessions/turn-store.js'
 import { AgentPool, type AgentPhase, type PooledAgent } from './agent-pool.js'
@@ -41,10 +44,19 @@ const SUPERVISION = {
    * rounds of one delivery before it gives up for now: each round follows a state that moved
    * under it (a resume, an agent on its way out); the next message or turn's end tries again
    */
-  deliveryRounds: 8
+  deliveryRounds: 8,
+  /**
+   * how often an instance checks the sessions it owns against the table: a nudge from another
+   * instance may have been lost (nothing is kept for a listener that was reconnecting)
+   */
+  ownedPollMs: 2000,
+  /** how often a start looks again whether another instance's agent of the session is gone */
+  otherAgentPollMs: 100
 } as const
 
 interface LiveAgent extends PooledAgent {
+  /** its claim on the session: every write of it carries this */
+  fence: Fence
   agentSessionId: string
   /** how long its permission asks wait for an answer (the session's, or the default) */
   permissionTimeoutSeconds: number
@@ -74,6 +86,12 @@ export interface AgentSupervisorOptions {
   /** the event log, which is also the message queue */
   events: EventLog
   registry: ProcessRegistry
+  /** this instance's lease, and how it reaches the others */
+  cluster: {
+    lease: Pick<InstanceLease, 'id' | 'on'>
+    doorbell: Pick<Doorbell, 'control' | 'on' | 'shared'>
+    isLive: (instanceId: string) => Promise<boolean>
+  }
   logger: Log
   parentEnv?: NodeJS.ProcessEnv
   clock?: () => Date
@@ -118,6 +136,7 @@ export class AgentSupervisor extends EventEmitter<SupervisorEvents> {
   readonly #held = new Set<string>()
   readonly #permissions: PermissionBroker
   #closing = false
+  #ownedPoll: NodeJS.Timeout | undefined
 
   constructor (opts: AgentSupervisorOptions) {
     super()
@@ -133,7 +152,7 @@ export class AgentSupervisor extends EventEmitter<SupervisorEvents> {
       ...(opts.parentEnv ? { parentEnv: opts.parentEnv } : {})
     })
     opts.manager.setHooks({
-      stopProcess: (id, reason) => this.stopAgent(id, reason),
+      stopProcess: (id, reason, worker) => this.#stopAnywhere(id, reason, worker),
       releaseResources: (id) => this.#pool.releaseResources(id)
     })
     this.#permissions = new PermissionBroker({
@@ -146,16 +165,31 @@ export class AgentSupervisor extends EventEmitter<SupervisorEvents> {
     })
     opts.manager.on('settings', (e) => this.#applySettings(e))
     // a session that ends holds nothing any more
-    opts.manager.on('transitions', (events) => { for (const e of events) if (isTerminal(e.to)) this.#held.delete(e.sessionId) })
+    opts.manager.on('transitions', (events) => {
+      for (const e of events) if (isTerminal(e.to)) this.#held.delete(e.sessionId)
+      // a dead instance's sessions: what its agents asked can no longer be answered, and what
+      // waits in their queues (sent while the owner was dying) is delivered from here
+      const orphans = events.filter((e) => e.reason === ORPHANED).map((e) => e.sessionId)
+      if (orphans.length > 0) this.#adoptOrphans(orphans)
+    })
     opts.manager.on('transition', (e) => {
       if (isTerminal(e.to)) this.#held.delete(e.sessionId)
       // messages a pause kept are delivered after the resume, in order (a resume is the user's
-      // go-ahead, an interrupt's hold included); without kept messages, nothing starts
-      if (e.from === 'paused' && this.#keptByPause.delete(e.sessionId) && e.to === 'active') {
+      // go-ahead, an interrupt's hold included). The pause may have been made on another instance:
+      // any resume looks at the queue
+      if (e.from === 'paused' && e.to === 'active') {
+        this.#keptByPause.delete(e.sessionId)
         this.#held.delete(e.sessionId)
         this.#kick(e.sessionId)
       }
     })
+    opts.cluster.doorbell.on('control', (m) => this.#onControlMessage(m))
+    opts.cluster.lease.on('lost', () => this.#leaseLost())
+    opts.cluster.lease.on('registered', () => { this.#pollOwned() })
+  }
+
+  get #me (): string | null {
+    return this.#o.cluster.lease.id
   }
 
   get liveCount (): number { return this.#pool.size }
@@ -165,14 +199,96 @@ export class AgentSupervisor extends EventEmitter<SupervisorEvents> {
 
   isLive (sessionId: string): boolean { return this.#pool.get(sessionId) !== undefined }
 
-  /** Start-up: end what a previous run left, then mark every active session suspended. */
-  async start (): Promise<void> {
+  /**
+   * Start-up: end what a previous run on this data directory left (its processes, and its active
+   * sessions, suspended), never what other instances run.
+   */
+  async start (previous: string[]): Promise<void> {
     const reaped = await this.#pool.start()
     if (reaped.length > 0) this.#log.warn({ pids: reaped }, 'ended agent processes left by a previous run')
-    const suspended = await this.#o.manager.suspendAllActive()
+    const suspended = await this.#o.manager.takeOver(previous)
     if (suspended.length > 0) this.#log.info({ count: suspended.length }, 'sessions active at the last stop are now suspended')
-    const cancelled = await this.#permissions.cancelAllOpen()
+    const cancelled = await this.#permissions.cancelOpenOf(suspended, 'restart')
     if (cancelled > 0) this.#log.info({ sessions: cancelled }, 'permission requests open at the last stop are now cancelled')
+    this.#schedulePoll()
+  }
+
+  #schedulePoll (): void {
+    if (this.#closing || !this.#o.cluster.doorbell.shared) return
+    this.#ownedPoll = setTimeout(() => {
+      this.#pollOwned()
+      this.#schedulePoll()
+    }, SUPERVISION.ownedPollMs)
+    this.#ownedPoll.unref()
+  }
+
+  /**
+   * The sessions this instance owns, as the table has them: an agent whose claim is gone is
+   * stopped, and one whose queue holds messages gets them. What a lost nudge would have done.
+   */
+  #pollOwned (): void {
+    const me = this.#me
+    if (me === null || this.#closing) return
+    this.#o.manager.ownedBy(me).then((owned) => {
+      const claims = new Map(owned.map((o) => [o.id, o]))
+      for (const id of this.#pool.ids()) {
+        const live = this.#pool.get(id)
+        const claim = claims.get(id)
+        if (live && live.phase !== 'leaving' && claim?.epoch !== live.fence.epoch) this.#sync(id)
+      }
+      for (const o of owned) if (o.queued && !this.#pool.get(o.id)?.inflight) this.#kick(o.id)
+    }).catch((err: Error) => this.#log.warn({ err }, 'checking the owned sessions failed'))
+  }
+
+  /** The lease is lost: every agent here is killed now, before another instance may resume its session. */
+  #leaseLost (): void {
+    for (const id of this.#pool.ids()) {
+      const live = this.#pool.get(id)
+      if (!live) continue
+      live.phase = 'leaving'
+      live.proc.kill('failover').catch(() => {})
+    }
+  }
+
+  /** Sessions whose instance died, suspended here: their asks are cancelled, their queues delivered. */
+  #adoptOrphans (ids: string[]): void {
+    this.#permissions.cancelOpenOf(ids, 'failover')
+      .catch((err: Error) => this.#log.warn({ err }, 'cancelling the permission requests of a dead instance failed'))
+    for (const id of ids) this.#kick(id)
+  }
+
+  /** The manager's hook: the session left `active`; its agent must go, here or where it runs. */
+  async #stopAnywhere (sessionId: string, reason: StopReason, worker: string | null): Promise<void> {
+    if (this.#pool.get(sessionId) || worker === null || worker === this.#me) {
+      await this.stopAgent(sessionId, reason)
+      return
+    }
+    await this.#o.cluster.doorbell.control(worker, { op: 'sync', sid: sessionId })
+  }
+
+  #onControlMessage (m: ControlMessage): void {
+    const failed = (err: Error) => this.#log.warn({ err, sessionId: m.sid, op: m.op }, 'a request of another instance failed')
+    if (m.op === 'sync') this.#sync(m.sid)
+    else if (m.op === 'interrupt') this.interrupt(m.sid, { deliverQueued: m.deliverQueued }).catch(failed)
+    else if (m.op === 'answered') this.#permissions.relay(m.sid, m.requestId, m.seq).catch(failed)
+  }
+
+  /**
+   * Another instance changed the session (or a poll found it changed): an agent that lost it
+   * stops, one that keeps it takes the settings of now, and what is queued is delivered.
+   */
+  #sync (sessionId: string): void {
+    this.#mutex.run(sessionId, async () => {
+      const live = this.#pool.get(sessionId)
+      const now = await this.#o.manager.find(sessionId)
+      const mine = now?.state === 'active' && now.workerId === this.#me
+      if (live && live.phase !== 'leaving' && (!mine || now.workerEpoch !== live.fence.epoch)) {
+        if (now?.state === 'paused') this.#keptByPause.add(sessionId)
+        await this.stopAgent(sessionId, now ? stopReasonFor(now.state) : 'deleted')
+        return
+      }
+      if (live && mine) this.#applyRow(live, now)
+    }).then(() => this.#kick(sessionId), (err: Error) => this.#log.warn({ err, sessionId }, 'syncing the session failed'))
   }
 
   /** The open permission asks of these sessions, for their views. */
@@ -193,8 +309,13 @@ export class AgentSupervisor extends EventEmitter<SupervisorEvents> {
    * (409 after it), an unknown id is a 404. The agent gets it at once.
    */
   async answerPermission (sessionId: string, requestId: string, answer: PermissionAnswer): Promise<AnswerResult> {
-    await this.#o.manager.get(sessionId)
-    return this.#permissions.answer(sessionId, requestId, answer)
+    const session = await this.#o.manager.get(sessionId)
+    const answered = await this.#permissions.answer(sessionId, requestId, answer)
+    // the agent that asked runs on another instance: it reads the answer from the stored event
+    if (!answered.sent && session.workerId !== null && session.workerId !== this.#me) {
+      await this.#o.cluster.doorbell.control(session.workerId, { op: 'answered', sid: sessionId, requestId, seq: answered.seq })
+    }
+    return answered
   }
 
   /**
@@ -206,6 +327,11 @@ export class AgentSupervisor extends EventEmitter<SupervisorEvents> {
     const session = await this.#o.manager.get(sessionId)
     // an ended session runs nothing and delivers nothing: nothing to hold either
     if (isTerminal(session.state)) return { interrupted: false }
+    if (session.state === 'active' && session.workerId !== null && session.workerId !== this.#me && !this.#pool.get(sessionId)) {
+      // its agent and its queue's hold are the owner's: a turn runs while the session is busy
+      await this.#o.cluster.doorbell.control(session.workerId, { op: 'interrupt', sid: sessionId, deliverQueued: opts.deliverQueued === true })
+      return { interrupted: session.busy }
+    }
     if (opts.deliverQueued === true) this.#held.delete(sessionId)
     else this.#held.add(sessionId)
     const live = this.#pool.get(sessionId)
@@ -245,6 +371,10 @@ export class AgentSupervisor extends EventEmitter<SupervisorEvents> {
     if (session.state !== 'suspended' && session.state !== 'active') {
       throw invalidTransition(session.state, 'active', [], session.version, 'only a suspended or active session can be restarted')
     }
+    if (session.state === 'active' && session.workerId !== null && session.workerId !== this.#me && !this.#pool.get(sessionId)) {
+      // its agent runs on another instance: that one stops it (the new one starts once it is gone)
+      await this.#o.manager.transitionState(sessionId, 'suspended', { actor: 'system', reason: 'restart' })
+    }
     await this.#mutex.run(sessionId, async () => {
       await this.stopAgent(sessionId, 'restart')
       await this.#o.turns.startNewConversation(sessionId)
@@ -283,12 +413,12 @@ export class AgentSupervisor extends EventEmitter<SupervisorEvents> {
   /** Shutdown: no new work, every agent stopped, their sessions suspended. */
   async close (): Promise<void> {
     this.#closing = true
+    clearTimeout(this.#ownedPoll)
     const ids = this.#pool.ids()
     await Promise.all(ids.map((id) => this.stopAgent(id, 'shutdown')))
-    for (const id of ids) {
-      await this.#o.manager.transitionState(id, 'suspended', { actor: 'system', reason: 'shutdown' })
-        .catch((err: Error) => this.#log.warn({ err, sessionId: id }, 'could not mark the session suspended at shutdown'))
-    }
+    // every session of this instance, with or without an agent: another instance may resume them at once
+    await this.#o.manager.handBack()
+      .catch((err: Error) => this.#log.warn({ err }, 'could not hand the sessions back at shutdown'))
     this.#permissions.close()
     await this.#pool.close()
   }
@@ -331,25 +461,48 @@ export class AgentSupervisor extends EventEmitter<SupervisorEvents> {
       if (!next) return
       let session = await this.#o.manager.find(sessionId)
       if (!session || session.state === 'paused' || isTerminal(session.state)) return
-      if (session.state === 'pending') {
-        session = await this.#o.manager.transitionState(sessionId, 'active', { actor: 'system', reason: 'first message' })
-      } else if (session.state === 'suspended') {
-        if (tooManyCrashes(this.#crashes.get(sessionId) ?? 0)) return
-        // not awaited: the log keeps it ahead of everything this resume produces, and the
-        // respawn need not wait for its commit
-        this.#o.events.append(sessionId, 'status', { message: 'Resuming session…' })
-          .catch((err: Error) => this.#log.warn({ err, sessionId }, 'status event not stored'))
-        session = await this.#o.manager.transitionState(sessionId, 'active', { actor: 'system', reason: 'message' })
+      const me = this.#me
+      // without a lease this instance may own nothing: the message waits (it is stored) for its
+      // owner, or for this instance's return
+      if (me === null) return
+      if (session.state === 'active' && session.workerId !== me) {
+        if (!await this.#reachOwner(session)) continue
+        return
+      }
+      if (session.state === 'pending' || session.state === 'suspended') {
+        if (session.state === 'suspended') {
+          if (tooManyCrashes(this.#crashes.get(sessionId) ?? 0)) return
+          // not awaited: the log keeps it ahead of everything this resume produces, and the
+          // respawn need not wait for its commit
+          this.#o.events.append(sessionId, 'status', { message: 'Resuming session…' })
+            .catch((err: Error) => this.#log.warn({ err, sessionId }, 'status event not stored'))
+        }
+        // the claim: whichever instance moves it to active owns it; another that lost the race
+        // finds it active and owned, and nudges the winner
+        const claimed = await this.#o.manager.transitionState(sessionId, 'active', {
+          actor: 'system', reason: session.state === 'pending' ? 'first message' : 'message'
+        }).catch((err: Error & { statusCode?: number }) => {
+          if (err.statusCode === 409) return null
+          throw err
+        })
+        if (!claimed) continue
+        session = claimed
       }
       if (session.state !== 'active') continue
+      const fence: Fence = { worker: me, epoch: session.workerEpoch }
+      if (live && live.fence.epoch !== fence.epoch) {
+        // an agent of an earlier claim: it goes before this claim's starts
+        await this.stopAgent(sessionId, 'restart')
+        continue
+      }
       // active: claim the turn first, so neither the idle sweep nor an eviction takes it away
-      if (!await this.#o.turns.claimBusy(sessionId, this.#clock())) continue
-      const agent = live ?? await this.#spawn(session)
+      if (!await this.#o.turns.claimBusy(sessionId, this.#clock(), fence)) continue
+      const agent = live ?? await this.#spawn(session, fence)
       if (!agent) return
       if (!live && !await this.#stillActive(sessionId, agent)) return
       if (this.#held.has(sessionId)) {
         // interrupted while its agent was starting: the message stays queued
-        await this.#o.turns.releaseBusy(sessionId, this.#clock())
+        await this.#o.turns.releaseBusy(sessionId, this.#clock(), fence)
         return
       }
       agent.inflight = { seq: next.seq, confirmed: false }
@@ -370,27 +523,55 @@ export class AgentSupervisor extends EventEmitter<SupervisorEvents> {
   }
 
   /**
+   * The session is active and another instance owns it: a live owner is nudged (it delivers), a
+   * dead one's claim is ended here (the session is suspended, its agent died with its instance).
+   * True when the caller should look again (the claim was ended, or changed meanwhile).
+   */
+  async #reachOwner (session: SessionRow): Promise<boolean> {
+    const owner = session.workerId
+    if (owner !== null && await this.#o.cluster.isLive(owner)) {
+      await this.#o.cluster.doorbell.control(owner, { op: 'sync', sid: session.id })
+      return false
+    }
+    const fence = owner === null ? undefined : { worker: owner, epoch: session.workerEpoch }
+    await this.#o.manager.transitionState(session.id, 'suspended', { actor: 'system', reason: ORPHANED, fence })
+      .catch((err: Error & { statusCode?: number }) => {
+        // someone else ended or replaced that claim first: look again
+        if (!(err instanceof FencedWrite) && err.statusCode !== 409) throw err
+      })
+    return true
+  }
+
+  /**
+   * A PATCH while it started (or made on another instance) found no agent to tell: it is told now
+   * what differs from its launch.
+   */
+  #applyRow (agent: LiveAgent, now: SessionRow): void {
+    const mode = this.#allowedMode(now.permissionMode)
+    this.#applySettings({
+      sessionId: agent.sessionId,
+      ...(mode !== agent.launched.permissionMode ? { permissionMode: mode } : {}),
+      ...(now.model !== agent.launched.model ? { model: now.model } : {}),
+      permissionTimeoutSeconds: now.permissionTimeoutSeconds
+    })
+    agent.launched = { permissionMode: mode, model: now.model }
+  }
+
+  /**
    * A pause, suspend or end that came while the agent was starting found no process to stop: the
    * new one is stopped here instead, before it is given the message (which stays queued).
    */
   async #stillActive (sessionId: string, agent: LiveAgent): Promise<boolean> {
     const now = await this.#o.manager.find(sessionId)
-    if (now?.state === 'active') {
-      // a PATCH while it started found no agent to tell: it is told now
-      const mode = this.#allowedMode(now.permissionMode)
-      this.#applySettings({
-        sessionId,
-        ...(mode !== agent.launched.permissionMode ? { permissionMode: mode } : {}),
-        ...(now.model !== agent.launched.model ? { model: now.model } : {}),
-        permissionTimeoutSeconds: now.permissionTimeoutSeconds
-      })
+    if (now?.state === 'active' && now.workerId === agent.fence.worker && now.workerEpoch === agent.fence.epoch) {
+      this.#applyRow(agent, now)
       return true
     }
     if (now?.state === 'paused') this.#keptByPause.add(sessionId)
     this.#log.info({ sessionId, state: now?.state ?? 'deleted' }, 'the session left active while its agent started: stopped')
     await this.stopAgent(sessionId, now ? stopReasonFor(now.state) : 'deleted')
     await agent.proc.exited
-    await this.#o.turns.releaseBusy(sessionId, this.#clock())
+    await this.#o.turns.releaseBusy(sessionId, this.#clock(), agent.fence)
     return false
   }
 
@@ -402,16 +583,20 @@ export class AgentSupervisor extends EventEmitter<SupervisorEvents> {
     return mode === null || this.#o.config.agent.allowedPermissionModes.includes(mode) ? mode : null
   }
 
-  async #spawn (queued: SessionRow): Promise<LiveAgent | null> {
+  async #spawn (queued: SessionRow, fence: Fence): Promise<LiveAgent | null> {
     const sessionId = queued.id
     const slot = await this.#pool.acquireSlot(sessionId, queued.owner, async () => {
       await this.#o.events.append(sessionId, 'status', { message: 'Waiting for a free agent slot…' })
     })
-    if (this.#closing) {
+    const giveUp = async () => {
       this.#pool.releaseSlot(slot)
-      await this.#o.turns.releaseBusy(sessionId, this.#clock())
+      await this.#o.turns.releaseBusy(sessionId, this.#clock(), fence)
       return null
     }
+    if (this.#closing) return giveUp()
+    // never two agents of one session: one of an earlier claim on another instance may still be
+    // stopping (it was told to); this one starts once it is gone or its instance is dead
+    if (!await this.#agentMayStart(sessionId, fence)) return giveUp()
     // the wait for a slot can be long: start with the settings of now
     const session = await this.#o.manager.find(sessionId).catch(() => null) ?? queued
     const permissionMode = this.#allowedMode(session.permissionMode)
@@ -432,6 +617,7 @@ export class AgentSupervisor extends EventEmitter<SupervisorEvents> {
         conversation: { mode: firstStart ? 'new' : 'resume', agentSessionId },
         slot
       }, (proc) => this.#wire(sessionId, proc, {
+        fence,
         agentSessionId,
         firstStart,
         permissionTimeoutSeconds: session.permissionTimeoutSeconds ?? this.#o.config.agent.permissionTimeoutSeconds,
@@ -440,16 +626,41 @@ export class AgentSupervisor extends EventEmitter<SupervisorEvents> {
       this.#log.info({ sessionId, pid: live.proc.pid, mode: firstStart ? 'new' : 'resume' }, 'agent started')
       return live
     } catch (err) {
-      await this.#o.turns.releaseBusy(sessionId, this.#clock())
+      await this.#o.turns.agentGone(sessionId, fence.worker)
+      await this.#o.turns.releaseBusy(sessionId, this.#clock(), fence)
       await this.#applyOutcome(sessionId, startFailure({
         firstStart, turns: session.turns, detail: `the agent could not be started: ${(err as Error).message}`
-      }))
+      }), { fence })
       return null
     }
   }
 
+  /**
+   * Records that this claim's agent runs here, once no other instance runs one of the session:
+   * that one is told to stop and waited for (a bounded while). False when the claim is gone
+   * meanwhile, or the other agent did not go.
+   */
+  async #agentMayStart (sessionId: string, fence: Fence): Promise<boolean> {
+    const deadline = Date.now() + this.#o.config.agent.killGraceMs * 3 + this.#o.config.instance.leaseSeconds * 1000
+    let told = false
+    for (;;) {
+      const { started, other } = await this.#o.turns.agentStart(sessionId, fence)
+      if (started) return true
+      if (other === null) return false // the claim itself is gone
+      if (!told) {
+        told = true
+        await this.#o.cluster.doorbell.control(other, { op: 'sync', sid: sessionId }).catch(() => {})
+      }
+      if (Date.now() > deadline) {
+        this.#log.error({ sessionId, other }, 'the agent of this session on another instance did not stop: not starting a second one')
+        return false
+      }
+      await delay(SUPERVISION.otherAgentPollMs)
+    }
+  }
+
   /** The agent's record, listening to its process before anything can be emitted. */
-  #wire (sessionId: string, proc: AgentProcess, conversation: Pick<LiveAgent, 'agentSessionId' | 'firstStart' | 'permissionTimeoutSeconds' | 'launched'>): LiveAgent {
+  #wire (sessionId: string, proc: AgentProcess, conversation: Pick<LiveAgent, 'fence' | 'agentSessionId' | 'firstStart' | 'permissionTimeoutSeconds' | 'launched'>): LiveAgent {
     const live: LiveAgent = {
       sessionId,
       proc,
@@ -472,7 +683,7 @@ export class AgentSupervisor extends EventEmitter<SupervisorEvents> {
   /** The pool's eviction: the session is suspended through the manager, which stops its agent. */
   async #evict (sessionId: string): Promise<boolean> {
     try {
-      await this.#o.manager.transitionState(sessionId, 'suspended', { actor: 'system', reason: 'eviction' })
+      await this.#o.manager.transitionState(sessionId, 'suspended', { actor: 'system', reason: 'eviction', fence: this.#pool.get(sessionId)?.fence })
       return true
     } catch (err) {
       this.#log.warn({ err, sessionId }, 'eviction failed')
@@ -490,7 +701,17 @@ export class AgentSupervisor extends EventEmitter<SupervisorEvents> {
     }
     live.unstored++
     if (live.unstored === SUPERVISION.outputHighWater) live.proc.pauseOutput()
-    const stored = this.#o.events.appendJson(sessionId, 'agent', parsed.json).catch((err: Error) => {
+    const stored = this.#o.events.appendJson(sessionId, 'agent', parsed.json, live.fence).catch((err: Error) => {
+      if (err instanceof FencedWrite) {
+        // the session was taken over (this instance lost its lease meanwhile): this agent is not
+        // its agent any more, and goes at once
+        if (live.phase !== 'leaving') {
+          this.#log.warn({ sessionId }, 'the session belongs to another instance now: its agent here is killed')
+          live.phase = 'leaving'
+          live.proc.kill('failover').catch(() => {})
+        }
+        return undefined
+      }
       // the event log has logged it; an agent line that cannot be stored must not take the service down
       this.#log.error({ err: (err as { cause?: unknown }).cause ?? err, sessionId }, 'agent output not stored')
       return undefined
@@ -583,7 +804,7 @@ export class AgentSupervisor extends EventEmitter<SupervisorEvents> {
     if (!live.inflight || live.inflight.confirmed) return
     live.inflight.confirmed = true
     // from here on the message belongs to the transcript: a crash must not send it again
-    await this.#o.events.markDelivered(live.sessionId, live.inflight.seq, live.agentSessionId)
+    await this.#o.events.markDelivered(live.sessionId, live.inflight.seq, live.agentSessionId, live.fence)
     live.firstStart = false
   }
 
@@ -603,7 +824,7 @@ export class AgentSupervisor extends EventEmitter<SupervisorEvents> {
         .catch((err: Error) => this.#log.warn({ err, sessionId }, 'cancelling the permission requests of an ended turn failed'))
     }
     const at = this.#clock()
-    await this.#o.turns.addTurnUsage(sessionId, { ...turnUsage(result), at })
+    await this.#o.turns.addTurnUsage(sessionId, { ...turnUsage(result), at }, live.fence)
     live.inflight = null
     live.lastActivityWrite = at.getTime()
     if (result.is_error !== true) this.#crashes.delete(sessionId)
@@ -625,35 +846,47 @@ export class AgentSupervisor extends EventEmitter<SupervisorEvents> {
     const { sessionId } = live
     await this.#pool.retire(live)
     this.#log.info({ sessionId, code: exit.code, signal: exit.signal, reason: exit.reason }, 'agent exited')
+    // another instance's claim may start its agent now
+    await this.#o.turns.agentGone(sessionId, live.fence.worker)
+      .catch((err: Error) => this.#log.warn({ err, sessionId }, 'could not record the agent\'s end: the owned-sessions poll does'))
     // nobody is left to take an answer
     await this.#permissions.cancelOpen(sessionId, exit.reason ?? 'crash')
       .catch((err: Error) => this.#log.warn({ err, sessionId }, 'cancelling the permission requests of an ended agent failed'))
     live.turnEnded?.()
     const inflight = live.inflight
     live.inflight = null
-    if (inflight) await this.#o.turns.releaseBusy(sessionId, this.#clock())
+    if (inflight) await this.#o.turns.releaseBusy(sessionId, this.#clock(), live.fence)
     const kind = classifyExit(exit, inflight)
     if (kind === 'stopped') return
     if (kind === 'start-failed') {
       const session = await this.#o.manager.find(sessionId)
-      if (session) await this.#applyOutcome(sessionId, startFailure({ firstStart: live.firstStart, turns: session.turns, detail: describeExit(exit) }))
+      if (session) await this.#applyOutcome(sessionId, startFailure({ firstStart: live.firstStart, turns: session.turns, detail: describeExit(exit) }), { fence: live.fence })
       return
     }
     const crashes = (this.#crashes.get(sessionId) ?? 0) + 1
     this.#crashes.set(sessionId, crashes)
-    await this.#applyOutcome(sessionId, crashOutcome({ crashes, detail: describeExit(exit) }), { onlyFromActive: true })
+    await this.#applyOutcome(sessionId, crashOutcome({ crashes, detail: describeExit(exit) }), { onlyFromActive: true, fence: live.fence })
   }
 
-  /** The user is told (an error event), then the session moves as the exit policy says. */
-  async #applyOutcome (sessionId: string, outcome: ExitOutcome, opts: { onlyFromActive?: boolean } = {}): Promise<void> {
-    // the exit policy's codes are catalogued with every other: this stops compiling if one is not
-    const seq = await this.#o.events.append(sessionId, 'error', { code: outcome.code satisfies ErrorCode, message: outcome.message })
+  /**
+   * The user is told (an error event), then the session moves as the exit policy says: both only
+   * while the agent's claim holds (a claim taken over by another instance is that one's to judge).
+   */
+  async #applyOutcome (sessionId: string, outcome: ExitOutcome, opts: { onlyFromActive?: boolean, fence: Fence }): Promise<void> {
+    let seq: number
+    try {
+      // the exit policy's codes are catalogued with every other: this stops compiling if one is not
+      seq = await this.#o.events.append(sessionId, 'error', { code: outcome.code satisfies ErrorCode, message: outcome.message }, opts.fence)
+    } catch (err) {
+      if (err instanceof FencedWrite) return
+      throw err
+    }
     this.#attention(sessionId, 'error', seq)
     if (opts.onlyFromActive) {
       const session = await this.#o.manager.find(sessionId)
       if (!session || session.state !== 'active') return
     }
-    await this.#o.manager.transitionState(sessionId, outcome.to, { actor: 'system', reason: outcome.reason, lastError: outcome.lastError })
+    await this.#o.manager.transitionState(sessionId, outcome.to, { actor: 'system', reason: outcome.reason, lastError: outcome.lastError, fence: opts.fence })
       .catch((err: Error) => this.#log.warn({ err, sessionId }, `could not record the agent's ${outcome.reason}`))
   }
 }

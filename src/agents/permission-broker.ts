@@ -30,6 +30,8 @@ export interface AnswerResult {
   requestId: string
   decision: 'allow' | 'deny'
   seq: number
+  /** the agent that asked got it from here (false: it runs elsewhere, or is gone) */
+  sent: boolean
 }
 
 /** One ask of this instance's agents, from its line to its close. */
@@ -138,9 +140,8 @@ export class PermissionBroker {
       throw permissionRequestClosed(requestId, now?.status ?? 'cancelled')
     }
     this.#forget(sessionId, requestId)
-    if (!this.#o.send(sessionId, cliResponse(ask, answer))) {
-      this.#o.logger.warn({ sessionId, requestId }, 'the agent that asked is gone: the answer reached nobody')
-    }
+    // an agent of another instance gets it from there (the caller tells it where to read it)
+    const sent = this.#o.send(sessionId, cliResponse(ask, answer))
     const seq = await this.#o.events.append(sessionId, 'permission_response', {
       requestId,
       decision: answer.decision,
@@ -150,7 +151,25 @@ export class PermissionBroker {
       remember: answer.remember === true && answer.decision === 'allow' && rememberable(ask),
       by
     })
-    return { requestId, decision: answer.decision, seq }
+    return { requestId, decision: answer.decision, seq, sent }
+  }
+
+  /**
+   * A request of this instance's agent was answered on another instance, which stored the answer
+   * as the event at `seq`: the agent gets it from here.
+   */
+  async relay (sessionId: string, requestId: string, seq: number): Promise<void> {
+    await this.#asks.get(sessionId)?.get(requestId)?.opening
+    const ask = this.#asks.get(sessionId)?.get(requestId)?.ask
+    if (!ask) return
+    const [event] = await this.#o.events.page(sessionId, seq - 1, 1)
+    if (event?.seq !== seq || event.type !== 'permission_response') return
+    const data = JSON.parse(event.json) as PermissionAnswer & { requestId?: string }
+    if (data.requestId !== requestId) return
+    this.#forget(sessionId, requestId)
+    if (!this.#o.send(sessionId, cliResponse(ask, data))) {
+      this.#o.logger.warn({ sessionId, requestId }, 'the agent that asked is gone: the answer reached nobody')
+    }
   }
 
   /**
@@ -177,11 +196,14 @@ export class PermissionBroker {
     return this.#cancel(sessionId, reason, () => this.#o.repo.cancelOpen(sessionId, this.#o.clock()))
   }
 
-  /** Start-up: no agent runs yet, so whatever was open when the service stopped is cancelled. */
-  async cancelAllOpen (): Promise<number> {
-    const bySession = await this.#o.repo.cancelAllOpen(this.#o.clock())
+  /**
+   * Sessions whose agents are gone without this instance knowing them (a previous run's, a dead
+   * instance's): whatever they asked is cancelled. Returns how many sessions had open asks.
+   */
+  async cancelOpenOf (sessionIds: string[], reason: string): Promise<number> {
+    const bySession = await this.#o.repo.cancelOpenOf(sessionIds, this.#o.clock())
     for (const [sessionId, requestIds] of bySession) {
-      await this.#o.events.append(sessionId, 'permission_cancelled', { requestIds, reason: 'restart' })
+      await this.#o.events.append(sessionId, 'permission_cancelled', { requestIds, reason })
     }
     return bySession.size
   }

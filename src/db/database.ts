@@ -12,9 +12,20 @@ import * as schema from './schema.js'
 
 export type Database = PgDatabase<PgQueryResultHKT, typeof schema>
 
+/** LISTEN/NOTIFY of PostgreSQL (absent on PGlite: one instance, nobody to tell). */
+export interface PubSub {
+  /**
+   * Listens on a dedicated connection (application_name `mobvibe-listen`), which is re-established
+   * after a loss; `onListen` runs on every (re)connection: notices sent meanwhile are lost.
+   */
+  listen (channel: string, onMessage: (payload: string) => void, onListen: () => void): Promise<void>
+  notify (channel: string, payload: string): Promise<void>
+}
+
 export interface DatabaseHandle {
   readonly db: Database
   readonly driver: 'postgres' | 'pglite'
+  readonly pubsub?: PubSub
   ping (): Promise<void>
   close (): Promise<void>
 }
@@ -60,11 +71,23 @@ async function openPostgres (url: string, max: number): Promise<DatabaseHandle> 
     await client.end({ timeout: 1 })
     throw err
   }
+  // its own client, so that its connection is told apart (and can be found) by its name
+  const listener = postgres(url, {
+    max: 1,
+    onnotice: () => {},
+    backoff: () => POSTGRES_RECONNECT.backoffSeconds,
+    connect_timeout: POSTGRES_RECONNECT.connectTimeoutSeconds,
+    connection: { application_name: 'mobvibe-listen' }
+  })
   return {
     db,
     driver: 'postgres',
+    pubsub: {
+      listen: async (channel, onMessage, onListen) => { await listener.listen(channel, onMessage, onListen) },
+      notify: async (channel, payload) => { await client.notify(channel, payload) }
+    },
     ping: async () => { await db.execute(sql`select 1`) },
-    close: async () => { await client.end({ timeout: 5 }) }
+    close: async () => { await Promise.all([listener.end({ timeout: 1 }), client.end({ timeout: 5 })]) }
   }
 }
 

@@ -77,7 +77,16 @@ export const sessions = pgTable('sessions', {
   endedAt: tstz('ended_at'),
   createdAt: tstz('created_at').notNull(),
   updatedAt: tstz('updated_at').notNull(),
-  deletedAt: tstz('deleted_at')
+  deletedAt: tstz('deleted_at'),
+  // the instance that claimed the session last (service_instances.id), by its move to `active`:
+  // while the session is active, the one whose agent serves it
+  workerId: uuid('worker_id'),
+  // the fencing token: +1 on every claim, checked by every write of the owner's agent, so an
+  // instance that lost the session (its lease ran out) cannot write over the new owner
+  workerEpoch: bigint('worker_epoch', { mode: 'number' }).notNull().default(0),
+  // the instance where an agent process of the session runs, from its start to its exit: a new
+  // claim elsewhere starts its agent only once this one is gone (or its instance is dead)
+  agentWorker: uuid('agent_worker')
 }, (t) => [
   check('sessions_state_check', sql`state in ${sqlList(SESSION_STATES)}`),
   check('sessions_version_check', sql`version > 0`),
@@ -89,7 +98,9 @@ export const sessions = pgTable('sessions', {
   // Only live states: a session that ends leaves this index instead of being rewritten in it, which
   // keeps a sweep of many expiries cheap; lists of finished sessions use sessions_owner_list_idx
   index('sessions_owner_live_list_idx').on(t.owner, t.state, t.createdAt.desc().nullsFirst(), t.id.desc().nullsFirst())
-    .where(sql`deleted_at is null and ${LIVE_STATES_SQL}`)
+    .where(sql`deleted_at is null and ${LIVE_STATES_SQL}`),
+  // an instance's own sessions (its sweeps, its hand-back at shutdown) and a dead one's (failover)
+  index('sessions_worker_idx').on(t.workerId).where(sql`worker_id is not null`)
 ])
 
 // The two append-only logs carry no foreign key: it costs a lookup per inserted row on the hottest
@@ -218,3 +229,25 @@ export type SessionRow = typeof sessions.$inferSelect
 export type TransitionRow = typeof sessionTransitions.$inferSelect
 export type SnapshotRow = typeof sessionSnapshots.$inferSelect
 export type DeviceRow = typeof devices.$inferSelect
+
+/**
+ * The running copies of the service on this database, one row per process start. An instance is
+ * live while it renews its lease: `stopped_at is null and heartbeat_at > now() - lease`, always by
+ * the database's clock. Rows of instances dead for a while are deleted by the sweeps.
+ */
+export const serviceInstances = pgTable('service_instances', {
+  id: uuid('id').primaryKey(),
+  host: text('host').notNull(),
+  pid: integer('pid').notNull(),
+  // the MOBVIBE_DATA_DIR it runs on: its next start there takes over what this one left
+  dataDir: text('data_dir').notNull(),
+  // its own INSTANCE_LEASE_SECONDS: whether it is live is judged by the lease it keeps
+  leaseSeconds: integer('lease_seconds').notNull(),
+  startedAt: tstz('started_at').notNull().default(sql`now()`),
+  heartbeatAt: tstz('heartbeat_at').notNull().default(sql`now()`),
+  stoppedAt: tstz('stopped_at')
+}, (t) => [
+  index('service_instances_data_dir_idx').on(t.host, t.dataDir)
+])
+
+export type InstanceRow = typeof serviceInstances.$inferSelect

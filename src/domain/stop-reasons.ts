@@ -4,7 +4,7 @@ import type { SessionState } from './state-machine.js'
  * Why an agent process is stopped; the first reason asked for is the one recorded. Pure data.
  * `crash` is not among them: a process that ends on its own was stopped by nobody.
  */
-export const STOP_REASONS = ['idle', 'eviction', 'pause', 'shutdown', 'expired', 'completed', 'failed', 'deleted', 'restart', 'user'] as const
+export const STOP_REASONS = ['idle', 'eviction', 'pause', 'shutdown', 'expired', 'completed', 'failed', 'deleted', 'restart', 'user', 'failover'] as const
 export type StopReason = typeof STOP_REASONS[number]
 
 const BY_STATE: Partial<Record<SessionState, StopReason>> = {

@@ -9,14 +9,16 @@ export type Subscriber = (frame: PublishedFrame) => void
 
 /**
  * The fan-out of stored events to a session's subscribers. The event log publishes (in sequence
- * order, after the commit); stream connections subscribe. In-process today: a bus that crosses
- * instances can stand behind the same three methods without touching either side.
+ * order, after the commit); stream connections subscribe. The service's own is the session feed,
+ * which also brings in what other instances store.
  */
 export interface EventBus {
   publish (sessionId: string, frame: PublishedFrame): void
   /** returns the unsubscribe function */
   subscribe (sessionId: string, subscriber: Subscriber): () => void
   subscriberCount (sessionId: string): number
+  /** resolves once a new subscriber's replay may start: everything after it will be published */
+  ready (sessionId: string): Promise<void>
 }
 
 export class InProcessEventBus implements EventBus {
@@ -44,4 +46,6 @@ export class InProcessEventBus implements EventBus {
   subscriberCount (sessionId: string): number {
     return this.#subscribers.get(sessionId)?.size ?? 0
   }
+
+  async ready (): Promise<void> {}
 }

@@ -3,6 +3,8 @@ import type { Database } from '../db/database.js'
 import { prepareSql } from '../db/prepared-sql.js'
 import { sessionEvents } from '../db/schema.js'
 import type { EventType } from '../domain/event-types.js'
+import { fenceKey, type Fence } from '../domain/lease.js'
+import { FencedWrite } from '../errors.js'
 import type { Log } from '../logger.js'
 import type { EventBus } from './event-bus.js'
 
@@ -21,6 +23,8 @@ interface Pending {
   json: string
   /** a user message's client id: stored once however often it is sent */
   clientMessageId?: string | undefined
+  /** `fenceKey` of the agent that wrote it ('' for none): stored only while that agent owns the session */
+  fence: string
   resolve: (r: { seq: number, duplicate: boolean }) => void
   reject: (err: Error) => void
 }
@@ -72,9 +76,22 @@ export class EventLog {
   readonly #nextQueuedStmt
   readonly #deliveredStmt
 
-  constructor (opts: { db: Database, bus: EventBus, logger: Log, clock?: () => Date }) {
+  readonly #lastSeqsStmt
+  /** what the current drain stored, by session: [first, last] */
+  #stored = new Map<string, [number, number]>()
+  readonly #onStored: ((ranges: [string, number, number][]) => void) | undefined
+
+  constructor (opts: {
+    db: Database
+    bus: EventBus
+    logger: Log
+    clock?: () => Date
+    /** after each group commit: the sessions it stored events of (other instances are told) */
+    onStored?: (ranges: [sessionId: string, first: number, last: number][]) => void
+  }) {
     this.#db = opts.db
     this.#bus = opts.bus
+    this.#onStored = opts.onStored
     this.#log = opts.logger
     this.#clock = opts.clock ?? (() => new Date())
     const p = sql.placeholder
@@ -84,11 +101,14 @@ export class EventLog {
     // spares the database a JSON parse per field of every event, which was most of its work.
     this.#appendStmt = prepareSql(this.#db, 'events_append', sql`
       with runs as (
-        select r.sid::uuid as sid, r.n::int as n, r.ord::int as run
-        from rows from (string_to_table(${p('sessions')}::text, ','), string_to_table(${p('counts')}::text, ',')) with ordinality as r(sid, n, ord)
+        select r.sid::uuid as sid, r.n::int as n, r.ord::int as run, r.fence
+        from rows from (string_to_table(${p('sessions')}::text, ','), string_to_table(${p('counts')}::text, ','),
+          string_to_table(${p('fences')}::text, ',')) with ordinality as r(sid, n, fence, ord)
       ), alloc as (
         insert into session_event_seqs as q (session_id, last_seq)
-        select r.sid, r.n from runs r where exists (select 1 from sessions s where s.id = r.sid)
+        -- an agent's lines only while it owns the session (its instance's id and the claim's epoch)
+        select r.sid, r.n from runs r where exists (select 1 from sessions s where s.id = r.sid
+          and (r.fence = '-' or s.worker_id::text || ':' || s.worker_epoch = r.fence))
         on conflict (session_id) do update set last_seq = q.last_seq + excluded.last_seq
         returning q.session_id, q.last_seq
       ), bases as (
@@ -137,13 +157,21 @@ export class EventLog {
     // The message leaves the queue and the conversation that took it up becomes the one to
     // resume, in one statement: apart, a failure between the two would send the message twice
     // (queue not advanced) or resume a conversation that does not hold it (id not recorded)
+    // Only by the session's owner: an agent that lost the session must not move its queue
     this.#deliveredStmt = prepareSql(this.#db, 'events_mark_delivered', sql`
-      with queue as (
+      with owned as (
+        select id from sessions
+        where id = ${p('id')}::uuid and worker_id::text || ':' || worker_epoch = ${p('fence')}::text
+      ), queue as (
         update session_event_seqs set delivered_seq = greatest(delivered_seq, ${p('seq')}::bigint)
-        where session_id = ${p('id')}::uuid
+        where session_id in (select id from owned)
+      ), moved as (
+        update sessions set agent_session_id = ${p('agent')}::uuid, last_error = null
+        where id in (select id from owned) and (agent_session_id is distinct from ${p('agent')}::uuid or last_error is not null)
       )
-      update sessions set agent_session_id = ${p('agent')}::uuid, last_error = null
-      where id = ${p('id')}::uuid and (agent_session_id is distinct from ${p('agent')}::uuid or last_error is not null)`)
+      select id from owned`)
+    this.#lastSeqsStmt = prepareSql(this.#db, 'events_last_seqs', sql`
+      select session_id, last_seq from session_event_seqs where session_id = any(${p('ids')}::uuid[])`)
   }
 
   /** The oldest user message the agent has not taken up yet, or null when the queue is empty. */
@@ -158,21 +186,32 @@ export class EventLog {
    * message leaves the queue for good, and that conversation is the session's to resume (its
    * last error cleared: it runs).
    */
-  async markDelivered (sessionId: string, seq: number, agentSessionId: string): Promise<void> {
-    await this.#deliveredStmt.execute({ id: sessionId, seq, agent: agentSessionId })
+  async markDelivered (sessionId: string, seq: number, agentSessionId: string, fence: Fence): Promise<void> {
+    const owned = await this.#deliveredStmt.execute({ id: sessionId, seq, agent: agentSessionId, fence: fenceKey(fence) })
+    if (owned.length === 0) throw new FencedWrite(sessionId)
+  }
+
+  /** The last seq stored of each of these sessions (none stored yet: absent). */
+  async lastSeqs (sessionIds: string[]): Promise<Map<string, number>> {
+    if (sessionIds.length === 0) return new Map()
+    const rows = await this.#lastSeqsStmt.execute({ ids: sessionIds })
+    return new Map(rows.map((r) => [String(r.session_id), Number(r.last_seq)]))
   }
 
   /** Appends an event; resolves with its sequence number once it is stored (and published). */
-  append (sessionId: string, type: EventType, data: unknown): Promise<number> {
-    return this.appendJson(sessionId, type, JSON.stringify(data))
+  append (sessionId: string, type: EventType, data: unknown, fence?: Fence): Promise<number> {
+    return this.appendJson(sessionId, type, JSON.stringify(data), fence)
   }
 
-  /** As append, with the payload already JSON text (an agent's stdout line, unchanged). */
-  async appendJson (sessionId: string, type: EventType, json: string, at: Date = this.#clock()): Promise<number> {
+  /**
+   * As append, with the payload already JSON text (an agent's stdout line, unchanged). With a
+   * fence, it is stored only while that agent's claim on the session holds (else FencedWrite).
+   */
+  async appendJson (sessionId: string, type: EventType, json: string, fence?: Fence): Promise<number> {
     // a batch separates payloads by newline. In JSON text a raw newline can only be whitespace
     // between tokens (never a stdout line), so a space in its place changes nothing else
     const oneLine = json.includes('\n') ? json.replaceAll('\n', ' ') : json
-    return (await this.#enqueue(sessionId, { type, at, json: oneLine })).seq
+    return (await this.#enqueue(sessionId, { type, at: this.#clock(), json: oneLine, fence: fence ? fenceKey(fence) : '' })).seq
   }
 
   /**
@@ -181,10 +220,10 @@ export class EventLog {
    */
   appendUser (sessionId: string, message: UserMessage): Promise<{ seq: number, duplicate: boolean }> {
     const json = JSON.stringify({ text: message.text, ...(message.clientMessageId ? { clientMessageId: message.clientMessageId } : {}) })
-    return this.#enqueue(sessionId, { type: 'user', at: this.#clock(), json, clientMessageId: message.clientMessageId })
+    return this.#enqueue(sessionId, { type: 'user', at: this.#clock(), json, clientMessageId: message.clientMessageId, fence: '' })
   }
 
-  #enqueue (sessionId: string, e: Pick<Pending, 'type' | 'at' | 'json' | 'clientMessageId'>): Promise<{ seq: number, duplicate: boolean }> {
+  #enqueue (sessionId: string, e: Pick<Pending, 'type' | 'at' | 'json' | 'clientMessageId' | 'fence'>): Promise<{ seq: number, duplicate: boolean }> {
     return new Promise((resolve, reject) => {
       let queue = this.#pending.get(sessionId)
       if (!queue) {
@@ -243,7 +282,7 @@ export class EventLog {
         queue = []
         this.#pending.set(e.sessionId, queue)
       }
-      queue.push({ type: e.type, at, json: JSON.stringify(e.data), resolve: ignore, reject: ignore })
+      queue.push({ type: e.type, at, json: JSON.stringify(e.data), fence: '', resolve: ignore, reject: ignore })
     }
     this.#scheduleFlush()
   }
@@ -254,28 +293,46 @@ export class EventLog {
     const batch = this.#pending
     this.#pending = new Map()
     const plain: [string, Pending[]][] = []
-    const withClientIds: [string, Pending[]][] = []
-    for (const entry of batch) (entry[1].some((e) => e.clientMessageId !== undefined) ? withClientIds : plain).push(entry)
+    const inSteps: [string, Pending[]][] = []
+    // one run per session and statement: a session whose events need more (an idempotent message,
+    // lines of an agent next to events of nobody's fence) has its runs written one after another
+    for (const entry of batch) (entry[1].some((e) => e.clientMessageId !== undefined || e.fence !== entry[1][0]!.fence) ? inSteps : plain).push(entry)
     await Promise.all([
       this.#settle(plain.flatMap(([, events]) => events), () => this.#writeRuns(plain)),
-      ...withClientIds.map(([sessionId, events]) => this.#write(sessionId, events))
+      ...inSteps.map(([sessionId, events]) => this.#write(sessionId, events))
     ])
+    const stored = this.#stored
+    this.#stored = new Map()
+    if (stored.size > 0 && this.#onStored) {
+      try {
+        this.#onStored([...stored].map(([sessionId, [first, last]]) => [sessionId, first, last]))
+      } catch (err) {
+        this.#log.error({ err }, 'an onStored listener failed')
+      }
+    }
   }
 
-  /** A session whose batch holds an idempotent user message: in order, runs between them. */
+  /**
+   * A session whose batch holds idempotent user messages or events of different fences: in
+   * order, each message on its own and runs of one fence between them.
+   */
   async #write (sessionId: string, events: Pending[]): Promise<void> {
     let run: Pending[] = []
+    const flush = async () => {
+      const before = run
+      run = []
+      await this.#settle(before, () => this.#writeRuns([[sessionId, before]]))
+    }
     for (const e of events) {
       if (e.clientMessageId === undefined) {
+        if (run.length > 0 && run[0]!.fence !== e.fence) await flush()
         run.push(e)
         continue
       }
-      const before = run
-      await this.#settle(before, () => this.#writeRuns([[sessionId, before]]))
-      run = []
+      await flush()
       await this.#settle([e], () => this.#writeUser(sessionId, e))
     }
-    await this.#settle(run, () => this.#writeRuns([[sessionId, run]]))
+    await flush()
   }
 
   async #settle (events: Pending[], write: () => Promise<void>): Promise<void> {
@@ -343,6 +400,8 @@ export class EventLog {
     const batch = {
       sessions: runs.map(([sessionId]) => sessionId).join(','),
       counts: runs.map(([, events]) => events.length).join(','),
+      // '-' for none: string_to_table reads '' as no element at all
+      fences: runs.map(([, events]) => events[0]!.fence || '-').join(','),
       runs: runOf.join(','),
       indexes: indexes.join(','),
       types: types.join(','),
@@ -354,7 +413,8 @@ export class EventLog {
     for (const [sessionId, events] of runs) {
       const base = bases.get(sessionId)
       if (base === undefined) {
-        for (const e of events) e.reject(new Error(`session ${sessionId} does not exist`))
+        const err = events[0]!.fence !== '' ? new FencedWrite(sessionId) : new Error(`session ${sessionId} does not exist`)
+        for (const e of events) e.reject(err)
         continue
       }
       events.forEach((e, i) => this.#published(sessionId, e, base + i + 1, false))
@@ -368,7 +428,12 @@ export class EventLog {
   }
 
   #published (sessionId: string, e: Pending, seq: number, duplicate: boolean): void {
-    if (!duplicate) this.#bus.publish(sessionId, { seq, bytes: Buffer.from(frameText({ seq, type: e.type, at: e.at, json: e.json })) })
+    if (!duplicate) {
+      this.#bus.publish(sessionId, { seq, bytes: Buffer.from(frameText({ seq, type: e.type, at: e.at, json: e.json })) })
+      const range = this.#stored.get(sessionId)
+      if (range) range[1] = Math.max(range[1], seq)
+      else this.#stored.set(sessionId, [seq, seq])
+    }
     e.resolve({ seq, duplicate })
   }
 }

@@ -93,6 +93,7 @@ export class StreamConnection {
     this.#socket.on('message', (data, isBinary) => { this.#onInbound(data as Buffer, isBinary) })
     this.#pingTimer = setInterval(() => this.#ping(), this.#pingIntervalMs)
     try {
+      await this.#bus.ready(this.#sessionId)
       await this.#replay()
     } catch (err) {
       this.#log.error({ err }, 'stream replay failed')

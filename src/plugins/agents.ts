@@ -24,9 +24,10 @@ export default fp(async function agentsPlugin (app: FastifyInstance, opts: { con
     turns: app.turns,
     events: app.events,
     registry: new ProcessRegistry({ dataDir: opts.config.dataDir, logger: app.log.child({ component: 'process-registry' }) }),
+    cluster: { lease: app.instanceLease, doorbell: app.doorbell, isLive: (id) => app.instances.isLive(id) },
     logger: app.log.child({ component: 'agent-supervisor' }),
     ...(opts.clock ? { clock: opts.clock } : {})
   })
   app.decorate('agents', supervisor)
   app.addHook('onClose', async () => { await supervisor.close() })
-}, { name: 'agents', dependencies: ['database', 'sessions', 'events'] })
+}, { name: 'agents', dependencies: ['database', 'cluster', 'sessions', 'events'] })

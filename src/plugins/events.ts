@@ -1,8 +1,12 @@
 import type { FastifyInstance } from 'fastify'
 import fp from 'fastify-plugin'
-import { InProcessEventBus, type EventBus } from '../events/event-bus.js'
+import type { EventBus } from '../events/event-bus.js'
 import { EventLog } from '../events/event-log.js'
+import { SessionFeed } from '../events/session-feed.js'
 import { StateRecorder } from '../events/state-recorder.js'
+
+/** How often the sessions watched here are checked against the table (notices may be lost). */
+const FEED_POLL_MS = 1000
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -17,10 +21,35 @@ declare module 'fastify' {
  * their shutdown records is stored before the database closes.
  */
 export default fp(async function eventsPlugin (app: FastifyInstance, opts: { clock?: () => Date }) {
-  const bus = new InProcessEventBus()
-  const log = new EventLog({ db: app.database.db, bus, logger: app.log.child({ component: 'event-log' }), ...(opts.clock ? { clock: opts.clock } : {}) })
+  const { doorbell } = app
+  const logger = app.log.child({ component: 'event-log' })
+  const feed: SessionFeed = new SessionFeed({
+    read: (sessionId, after, limit) => log.page(sessionId, after, limit),
+    lastSeqs: (ids) => log.lastSeqs(ids),
+    logger
+  })
+  const log: EventLog = new EventLog({
+    db: app.database.db,
+    bus: feed,
+    logger,
+    // every group commit rings the other instances (one notice for the lot)
+    onStored: (ranges) => doorbell.ringEvents(ranges),
+    ...(opts.clock ? { clock: opts.clock } : {})
+  })
   const recorder = new StateRecorder({ lifecycle: app.sessions, log })
-  app.decorate('eventBus', bus)
+  const checkAll = () => { feed.checkAll().catch((err: Error) => logger.warn({ err }, 'checking the watched sessions failed')) }
+  doorbell.on('events', (ranges) => { for (const [sessionId, , last] of ranges) feed.stored(sessionId, last) })
+  // what was rung while the listener was away is lost: the table says
+  doorbell.on('listening', checkAll)
+  let poll: NodeJS.Timeout | undefined
+  if (doorbell.shared) {
+    poll = setInterval(checkAll, FEED_POLL_MS)
+    poll.unref()
+  }
+  app.decorate('eventBus', feed)
   app.decorate('events', log)
-  app.addHook('onClose', async () => { await recorder.close() })
-}, { name: 'events', dependencies: ['database', 'sessions'] })
+  app.addHook('onClose', async () => {
+    clearInterval(poll)
+    await recorder.close()
+  })
+}, { name: 'events', dependencies: ['database', 'cluster', 'sessions'] })

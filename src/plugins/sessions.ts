@@ -27,11 +27,14 @@ export default fp(async function sessionsPlugin (app: FastifyInstance, opts: { c
   const manager = new SessionLifecycleManager({
     repo,
     config: opts.config,
+    worker: () => app.instanceLease.id,
     logger: app.log.child({ component: 'lifecycle' }),
     ...(opts.clock ? { clock: opts.clock } : {})
   })
   const worker = new SessionTimeoutWorker({
     manager,
+    // the rows of instances whose lease ran out are stopped (one that comes back finds it so)
+    housekeeping: async () => { await app.instances.markDead() },
     intervalMs: opts.config.sweepIntervalMs,
     logger: app.log.child({ component: 'timeout-worker' })
   })
@@ -43,4 +46,4 @@ export default fp(async function sessionsPlugin (app: FastifyInstance, opts: { c
   app.decorate('timeoutWorker', worker)
   app.decorate('turns', createTurnStore(repo))
   app.addHook('preClose', async () => { await worker.stop() })
-}, { name: 'sessions', dependencies: ['database'] })
+}, { name: 'sessions', dependencies: ['database', 'cluster'] })

@@ -13,8 +13,11 @@ import {
   type SessionState
 } from '../domain/state-machine.js'
 import { stopReasonFor, type StopReason } from '../domain/stop-reasons.js'
+import { fenceKey, type Fence } from '../domain/lease.js'
 import { addSeconds, planHeartbeat } from '../domain/timers.js'
 import {
+  FencedWrite,
+  instanceLeaseLost,
   NoSnapshot,
   SessionNotFound,
   SnapshotNotFound,
@@ -36,7 +39,8 @@ import { prepareWorkdir, userWorkspace } from './workspace.js'
  * writer of state; these hooks only act on processes and resources.
  */
 export interface SessionProcessHooks {
-  stopProcess (sessionId: string, reason: StopReason): Promise<void> | void
+  /** `worker`: the instance that owned the session until now (its agent runs there) */
+  stopProcess (sessionId: string, reason: StopReason, worker: string | null): Promise<void> | void
   /** an expired or deleted session's runtime resources; never its working directory */
   releaseResources (sessionId: string): Promise<void> | void
 }
@@ -74,6 +78,8 @@ export interface MutationOptions {
 
 export interface TransitionOptions extends MutationOptions {
   actor?: Actor
+  /** a write of an agent: only while its claim on the session holds (else FencedWrite) */
+  fence?: Fence | undefined
   /** recorded as the session's lastError (system transitions after a failure) */
   lastError?: string | null | undefined
 }
@@ -91,7 +97,15 @@ export interface LifecycleManagerOptions {
   logger: Log
   clock?: () => Date
   hooks?: Partial<SessionProcessHooks>
+  /** this instance's id while its lease holds (null: it may claim nothing); a move to `active` claims the session for it */
+  worker?: () => string | null
 }
+
+/** The reason recorded when a dead instance's sessions are suspended. */
+export const ORPHANED = 'worker lost'
+
+/** The owner of every claim when the manager runs without instances (unit tests of the manager alone). */
+const SINGLE_INSTANCE = '00000000-0000-4000-8000-000000000000'
 
 /** A write that lost a race is re-read and re-checked this many times before giving up. */
 const MAX_CAS_ATTEMPTS = 8
@@ -112,6 +126,7 @@ export class SessionLifecycleManager extends EventEmitter<LifecycleEvents> {
   readonly #hooks: SessionProcessHooks
   readonly #liveness = new LivenessCache()
   readonly #owners = new Map<string, string | null>()
+  readonly #worker: () => string | null
 
   constructor (opts: LifecycleManagerOptions) {
     super()
@@ -119,6 +134,7 @@ export class SessionLifecycleManager extends EventEmitter<LifecycleEvents> {
     this.#config = opts.config
     this.#log = opts.logger
     this.#clock = opts.clock ?? (() => new Date())
+    this.#worker = opts.worker ?? (() => SINGLE_INSTANCE)
     this.#hooks = {
       stopProcess: opts.hooks?.stopProcess ?? (() => {}),
       releaseResources: opts.hooks?.releaseResources ?? (() => {})
@@ -127,6 +143,11 @@ export class SessionLifecycleManager extends EventEmitter<LifecycleEvents> {
 
   now (): Date {
     return this.#clock()
+  }
+
+  /** This instance's id while it holds its lease; null while it may own nothing. */
+  get worker (): string | null {
+    return this.#worker()
   }
 
   /** Lets the agent supervisor plug in once it exists; the manager works without it. */
@@ -260,10 +281,13 @@ export class SessionLifecycleManager extends EventEmitter<LifecycleEvents> {
   async transitionState (id: string, to: SessionState, opts: TransitionOptions = {}): Promise<SessionRow> {
     const actor = opts.actor ?? 'user'
     if (to === 'paused' && actor === 'user') return (await this.pauseSession(id, opts)).session
+    const fence = opts.fence ? fenceKey(opts.fence) : undefined
     return this.#compareAndSet(id, opts, async (row) => {
+      // the agent's claim was replaced: what it would decide is no longer its to decide
+      if (fence !== undefined && `${row.workerId}:${row.workerEpoch}` !== fence) throw new FencedWrite(id)
       this.#assertEdge(row, to, actor)
       if (row.state === 'paused' && to === 'active') return this.#resumeWrite(row, undefined, opts)
-      return this.#write(row, { to, actor, reason: opts.reason ?? null, lastError: opts.lastError, now: this.#clock() })
+      return this.#write(row, { to, actor, reason: opts.reason ?? null, lastError: opts.lastError, now: this.#clock(), fence })
     })
   }
 
@@ -322,18 +346,27 @@ export class SessionLifecycleManager extends EventEmitter<LifecycleEvents> {
     }
   }
 
-  /** Expires every live session past its deadline; returns their ids. */
+  /** Expires the live sessions past their deadline (this instance's, and nobody's); returns their ids. */
   async checkExpiration (now: Date = this.#clock()): Promise<string[]> {
-    const hits = await this.#repo.expireDue(now)
+    const hits = await this.#repo.expireDue(now, this.#worker())
     await this.#afterSweep(hits, 'expired', 'ttl')
     await Promise.all(hits.map((hit) => this.#hooks.releaseResources(hit.id)))
     return hits.map((h) => h.id)
   }
 
-  /** Suspends every active, not busy session idle past its timeout; returns their ids. */
+  /** Suspends this instance's active, not busy sessions idle past their timeout; returns their ids. */
   async suspendIdle (now: Date = this.#clock()): Promise<string[]> {
-    const hits = await this.#repo.suspendIdle(now)
+    const me = this.#worker()
+    if (me === null) return []
+    const hits = await this.#repo.suspendIdle(now, me)
     await this.#afterSweep(hits, 'suspended', 'idle')
+    return hits.map((h) => h.id)
+  }
+
+  /** Suspends the active sessions of instances whose lease ran out; returns their ids. */
+  async suspendOrphans (now: Date = this.#clock()): Promise<string[]> {
+    const hits = await this.#repo.suspendOrphans(now)
+    await this.#afterSweep(hits, 'suspended', ORPHANED)
     return hits.map((h) => h.id)
   }
 
@@ -343,14 +376,32 @@ export class SessionLifecycleManager extends EventEmitter<LifecycleEvents> {
     for (const hit of hits) this.#liveness.delete(hit.id)
     // recorded before the processes stop, so the stream shows the change in version order
     this.emit('transitions', hits.map((hit) => ({ sessionId: hit.id, version: hit.version, from: hit.from, to, actor: 'system' as const, reason })))
+    // a sweep acts only on the active sessions of its own instance (or of dead ones)
     const stopReason = stopReasonFor(to, reason)
-    await Promise.all(hits.filter((hit) => hit.from === 'active').map((hit) => this.#stop(hit.id, stopReason)))
+    await Promise.all(hits.filter((hit) => hit.from === 'active').map((hit) => this.#stop(hit.id, stopReason, this.#worker())))
   }
 
-  /** Start-up: nothing runs yet, so every session that says active is suspended. */
-  async suspendAllActive (now: Date = this.#clock()): Promise<string[]> {
-    const hits = await this.#repo.suspendAllActive(now)
+  /**
+   * Start-up: what the previous run on this data directory left active is suspended (none of its
+   * agents runs any more), and so is whatever says active without an owner.
+   */
+  async takeOver (previous: string[], now: Date = this.#clock()): Promise<string[]> {
+    const hits = await this.#repo.takeOver(previous, now)
     await this.#afterSweep(hits, 'suspended', 'restart')
+    return hits.map((h) => h.id)
+  }
+
+  /** The active sessions of instance `me`, and whether each has queued messages. */
+  async ownedBy (me: string): Promise<{ id: string, epoch: number, queued: boolean }[]> {
+    return this.#repo.ownedBy(me)
+  }
+
+  /** Shutdown, once its agents are stopped: this instance's sessions are suspended, anyone's to resume at once. */
+  async handBack (now: Date = this.#clock()): Promise<string[]> {
+    const me = this.#worker()
+    if (me === null) return []
+    const hits = await this.#repo.handBack(me, now)
+    await this.#afterSweep(hits, 'suspended', 'shutdown')
     return hits.map((h) => h.id)
   }
 
@@ -375,18 +426,21 @@ export class SessionLifecycleManager extends EventEmitter<LifecycleEvents> {
     })
   }
 
-  async #write (row: SessionRow, w: Omit<TransitionWrite, 'id' | 'version' | 'from'>): Promise<SessionRow | null> {
-    const written = await this.#repo.transition({ ...w, id: row.id, version: row.version, from: row.state })
+  async #write (row: SessionRow, w: Omit<TransitionWrite, 'id' | 'version' | 'from' | 'worker'>): Promise<SessionRow | null> {
+    // a move to active makes this instance the session's owner: without a lease it may not
+    const worker = this.#worker()
+    if (w.to === 'active' && worker === null) throw instanceLeaseLost()
+    const written = await this.#repo.transition({ ...w, worker, id: row.id, version: row.version, from: row.state })
     if (written && written.state !== row.state) {
       this.emit('transition', { sessionId: row.id, version: written.version, from: row.state, to: written.state, actor: w.actor, reason: w.reason })
-      if (row.state === 'active') await this.#stop(row.id, stopReasonFor(written.state, w.reason))
+      if (row.state === 'active') await this.#stop(row.id, stopReasonFor(written.state, w.reason), row.workerId)
     }
     return written
   }
 
-  async #stop (id: string, reason: StopReason): Promise<void> {
+  async #stop (id: string, reason: StopReason, worker: string | null): Promise<void> {
     try {
-      await this.#hooks.stopProcess(id, reason)
+      await this.#hooks.stopProcess(id, reason, worker)
     } catch (err) {
       this.#log.error({ err, sessionId: id, reason }, 'stopping the agent process failed')
     }

@@ -69,10 +69,10 @@ export function createPermissionRepository (db: Database) {
     )
     select request_id from closed`)
 
-  const cancelAllStmt = prepareSql(db, 'permission_cancel_all', sql`
+  const cancelManyStmt = prepareSql(db, 'permission_cancel_many', sql`
     with closed as (
       update session_permission_requests set status = 'cancelled', closed_at = ${ts('at')}
-      where status = 'pending'
+      where status = 'pending' and session_id = any(${p('ids')}::uuid[])
       returning session_id, request_id
     ), counts as (
       select session_id, count(*)::int as n from closed group by session_id
@@ -122,10 +122,11 @@ export function createPermissionRepository (db: Database) {
       return rows.map((r) => String(r.request_id))
     },
 
-    /** Start-up: no agent runs, so nothing can be answered; the ids cancelled, by session. */
-    async cancelAllOpen (at: Date): Promise<Map<string, string[]>> {
+    /** Sessions whose agents are gone (a previous run's, a dead instance's): the ids cancelled, by session. */
+    async cancelOpenOf (sessionIds: string[], at: Date): Promise<Map<string, string[]>> {
       const bySession = new Map<string, string[]>()
-      for (const r of await cancelAllStmt.execute({ at: at.toISOString() })) {
+      if (sessionIds.length === 0) return bySession
+      for (const r of await cancelManyStmt.execute({ ids: sessionIds, at: at.toISOString() })) {
         const id = String(r.session_id)
         bySession.set(id, [...(bySession.get(id) ?? []), String(r.request_id)])
       }

@@ -11,6 +11,7 @@ import {
   type TransitionRow
 } from '../db/schema.js'
 import { LIVE_STATES, TERMINAL_STATES, type Actor, type SessionState } from '../domain/state-machine.js'
+import { LIVE_INSTANCE } from '../cluster/instance-repository.js'
 import { HeartbeatBatcher, type HeartbeatWrite } from './heartbeat-batcher.js'
 
 const p = sql.placeholder
@@ -40,6 +41,10 @@ export interface TransitionWrite {
   /** undefined leaves lastError as it is; null clears it */
   lastError?: string | null | undefined
   archive?: boolean | undefined
+  /** the instance that runs the agent from here: required for a move to `active`, which claims the session */
+  worker: string | null
+  /** `fenceKey` of the claim the write belongs to: refused if another claim replaced it */
+  fence?: string | undefined
 }
 
 export interface SettingsWrite {
@@ -92,6 +97,11 @@ export interface SessionCursor {
 }
 
 const LIVE = sqlList(LIVE_STATES)
+/** advisory lock (class, part) of the sweeps of nobody's sessions: one instance per tick and part */
+const SWEEP_LOCK = 0x6d76
+const ORPHAN_LOCK_PART = 1000
+/** the writes of an agent: only while its claim (`fence`, see fenceKey) is the session's */
+const OWNED = sql`worker_id::text || ':' || worker_epoch = ${sql.placeholder('fence')}::text`
 const TERMINAL = sqlList(TERMINAL_STATES)
 
 /**
@@ -173,8 +183,14 @@ export function createSessionRepository (db: Database, opts: SessionRepositoryOp
         ttl_seconds = coalesce(${p('rTtl')}::int, ttl_seconds),
         agent_session_id = case when ${p('restore')}::boolean then ${p('rAgent')}::uuid else agent_session_id end,
         last_error = case when ${p('setError')}::boolean then ${p('lastError')}::text else last_error end,
-        deleted_at = case when ${p('archive')}::boolean then ${ts('now')} else deleted_at end
+        deleted_at = case when ${p('archive')}::boolean then ${ts('now')} else deleted_at end,
+        -- a move to active claims the session for the instance that made it (a new epoch fences
+        -- the writes of any earlier claim). Any other move keeps the claim as it is: the agent
+        -- that leaves still writes its last lines (an interrupted turn's result), until a new claim
+        worker_id = case when ${p('to')}::text = 'active' then ${p('worker')}::uuid else worker_id end,
+        worker_epoch = case when ${p('to')}::text = 'active' then worker_epoch + 1 else worker_epoch end
       where id = ${p('id')}::uuid and version = ${p('version')}::int and deleted_at is null
+        and (${p('fence')}::text is null or worker_id::text || ':' || worker_epoch = ${p('fence')}::text)
       returning *
     ), logged as (
       insert into session_transitions (session_id, from_state, to_state, reason, actor, version, at)
@@ -254,7 +270,7 @@ export function createSessionRepository (db: Database, opts: SessionRepositoryOp
   const usageStmt = prepareSql(db, 'session_turn_usage', sql`
     with cur as (
       select id, greatest(0, coalesce(${p('cost')}::float8, 0) - conversation_cost_usd) as cost_delta
-      from sessions where id = ${p('id')}::uuid
+      from sessions where id = ${p('id')}::uuid and ${OWNED}
       for update
     ), moved as (
       update sessions s set
@@ -303,7 +319,7 @@ export function createSessionRepository (db: Database, opts: SessionRepositoryOp
       idle_deadline_at = null,
       last_activity_at = greatest(last_activity_at, ${ts('at')}),
       expires_at = greatest(expires_at, ${ts('at')} + make_interval(secs => ttl_seconds))
-    where id = ${p('id')}::uuid and state = 'active' and deleted_at is null
+    where id = ${p('id')}::uuid and state = 'active' and deleted_at is null and ${OWNED}
     returning id`)
 
   const releaseStmt = prepareSql(db, 'session_release_busy', sql`
@@ -311,7 +327,7 @@ export function createSessionRepository (db: Database, opts: SessionRepositoryOp
       busy = false,
       idle_deadline_at = case when state = 'active'
         then greatest(active_since, last_activity_at, ${ts('at')}) + make_interval(secs => idle_timeout_seconds) end
-    where id = ${p('id')}::uuid and busy
+    where id = ${p('id')}::uuid and busy and ${OWNED}
     returning id`)
 
   const activityStmt = prepareSql(db, 'session_activity', sql`
@@ -320,6 +336,34 @@ export function createSessionRepository (db: Database, opts: SessionRepositoryOp
       expires_at = case when state in ${LIVE}
         then greatest(expires_at, ${ts('at')} + make_interval(secs => ttl_seconds)) else expires_at end
     where id = ${p('id')}::uuid`)
+
+  // An agent process may start only where no other instance still runs one of the session (it is
+  // stopping after the session left it, or its instance is dead: its agents died with it)
+  const agentStartStmt = prepareSql(db, 'session_agent_start', sql`
+    with cur as (
+      select id, agent_worker from sessions where id = ${p('id')}::uuid and ${OWNED} for update
+    ), moved as (
+      update sessions s set agent_worker = ${p('me')}::uuid
+      from cur
+      where s.id = cur.id and (cur.agent_worker is null or cur.agent_worker = ${p('me')}::uuid
+        or not exists (select 1 from service_instances i where i.id = cur.agent_worker and ${LIVE_INSTANCE}))
+      returning s.id
+    )
+    select cur.agent_worker as other, exists (select 1 from moved) as started from cur`)
+  const agentGoneStmt = prepareSql(db, 'session_agent_gone', sql`
+    update sessions set agent_worker = null where id = ${p('id')}::uuid and agent_worker = ${p('me')}::uuid`)
+  // what says an agent runs here that does not (an exit whose write was lost)
+  const agentsGoneStmt = prepareSql(db, 'session_agents_gone', sql`
+    update sessions set agent_worker = null
+    where agent_worker = any(${p('workers')}::uuid[]) and not (id = any(${p('running')}::uuid[]))`)
+  // the sessions an instance owns, with whether their queue holds a message the agent has not taken up
+  const ownedStmt = prepareSql(db, 'sessions_owned', sql`
+    select s.id, s.worker_epoch, exists (
+      select 1 from session_events e
+      where e.session_id = s.id and e.type = 'user' and e.seq > coalesce(q.delivered_seq, 0)
+    ) as queued
+    from sessions s left join session_event_seqs q on q.session_id = s.id
+    where s.worker_id = ${p('me')}::uuid and s.state = 'active' and s.deleted_at is null`)
 
   const newConversationStmt = prepareSql(db, 'session_new_conversation', sql`
     update sessions set agent_session_id = null, conversation_cost_usd = 0, last_error = null
@@ -350,19 +394,31 @@ export function createSessionRepository (db: Database, opts: SessionRepositoryOp
     )
     select id, from_state, version from moved`)
 
-  // each sweep covers one range of ids: ranges run side by side on separate connections
+  // Each instance sweeps the active sessions it owns (their agents are its own to stop); what is
+  // nobody's (sessions without an agent, and those of dead instances) is swept once per tick by
+  // whichever instance takes the tick's advisory lock first: the others skip the statement
+  // instead of queueing behind its row locks. Each sweep of nobody's covers one range of ids:
+  // ranges run side by side on separate connections, each with its own lock.
   const inRange = sql`id between ${p('lo')}::uuid and ${p('hi')}::uuid`
-  const expireStmt = sweep('sessions_expire_due',
-    sql`state in ${LIVE} and expires_at <= ${ts('now')} and ${inRange}`, 'expired', 'ttl')
+  const mine = sql`worker_id = ${p('me')}::uuid`
+  const once = sql`(select pg_try_advisory_xact_lock(${SWEEP_LOCK}, ${p('part')}::int))`
+  const expireOwnStmt = sweep('sessions_expire_own',
+    sql`state = 'active' and ${mine} and expires_at <= ${ts('now')}`, 'expired', 'ttl')
+  const expireUnownedStmt = sweep('sessions_expire_unowned',
+    sql`state in ${LIVE} and state <> 'active' and expires_at <= ${ts('now')} and ${inRange} and ${once}`, 'expired', 'ttl')
   const idleStmt = sweep('sessions_suspend_idle',
-    sql`state = 'active' and idle_deadline_at <= ${ts('now')} and not busy and ${inRange}`, 'suspended', 'idle')
+    sql`state = 'active' and ${mine} and idle_deadline_at <= ${ts('now')} and not busy`, 'suspended', 'idle')
+  // the sessions of instances whose lease ran out (their agents died with them, or by their watchdog)
+  const orphanStmt = sweep('sessions_suspend_orphans',
+    sql`state = 'active' and worker_id in (select i.id from service_instances i where not (${LIVE_INSTANCE})) and ${once}`, 'suspended', 'worker lost')
   const ranges = uuidRanges(opts.sweepPartitions ?? 1)
-  const sweepAll = async (stmt: typeof expireStmt, now: Date): Promise<SweepHit[]> => {
-    const parts = await Promise.all(ranges.map(([lo, hi]) => stmt.execute({ now: now.toISOString(), lo, hi })))
-    return parts.flatMap(sweepHits)
-  }
-  // At start-up nothing runs yet: whatever says active (or busy) is left over from the last run
-  const restartStmt = sweep('sessions_suspend_after_restart', sql`state = 'active'`, 'suspended', 'restart')
+  // Start-up: what this instance's previous run on the same data directory left active (nothing
+  // of it runs any more), and what says active without an owner (written before instances had
+  // rows, or by a run that crashed between)
+  const takeOverStmt = sweep('sessions_take_over',
+    sql`state = 'active' and (worker_id = any(${p('ids')}::uuid[]) or worker_id is null)`, 'suspended', 'restart')
+  // Shutdown: this instance's sessions are handed back at once, not after its lease
+  const handBackStmt = sweep('sessions_hand_back', sql`state = 'active' and ${mine}`, 'suspended', 'shutdown')
 
   const listStmts = new Map<string, { execute: (v: Record<string, unknown>) => Promise<SessionRow[]> }>()
   function listStmt (withStates: boolean, withCursor: boolean, liveOnly: boolean, waiting: boolean) {
@@ -452,6 +508,8 @@ export function createSessionRepository (db: Database, opts: SessionRepositoryOp
         lastError: w.lastError ?? null,
         archive: w.archive === true,
         snapshotId: w.snapshot?.id ?? null,
+        worker: w.worker,
+        fence: w.fence ?? null,
         snapshotData: w.snapshot ? JSON.stringify(w.snapshot.data) : null
       })
       return rows[0] ? toSession(rows[0]) : null
@@ -495,9 +553,10 @@ export function createSessionRepository (db: Database, opts: SessionRepositoryOp
     },
 
     /** A finished turn: adds its usage, counts as activity, ends busy. Called by the agent supervisor. */
-    async addTurnUsage (id: string, u: TurnUsage): Promise<SessionRow | null> {
+    async addTurnUsage (id: string, u: TurnUsage, fence: string): Promise<SessionRow | null> {
       const rows = await usageStmt.execute({
         id,
+        fence,
         input: u.inputTokens,
         output: u.outputTokens,
         cacheRead: u.cacheReadTokens,
@@ -509,17 +568,40 @@ export function createSessionRepository (db: Database, opts: SessionRepositoryOp
     },
 
     /** A turn starts; false when the session is no longer active. */
-    async claimBusy (id: string, at: Date): Promise<boolean> {
-      return (await claimStmt.execute({ id, at: at.toISOString() })).length > 0
+    async claimBusy (id: string, at: Date, fence: string): Promise<boolean> {
+      return (await claimStmt.execute({ id, at: at.toISOString(), fence })).length > 0
     },
 
     /** A turn ended without a result (crash, failed start): busy off, the idle timer runs again. */
-    async releaseBusy (id: string, at: Date): Promise<void> {
-      await releaseStmt.execute({ id, at: at.toISOString() })
+    async releaseBusy (id: string, at: Date, fence: string): Promise<void> {
+      await releaseStmt.execute({ id, at: at.toISOString(), fence })
     },
 
     async recordActivity (id: string, at: Date): Promise<void> {
       await activityStmt.execute({ id, at: at.toISOString() })
+    },
+
+    /**
+     * The agent of claim `fence` may start on instance `me`: true once recorded; false while an
+     * agent of the session still runs on another live instance (`other`), or when the claim is gone.
+     */
+    async agentStart (id: string, me: string, fence: string): Promise<{ started: boolean, other: string | null }> {
+      const [row] = await agentStartStmt.execute({ id, me, fence })
+      return { started: row?.started === true, other: row?.other == null ? null : String(row.other) }
+    },
+
+    async agentGone (id: string, me: string): Promise<void> {
+      await agentGoneStmt.execute({ id, me })
+    },
+
+    /** Clears the agents recorded on these instances except the sessions running ones (`running`). */
+    async agentsGone (workers: string[], running: string[]): Promise<void> {
+      await agentsGoneStmt.execute({ workers, running })
+    },
+
+    async ownedBy (me: string): Promise<{ id: string, epoch: number, queued: boolean }[]> {
+      const rows = await ownedStmt.execute({ me })
+      return rows.map((r) => ({ id: String(r.id), epoch: Number(r.worker_epoch), queued: r.queued === true }))
     },
 
     /** Forget the conversation: the next start is a fresh one, its cost counted anew. */
@@ -527,16 +609,33 @@ export function createSessionRepository (db: Database, opts: SessionRepositoryOp
       await newConversationStmt.execute({ id })
     },
 
-    async suspendAllActive (now: Date): Promise<SweepHit[]> {
-      return sweepHits(await restartStmt.execute({ now: now.toISOString() }))
+    /** Start-up: suspends what the given (dead) instances left active, and what has no owner. */
+    async takeOver (instanceIds: string[], now: Date): Promise<SweepHit[]> {
+      return sweepHits(await takeOverStmt.execute({ now: now.toISOString(), ids: instanceIds }))
     },
 
-    async expireDue (now: Date): Promise<SweepHit[]> {
-      return sweepAll(expireStmt, now)
+    /** Shutdown: suspends every active session of instance `me`. */
+    async handBack (me: string, now: Date): Promise<SweepHit[]> {
+      return sweepHits(await handBackStmt.execute({ now: now.toISOString(), me }))
     },
 
-    async suspendIdle (now: Date): Promise<SweepHit[]> {
-      return sweepAll(idleStmt, now)
+    /** Expires the sessions past their deadline: `me`'s active ones, and nobody's (unless another instance does it this tick). */
+    async expireDue (now: Date, me: string | null): Promise<SweepHit[]> {
+      const at = now.toISOString()
+      const parts = await Promise.all([
+        ...(me === null ? [] : [expireOwnStmt.execute({ now: at, me })]),
+        ...ranges.map(([lo, hi], part) => expireUnownedStmt.execute({ now: at, lo, hi, part }))
+      ])
+      return parts.flatMap(sweepHits)
+    },
+
+    async suspendIdle (now: Date, me: string): Promise<SweepHit[]> {
+      return sweepHits(await idleStmt.execute({ now: now.toISOString(), me }))
+    },
+
+    /** Suspends the active sessions of dead instances (unless another instance does it this tick). */
+    async suspendOrphans (now: Date): Promise<SweepHit[]> {
+      return sweepHits(await orphanStmt.execute({ now: now.toISOString(), part: ORPHAN_LOCK_PART }))
     },
 
     async list (q: { owner: string, states?: SessionState[] | undefined, waiting?: boolean | undefined, cursor?: SessionCursor | undefined, limit: number }): Promise<SessionRow[]> {

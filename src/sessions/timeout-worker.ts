@@ -6,6 +6,8 @@ export interface SweepResult {
   at: Date
   expired: string[]
   suspended: string[]
+  /** active sessions of dead instances, suspended */
+  orphaned: string[]
 }
 
 export interface TimeoutWorkerEvents {
@@ -13,20 +15,23 @@ export interface TimeoutWorkerEvents {
 }
 
 /**
- * Enforces TTL expiry and idle suspension with one set-based statement each per sweep. Sweeps never
+ * Enforces TTL expiry and idle suspension with one set-based statement each per sweep, and suspends
+ * what dead instances left active. Sweeps never
  * overlap: the next one is scheduled when the previous one ends, so the interval bounds precision.
  */
 export class SessionTimeoutWorker extends EventEmitter<TimeoutWorkerEvents> {
   readonly #manager: SessionLifecycleManager
   readonly #intervalMs: number
   readonly #log: Log
+  readonly #housekeeping: () => Promise<void>
   #timer: NodeJS.Timeout | undefined
   #running: Promise<void> | undefined
   #started = false
 
-  constructor (opts: { manager: SessionLifecycleManager, intervalMs: number, logger: Log }) {
+  constructor (opts: { manager: SessionLifecycleManager, intervalMs: number, logger: Log, housekeeping?: () => Promise<void> }) {
     super()
     this.#manager = opts.manager
+    this.#housekeeping = opts.housekeeping ?? (async () => {})
     this.#intervalMs = opts.intervalMs
     this.#log = opts.logger
   }
@@ -48,9 +53,11 @@ export class SessionTimeoutWorker extends EventEmitter<TimeoutWorkerEvents> {
 
   /** One sweep now (also what the timer runs). */
   async sweep (now: Date = this.#manager.now()): Promise<SweepResult> {
+    await this.#housekeeping()
+    const orphaned = await this.#manager.suspendOrphans(now)
     const expired = await this.#manager.checkExpiration(now)
     const suspended = await this.#manager.suspendIdle(now)
-    const result = { at: now, expired, suspended }
+    const result = { at: now, expired, suspended, orphaned }
     this.emit('sweep', result)
     return result
   }

@@ -1,4 +1,5 @@
-import type { SessionRepository } from './session-repository.js'
+import { fenceKey, type Fence } from '../domain/lease.js'
+import type { SessionRepository, TurnUsage } from './session-repository.js'
 
 /**
  * What the agent supervisor may write on a session: the facts of its turns (busy, usage, activity,
@@ -7,15 +8,30 @@ import type { SessionRepository } from './session-repository.js'
  * the event log's markDelivered.) Built as its own object, so the supervisor holds no way to the rest of the
  * repository, by type or at run time.
  */
-export type TurnStore = Pick<SessionRepository,
-  'claimBusy' | 'releaseBusy' | 'addTurnUsage' | 'recordActivity' | 'startNewConversation'>
+export interface TurnStore {
+  /** A turn starts: false when the session is no longer active, or no longer this agent's (`fence`). */
+  claimBusy (id: string, at: Date, fence: Fence): Promise<boolean>
+  releaseBusy (id: string, at: Date, fence: Fence): Promise<void>
+  /** Nothing is written for an agent whose claim was replaced (`fence`). */
+  addTurnUsage (id: string, usage: TurnUsage, fence: Fence): Promise<unknown>
+  recordActivity (id: string, at: Date): Promise<void>
+  /** Records that the agent of claim `fence` runs here; false while another instance still runs one (`other`). */
+  agentStart (id: string, fence: Fence): Promise<{ started: boolean, other: string | null }>
+  agentGone (id: string, worker: string): Promise<void>
+  /** Whatever says an agent runs on these instances, except in the sessions given, is cleared. */
+  agentsGone (workers: string[], running: string[]): Promise<void>
+  startNewConversation (id: string): Promise<void>
+}
 
 export function createTurnStore (repo: SessionRepository): TurnStore {
   return {
-    claimBusy: (id, at) => repo.claimBusy(id, at),
-    releaseBusy: (id, at) => repo.releaseBusy(id, at),
-    addTurnUsage: (id, usage) => repo.addTurnUsage(id, usage),
+    claimBusy: (id, at, fence) => repo.claimBusy(id, at, fenceKey(fence)),
+    releaseBusy: (id, at, fence) => repo.releaseBusy(id, at, fenceKey(fence)),
+    addTurnUsage: (id, usage, fence) => repo.addTurnUsage(id, usage, fenceKey(fence)),
     recordActivity: (id, at) => repo.recordActivity(id, at),
+    agentStart: (id, fence) => repo.agentStart(id, fence.worker, fenceKey(fence)),
+    agentGone: (id, worker) => repo.agentGone(id, worker),
+    agentsGone: (workers, running) => repo.agentsGone(workers, running),
     startNewConversation: (id) => repo.startNewConversation(id)
   }
 }

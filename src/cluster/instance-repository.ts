@@ -1,0 +1,72 @@
+import { sql } from 'drizzle-orm'
+import type { Database } from '../db/database.js'
+import { prepareSql } from '../db/prepared-sql.js'
+
+const p = sql.placeholder
+
+/** A live instance, as the database's clock judges it. */
+export const LIVE_INSTANCE = sql`i.stopped_at is null and i.heartbeat_at > now() - make_interval(secs => i.lease_seconds)`
+
+/** Dead instances' rows are kept this long (they say who owned what), then deleted. */
+const KEEP_DEAD_ROWS = '1 hour'
+
+/** The rows of `service_instances`: one per process start, renewed while it runs. */
+export function createInstanceRepository (db: Database) {
+  const registerStmt = prepareSql(db, 'instance_register', sql`
+    insert into service_instances (id, host, pid, data_dir, lease_seconds)
+    values (${p('id')}::uuid, ${p('host')}::text, ${p('pid')}::int, ${p('dataDir')}::text, ${p('lease')}::int)`)
+  const renewStmt = prepareSql(db, 'instance_renew', sql`
+    update service_instances set heartbeat_at = now()
+    where id = ${p('id')}::uuid and stopped_at is null
+    returning id`)
+  const stopStmt = prepareSql(db, 'instance_stop', sql`
+    update service_instances set stopped_at = now() where id = ${p('id')}::uuid and stopped_at is null`)
+  // dead is dead for good: a frozen instance that comes back finds its row stopped, and owns nothing
+  const markDeadStmt = prepareSql(db, 'instance_mark_dead', sql`
+    update service_instances i set stopped_at = now()
+    where i.stopped_at is null and i.heartbeat_at <= now() - make_interval(secs => i.lease_seconds)
+    returning id`)
+  const liveStmt = prepareSql(db, 'instance_live', sql`
+    select 1 from service_instances i where i.id = ${p('id')}::uuid and ${LIVE_INSTANCE}`)
+  // a row a session still names is kept: it says that session's owner is dead
+  const pruneStmt = prepareSql(db, 'instance_prune', sql`
+    delete from service_instances i where i.stopped_at < now() - interval '${sql.raw(KEEP_DEAD_ROWS)}'
+      and not exists (select 1 from sessions s where s.worker_id = i.id or s.agent_worker = i.id)`)
+  const stopOthersStmt = prepareSql(db, 'instance_stop_others', sql`
+    with stopped as (
+      update service_instances set stopped_at = coalesce(stopped_at, now()) where id <> ${p('id')}::uuid returning id
+    )
+    select id from stopped`)
+
+  return {
+    async register (r: { id: string, host: string, pid: number, dataDir: string, leaseSeconds: number }): Promise<void> {
+      await registerStmt.execute({ id: r.id, host: r.host, pid: r.pid, dataDir: r.dataDir, lease: r.leaseSeconds })
+    },
+    /** false: the row was stopped (by a peer that judged it dead, or a successor) */
+    async renew (id: string): Promise<boolean> {
+      return (await renewStmt.execute({ id })).length > 0
+    },
+    async stop (id: string): Promise<void> {
+      await stopStmt.execute({ id })
+    },
+    /** Stops the rows of every instance whose lease ran out; returns their ids. */
+    async markDead (): Promise<string[]> {
+      return (await markDeadStmt.execute({})).map((r) => String(r.id))
+    },
+    async isLive (id: string): Promise<boolean> {
+      return (await liveStmt.execute({ id })).length > 0
+    },
+    async prune (): Promise<void> {
+      await pruneStmt.execute({})
+    },
+    /**
+     * Every other instance is stopped (the embedded database has one instance by construction,
+     * so anything else in it is a previous run); returns their ids.
+     */
+    async stopOthers (me: string): Promise<string[]> {
+      return (await stopOthersStmt.execute({ id: me })).map((r) => String(r.id))
+    }
+  }
+}
+
+export type InstanceRepository = ReturnType<typeof createInstanceRepository>

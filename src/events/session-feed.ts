@@ -1,0 +1,156 @@
+import type { Log } from '../logger.js'
+import { InProcessEventBus, type EventBus, type PublishedFrame, type Subscriber } from './event-bus.js'
+import { frameText, type StoredEvent } from './event-log.js'
+
+/** The numbers of the feed, named once. */
+const FEED = {
+  /** events read from the table per statement while catching up */
+  page: 500
+} as const
+
+interface Watched {
+  /** the last seq given to this instance's subscribers; undefined until `ready` */
+  cursor: number | undefined
+  ready: Promise<void>
+  /** frames stored here before the cursor was known */
+  early: PublishedFrame[]
+  reading: boolean
+  /** another catch-up was asked for while one ran */
+  again: boolean
+}
+
+export interface SessionFeedOptions {
+  /** events after `after`, oldest first (the event log's page) */
+  read: (sessionId: string, after: number, limit: number) => Promise<StoredEvent[]>
+  /** the last seq stored of each of these sessions (absent: none yet) */
+  lastSeqs: (sessionIds: string[]) => Promise<Map<string, number>>
+  logger: Log
+}
+
+/**
+ * The live events of the sessions watched on this instance, in seq order with no gap and no
+ * duplicate, whoever stored them: this instance's own commits arrive at once (publish), and
+ * another instance's are read from the table when it rings (or when a poll or a reconnection
+ * finds the table ahead). Each watched session has one cursor here, whatever the number of its
+ * subscribers: one read per session and notice. A frame that would skip a seq is not passed on;
+ * the gap is read from the table first. A subscriber waits for `ready` before reading its replay,
+ * so the replay covers everything up to the cursor and the feed everything after it.
+ */
+export class SessionFeed implements EventBus {
+  readonly #bus = new InProcessEventBus()
+  readonly #watched = new Map<string, Watched>()
+  readonly #o: SessionFeedOptions
+
+  constructor (opts: SessionFeedOptions) {
+    this.#o = opts
+  }
+
+  subscribe (sessionId: string, subscriber: Subscriber): () => void {
+    const unsubscribe = this.#bus.subscribe(sessionId, subscriber)
+    if (!this.#watched.has(sessionId)) this.#watch(sessionId)
+    return () => {
+      unsubscribe()
+      if (this.#bus.subscriberCount(sessionId) === 0) this.#watched.delete(sessionId)
+    }
+  }
+
+  /** Resolves once the session's cursor is known (subscribe first). */
+  async ready (sessionId: string): Promise<void> {
+    await this.#watched.get(sessionId)?.ready
+  }
+
+  subscriberCount (sessionId: string): number {
+    return this.#bus.subscriberCount(sessionId)
+  }
+
+  /** The sessions watched here: a poll checks whether the table is ahead of their cursors. */
+  watchedIds (): string[] {
+    return [...this.#watched.keys()]
+  }
+
+  #watch (sessionId: string): void {
+    const w: Watched = { cursor: undefined, ready: Promise.resolve(), early: [], reading: false, again: false }
+    this.#watched.set(sessionId, w)
+    w.ready = this.#o.lastSeqs([sessionId]).then((seqs) => {
+      w.cursor = seqs.get(sessionId) ?? 0
+      const early = w.early
+      w.early = []
+      for (const frame of early) this.#offer(sessionId, w, frame)
+      // a notice that came before the cursor was known was not acted on
+      this.catchUp(sessionId)
+    }, (err: Error) => {
+      // the subscriber's replay fails the same way and closes it
+      this.#watched.delete(sessionId)
+      throw err
+    })
+    w.ready.catch(() => {})
+  }
+
+  /** This instance stored an event: in order it goes straight out. */
+  publish (sessionId: string, frame: PublishedFrame): void {
+    const w = this.#watched.get(sessionId)
+    if (!w) return
+    if (w.cursor === undefined) {
+      w.early.push(frame)
+      return
+    }
+    this.#offer(sessionId, w, frame)
+  }
+
+  #offer (sessionId: string, w: Watched, frame: PublishedFrame): void {
+    const cursor = w.cursor!
+    if (frame.seq <= cursor) return
+    if (frame.seq === cursor + 1 && !w.reading) {
+      w.cursor = frame.seq
+      this.#bus.publish(sessionId, frame)
+      return
+    }
+    // something stored elsewhere comes before it: read the gap (this frame included) in order
+    this.catchUp(sessionId)
+  }
+
+  /** Another instance stored events of these sessions up to `last`. */
+  stored (sessionId: string, last: number): void {
+    const w = this.#watched.get(sessionId)
+    if (w?.cursor !== undefined && last > w.cursor) this.catchUp(sessionId)
+  }
+
+  /** Looks whether the table is ahead of any watched session's cursor (a notice lost, a reconnection). */
+  async checkAll (): Promise<void> {
+    const ids = this.watchedIds()
+    if (ids.length === 0) return
+    for (const [sessionId, last] of await this.#o.lastSeqs(ids)) this.stored(sessionId, last)
+  }
+
+  /** Reads what the table holds past the cursor and passes it on, in order. */
+  catchUp (sessionId: string): void {
+    const w = this.#watched.get(sessionId)
+    if (!w || w.cursor === undefined) return
+    if (w.reading) {
+      w.again = true
+      return
+    }
+    w.reading = true
+    this.#read(sessionId, w).catch((err: Error) => {
+      w.reading = false
+      this.#o.logger.warn({ err, sessionId }, 'catching up with the session\'s events failed: the next notice or poll tries again')
+    })
+  }
+
+  async #read (sessionId: string, w: Watched): Promise<void> {
+    for (;;) {
+      w.again = false
+      const page = await this.#o.read(sessionId, w.cursor!, FEED.page)
+      for (const e of page) {
+        if (e.seq !== w.cursor! + 1) break
+        w.cursor = e.seq
+        if (this.#watched.get(sessionId) === w) this.#bus.publish(sessionId, { seq: e.seq, bytes: Buffer.from(frameText(e)) })
+      }
+      // in the same tick as the check: a catch-up asked for after it starts a read of its own
+      if (page.length < FEED.page && !w.again) {
+        w.reading = false
+        return
+      }
+    }
+  }
+}
