@@ -7,7 +7,7 @@
  * - `startCluster(t)`: a database created from DATABASE_URL (which must be set: these tests are
  *   about PostgreSQL) and dropped in teardown; instances `A`, `B`, `C`… each with its own
  *   MOBVIBE_DATA_DIR, all with one MOBVIBE_WORKSPACE_ROOT and one CLAUDE_CONFIG_DIR, the fake CLI,
- *   AGENT_SANDBOX=none, INSTANCE_LEASE_SECONDS=3 and a short sweep. `cluster.sql` inspects the
+ *   AGENT_SANDBOX=none, INSTANCE_LEASE_SECONDS=4 and a short sweep. `cluster.sql` inspects the
  *   database; `restart(name)` starts an instance again on its own data directory; `add(name)` one
  *   more.
  * - `cluster.agentsOf(id)`: the live fake-CLI processes of a session (found by their
@@ -39,7 +39,7 @@ const FAKE_CLAUDE = fileURLToPath(new URL('../../test/fixtures/fake-claude.mjs',
 
 /** The numbers of the harness, named once. */
 export const HARNESS = {
-  leaseSeconds: 3,
+  leaseSeconds: 4,
   sweepIntervalMs: 100,
   killGraceMs: 500,
   /** how often the DoubleOwnerSampler looks */
@@ -362,6 +362,30 @@ export class Cluster {
   async waitReply (id: string, prompt: string, opts: { afterSeq?: number, timeoutMs?: number } = {}): Promise<Frame> {
     const frames = await this.waitEvents(id, `the reply to "${prompt}"`, (f) => f.some(isReplyTo(prompt)), opts)
     return frames.find(isReplyTo(prompt))!
+  }
+
+  /**
+   * Every instance's log lines about the session (its `sessionId`, or the `pid` or `pids` of one
+   * of its agents), in time order, one short line each (`12:01:02.345 A#2 warn agent crashed {…}`): what
+   * to read when a check about it failed.
+   */
+  logsAbout (sessionId: string, max = 40): string {
+    const levels: Record<number, string> = { 20: 'debug', 30: 'info', 40: 'warn', 50: 'error', 60: 'fatal' }
+    const all = [...this.instances.values()].flatMap((i) => i.incarnations.flatMap((s) => s.lines))
+    const agentPids = new Set(all.filter((l) => l.sessionId === sessionId && l.msg === 'agent started').map((l) => l.pid))
+    const lines: Array<{ time: string, text: string }> = []
+    for (const i of this.instances.values()) {
+      i.incarnations.forEach((s, n) => {
+        for (const l of s.lines) {
+          const pids = [l.pid, ...(Array.isArray(l.pids) ? l.pids : [])]
+          if (l.sessionId !== sessionId && !pids.some((p) => p !== undefined && agentPids.has(p))) continue
+          const { level, time, msg, service, sessionId: _id, ...rest } = l
+          const extra = JSON.stringify(rest)
+          lines.push({ time: String(time), text: `${String(time).slice(11, 23)} ${i.name}#${n + 1} ${levels[level ?? 30] ?? level} ${msg}${extra === '{}' ? '' : ` ${extra.slice(0, 300)}`}` })
+        }
+      })
+    }
+    return lines.sort((a, b) => a.time.localeCompare(b.time)).slice(-max).map((l) => l.text).join('\n')
   }
 
   // -------------------------------------------------------------------------------------------
