@@ -215,7 +215,9 @@ t.test('shutdown stops every agent; a start on the same data reaps orphans, susp
   await record(orphanSession, orphan.pid, orphan.startTime)
   // a recorded agent that is gone, whose escaped descendant still carries its marker
   const escapedSession = randomUUID()
-  const escaped = await sleep({ MOBVIBE_AGENT_SESSION: escapedSession })
+  const escaped = await sleep({ MOBVIBE_AGENT_SESSION: escapedSession, MOBVIBE_AGENT_HOME: first.config.dataDir })
+  // the same session's agent started by another instance on this host (a failover): not this one's to end
+  const elsewhere = await sleep({ MOBVIBE_AGENT_SESSION: escapedSession, MOBVIBE_AGENT_HOME: '/another/instance/data' })
   const gone = await sleep({})
   gone.proc.kill('SIGKILL')
   await once(gone.proc, 'exit')
@@ -240,6 +242,7 @@ t.test('shutdown stops every agent; a start on the same data reaps orphans, susp
   }
   t.ok(await isRunning(reused.pid), 'a pid with another start time is not signalled')
   t.ok(await isRunning(stranger.pid), 'a pid without our marker is not signalled')
+  t.ok(await isRunning(elsewhere.pid), 'a process of the session started by another instance (another data directory) is not signalled')
   t.same(await readdir(agentsDir), [], 'the records are cleared')
 
   t.equal(app.agents.liveCount, 0, 'no agent started')
@@ -247,12 +250,12 @@ t.test('shutdown stops every agent; a start on the same data reaps orphans, susp
   t.equal(states[idle.id]!.state, 'suspended')
   t.equal(states[busy.id]!.state, 'suspended')
   t.equal(states[busy.id]!.busy, false, 'no longer busy')
-  t.equal(states[bare.id]!.state, 'suspended', 'active with no process: suspended at start-up')
+  t.equal(states[bare.id]!.state, 'suspended', 'active with no process: suspended too')
   t.equal(states[pending.id]!.state, 'pending', 'pending stays pending')
   const reasons = async (id: string) => (await call(app, 'GET', `/v1/sessions/${id}/history`)).body.items.map((h: { reason: string }) => h.reason)
   t.equal((await reasons(idle.id)).at(-1), 'shutdown')
   t.equal((await reasons(busy.id)).at(-1), 'shutdown')
-  t.equal((await reasons(bare.id)).at(-1), 'restart')
+  t.equal((await reasons(bare.id)).at(-1), 'shutdown', 'the shutdown hands back every session the instance owned, with a process or not')
   for (const id of ids) t.same(await markedPids(id), [], 'nothing started before a message')
 
   // a message resumes with memory

@@ -47,7 +47,7 @@ t.test('state events are recorded by the events layer, with no agent side at all
 t.test('the supervisor\'s turn store writes turn facts only: no state, no settings', async (t) => {
   const { app } = await build(t)
   t.same(Object.keys(app.turns).sort(), [
-    'addTurnUsage', 'agentGone', 'agentStart', 'agentsGone', 'claimBusy', 'recordActivity', 'releaseBusy', 'startNewConversation'
+    'addTurnUsage', 'agentGone', 'agentStart', 'claimBusy', 'recordActivity', 'releaseBusy', 'startNewConversation'
   ])
   // @ts-expect-error the type has no way to change a session's state
   t.equal(app.turns.transition, undefined)

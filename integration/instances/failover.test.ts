@@ -88,7 +88,9 @@ t.test('SIGTERM of A hands its sessions back at once; a message on B resumes wit
   t.same(exit, { code: 0, signal: null }, 'A exits 0')
   const row = await cluster.session(id)
   t.equal(row.state, 'suspended', 'suspended as A exits')
-  t.equal(row.worker_id, null, 'worker_id null: owned by nobody')
+  t.equal(await cluster.workerOf(id), undefined, 'owned by nobody')
+  const [stopped] = await cluster.sql`select stopped_at from service_instances where id = ${String(row.worker_id)}`
+  t.ok(stopped?.stopped_at, 'A\'s row is stopped: nobody waits for its lease')
   t.match((await cluster.transitions(id)).at(-1), { from_state: 'active', to_state: 'suspended', reason: 'shutdown' }, 'reason shutdown')
   t.same(await cluster.agentsOf(id), [], 'A stopped its agent')
 

@@ -297,11 +297,12 @@ export class Cluster {
 
   /**
    * The instance (its name) that owns the session by its `worker_id`, and which incarnation of it
-   * ('A#2': the second process on A's data directory); undefined when nobody owns it.
+   * ('A#2': the second process on A's data directory); undefined when nobody owns it. Only an
+   * active session is owned: `worker_id` of any other names the last claim, kept to fence it.
    */
   async workerOf (id: string): Promise<string | undefined> {
     const row = await this.session(id)
-    if (!row.worker_id) return undefined
+    if (row.state !== 'active' || !row.worker_id) return undefined
     const [inst] = await this.sql`select pid, data_dir from service_instances where id = ${row.worker_id}`.catch(noInstanceTable)
     if (!inst) return `unknown instance ${row.worker_id}`
     for (const i of this.instances.values()) {

@@ -258,6 +258,7 @@ export class AgentPool<A extends PooledAgent> {
         permissionMode: opts.permissionMode,
         conversation: opts.conversation,
         parentEnv: this.#env,
+        home: this.#o.config.dataDir,
         stateDir,
         tmpDir
       })

@@ -6,7 +6,7 @@ import { setTimeout as delay } from 'node:timers/promises'
 import type { Log } from '../logger.js'
 import type { StopReason } from '../domain/stop-reasons.js'
 import { findByEnvMarker, signal } from '../system/proc.js'
-import { AGENT_MARKER, type ClaudeCommand } from './claude-command.js'
+import { AGENT_HOME_MARKER, AGENT_MARKER, type ClaudeCommand } from './claude-command.js'
 
 export interface AgentExit {
   code: number | null
@@ -189,7 +189,9 @@ export class AgentProcess extends EventEmitter<AgentProcessEvents> {
   }
 
   async #killEscaped (): Promise<void> {
-    const pids = await findByEnvMarker(AGENT_MARKER, this.sessionId)
+    // only this service's: another instance on the host may run the session's agent by now
+    const home = this.#cmd.env[AGENT_HOME_MARKER]
+    const pids = await findByEnvMarker(AGENT_MARKER, this.sessionId, home === undefined ? undefined : { name: AGENT_HOME_MARKER, value: home })
     for (const pid of pids) {
       this.#log.info({ pid }, 'ending a descendant that escaped the agent\'s process group')
       signal(pid, 'SIGKILL')

@@ -163,7 +163,10 @@ export class AgentSupervisor extends EventEmitter<SupervisorEvents> {
       send: (sessionId, message) => this.#pool.get(sessionId)?.proc.send(message) ?? false,
       onAsk: (sessionId, kind, seq) => this.#attention(sessionId, kind, seq)
     })
-    opts.manager.on('settings', (e) => this.#applySettings(e))
+    opts.manager.on('settings', (e) => {
+      if (this.#pool.get(e.sessionId)) this.#applySettings(e)
+      else this.#tellOwner(e.sessionId)
+    })
     // a session that ends holds nothing any more
     opts.manager.on('transitions', (events) => {
       for (const e of events) if (isTerminal(e.to)) this.#held.delete(e.sessionId)
@@ -264,6 +267,15 @@ export class AgentSupervisor extends EventEmitter<SupervisorEvents> {
       return
     }
     await this.#o.cluster.doorbell.control(worker, { op: 'sync', sid: sessionId })
+  }
+
+  /** The session changed here, and its agent may run on another instance: that one is nudged. */
+  #tellOwner (sessionId: string): void {
+    this.#o.manager.find(sessionId).then(async (row) => {
+      if (row?.state === 'active' && row.workerId !== null && row.workerId !== this.#me) {
+        await this.#o.cluster.doorbell.control(row.workerId, { op: 'sync', sid: sessionId })
+      }
+    }).catch((err: Error) => this.#log.warn({ err, sessionId }, 'telling the session\'s owner failed'))
   }
 
   #onControlMessage (m: ControlMessage): void {

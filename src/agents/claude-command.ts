@@ -2,6 +2,11 @@ import type { Config } from '../config.js'
 
 /** Names the session in every agent's environment, to find its descendants that escaped. */
 export const AGENT_MARKER = 'MOBVIBE_AGENT_SESSION'
+/**
+ * Names the data directory of the service that started the agent: several instances on one host
+ * run agents of the same session one after another (a failover), and each may end only its own.
+ */
+export const AGENT_HOME_MARKER = 'MOBVIBE_AGENT_HOME'
 
 export interface ClaudeCommand {
   bin: string
@@ -24,6 +29,8 @@ export function claudeCommand (opts: {
   permissionMode: string | null
   conversation: Conversation
   parentEnv: NodeJS.ProcessEnv
+  /** the service's data directory (AGENT_HOME_MARKER) */
+  home?: string
   /** the service runs as root (the CLI then refuses --allow-dangerously-skip-permissions unless IS_SANDBOX=1 reaches it) */
   asRoot?: boolean
   /** the session's own CLAUDE_CONFIG_DIR (agent-state.ts); default: the agents' state root (the bench runs the CLI so) */
@@ -65,5 +72,6 @@ export function claudeCommand (opts: {
   env.CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC = '1'
   env.DISABLE_AUTOUPDATER = '1'
   env[AGENT_MARKER] = opts.sessionId
+  if (opts.home !== undefined) env[AGENT_HOME_MARKER] = opts.home
   return { bin: agent.bin, args, env }
 }

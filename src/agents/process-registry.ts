@@ -2,7 +2,7 @@ import { mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import type { Log } from '../logger.js'
 import { findByEnvMarker, isSameProcess, processStartTime, signal } from '../system/proc.js'
-import { AGENT_MARKER } from './claude-command.js'
+import { AGENT_HOME_MARKER, AGENT_MARKER } from './claude-command.js'
 
 interface ProcessRecord {
   sessionId: string
@@ -18,8 +18,10 @@ export class ProcessRegistry {
   readonly #dir: string
   readonly #log: Log
 
+  readonly #dataDir: string
   constructor (opts: { dataDir: string, logger: Log }) {
     this.#dir = join(opts.dataDir, 'agents')
+    this.#dataDir = opts.dataDir
     this.#log = opts.logger
   }
 
@@ -53,7 +55,8 @@ export class ProcessRegistry {
           signal(rec.pid, 'SIGKILL')
           ended.push(rec.pid)
         }
-        for (const pid of await findByEnvMarker(AGENT_MARKER, rec.sessionId)) {
+        // this data directory's only: another instance on the host may run the session's agent by now
+        for (const pid of await findByEnvMarker(AGENT_MARKER, rec.sessionId, { name: AGENT_HOME_MARKER, value: this.#dataDir })) {
           signal(pid, 'SIGKILL')
           ended.push(pid)
         }

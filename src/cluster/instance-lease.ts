@@ -37,6 +37,8 @@ export class InstanceLease extends EventEmitter<InstanceLeaseEvents> {
   #timer: NodeJS.Timeout | undefined
   #fenceTimer: NodeJS.Timeout | undefined
   #closed = false
+  /** the id this instance lost, until it is registered again */
+  #lost: string | null = null
 
   constructor (opts: { repo: InstanceRepository, dataDir: string, leaseSeconds: number, logger: Log }) {
     super()
@@ -97,6 +99,9 @@ export class InstanceLease extends EventEmitter<InstanceLeaseEvents> {
     try {
       if (this.#id === null) {
         const id = await this.#register()
+        // the lost id is dead for good: its sessions may be taken over now, not after its lease
+        if (this.#lost !== null) await this.#repo.stop(this.#lost)
+        this.#lost = null
         this.emit('registered', { id })
         return
       }
@@ -129,6 +134,7 @@ export class InstanceLease extends EventEmitter<InstanceLeaseEvents> {
     const id = this.#id
     if (id === null) return
     this.#id = null
+    this.#lost = id
     clearTimeout(this.#fenceTimer)
     this.#log.error({ instanceId: id, why }, 'instance lease lost: its agents are stopped and it owns nothing until it registers again')
     this.emit('lost', { id, why })

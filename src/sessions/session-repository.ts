@@ -352,10 +352,6 @@ export function createSessionRepository (db: Database, opts: SessionRepositoryOp
     select cur.agent_worker as other, exists (select 1 from moved) as started from cur`)
   const agentGoneStmt = prepareSql(db, 'session_agent_gone', sql`
     update sessions set agent_worker = null where id = ${p('id')}::uuid and agent_worker = ${p('me')}::uuid`)
-  // what says an agent runs here that does not (an exit whose write was lost)
-  const agentsGoneStmt = prepareSql(db, 'session_agents_gone', sql`
-    update sessions set agent_worker = null
-    where agent_worker = any(${p('workers')}::uuid[]) and not (id = any(${p('running')}::uuid[]))`)
   // the sessions an instance owns, with whether their queue holds a message the agent has not taken up
   const ownedStmt = prepareSql(db, 'sessions_owned', sql`
     select s.id, s.worker_epoch, exists (
@@ -592,11 +588,6 @@ export function createSessionRepository (db: Database, opts: SessionRepositoryOp
 
     async agentGone (id: string, me: string): Promise<void> {
       await agentGoneStmt.execute({ id, me })
-    },
-
-    /** Clears the agents recorded on these instances except the sessions running ones (`running`). */
-    async agentsGone (workers: string[], running: string[]): Promise<void> {
-      await agentsGoneStmt.execute({ workers, running })
     },
 
     async ownedBy (me: string): Promise<{ id: string, epoch: number, queued: boolean }[]> {

@@ -18,8 +18,6 @@ export interface TurnStore {
   /** Records that the agent of claim `fence` runs here; false while another instance still runs one (`other`). */
   agentStart (id: string, fence: Fence): Promise<{ started: boolean, other: string | null }>
   agentGone (id: string, worker: string): Promise<void>
-  /** Whatever says an agent runs on these instances, except in the sessions given, is cleared. */
-  agentsGone (workers: string[], running: string[]): Promise<void>
   startNewConversation (id: string): Promise<void>
 }
 
@@ -31,7 +29,6 @@ export function createTurnStore (repo: SessionRepository): TurnStore {
     recordActivity: (id, at) => repo.recordActivity(id, at),
     agentStart: (id, fence) => repo.agentStart(id, fence.worker, fenceKey(fence)),
     agentGone: (id, worker) => repo.agentGone(id, worker),
-    agentsGone: (workers, running) => repo.agentsGone(workers, running),
     startNewConversation: (id) => repo.startNewConversation(id)
   }
 }

@@ -32,12 +32,13 @@ async function environHas (pid: number, entry: Buffer): Promise<boolean> {
 }
 
 /** Live processes whose environment holds `name=value` (ours only: others' environ is unreadable). */
-export async function findByEnvMarker (name: string, value: string): Promise<number[]> {
+export async function findByEnvMarker (name: string, value: string, also?: { name: string, value: string }): Promise<number[]> {
   const entry = Buffer.from(`${name}=${value}`)
+  const second = also ? Buffer.from(`${also.name}=${also.value}`) : undefined
   const pids = (await readdir('/proc')).filter((d) => /^\d+$/.test(d)).map(Number).filter((pid) => pid !== process.pid)
   const found: number[] = []
   await Promise.all(pids.map(async (pid) => {
-    if (await environHas(pid, entry) && await processStartTime(pid) !== null) found.push(pid)
+    if (await environHas(pid, entry) && (!second || await environHas(pid, second)) && await processStartTime(pid) !== null) found.push(pid)
   }))
   return found
 }
