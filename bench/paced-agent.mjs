@@ -13,7 +13,9 @@
  *       time), one at a time: each waits for its `control_response` on stdin, then <pause_ms>;
  *       the result lists when each answer was read (`bench_answers`)
  *
- * Any other prompt gets one short assistant line. Every result carries its own write time `t`.
+ * Any other prompt gets one short assistant line. Every result carries its own write time `t`, and
+ * `bench_read`: when the turn's user message was read on stdin (the multi-instance figures time a
+ * message from its POST to the agent with it).
  * Times of the asks and results are wall-clock ms with sub-ms precision (performance.timeOrigin +
  * performance.now()), comparable across the processes of the machine to a few µs.
  * Only node: built-ins; no transcript is kept (a resume always succeeds), so start-up is as short
@@ -105,7 +107,7 @@ async function lines (turn, count, bytes, rate, seconds) {
   return i
 }
 
-async function runTurn (message) {
+async function runTurn ({ message, readAt }) {
   const started = Date.now()
   const turn = { aborted: false }
   running = turn
@@ -143,6 +145,7 @@ async function runTurn (message) {
     usage: { input_tokens: 1, output_tokens: 1, cache_read_input_tokens: 0, cache_creation_input_tokens: 0 },
     uuid: uuid(),
     ...(benchAnswers ? { bench_answers: benchAnswers } : {}),
+    bench_read: readAt,
     t: wallMs()
   })
   running = undefined
@@ -173,7 +176,7 @@ async function onLine (line) {
     return exit(1)
   }
   if (message.type === 'user') {
-    queue.push(message)
+    queue.push({ message, readAt })
     pump()
   } else if (message.type === 'control_request') {
     await emit({ type: 'control_response', response: { subtype: 'success', request_id: message.request_id } })

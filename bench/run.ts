@@ -3,7 +3,8 @@
 // agents section (fake agents and WebSocket clients; raw `ws` servers, a raw spawn).
 // Knobs: BENCH_SECTIONS=lifecycle,agents, BENCH_DURATION_S, BENCH_WARMUP_S, BENCH_CONNECTIONS,
 // BENCH_ONLY=postgres|pglite, BENCH_DATABASE_URL, BENCH_SESSIONS, BENCH_SWEEP_SESSIONS,
-// DATABASE_POOL_SIZE, BENCH_LOG_LEVEL, and the agents section's (see README.md).
+// DATABASE_POOL_SIZE, BENCH_LOG_LEVEL, and the agents section's (see README.md); on Postgres the
+// agents section also runs three instances on one database (BENCH_AGENT_FIGURES=instances).
 import { mkdtemp, rm } from 'node:fs/promises'
 import { cpus, loadavg, tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -11,6 +12,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import { AGENT_FIGURES, AgentsSection, type AgentFigure } from './agents.js'
 import { bareServer, listen, pgbenchHeartbeat, rawPostgresServer } from './anchors.js'
 import { Closers } from './closers.js'
+import { INSTANCES_FIGURE, instancesFigures, type InstancesSettings } from './instances.js'
 import { LoadDriver, combine, type LoadRequest, type LoadSummary } from './load.js'
 import { Report, fmt, type Db } from './report.js'
 import { BENCH_AUTH, ID_PREFIX, createDatabase, expirySweep, requests, seedSessions, startService } from './scenarios.js'
@@ -47,13 +49,14 @@ const settings = {
   sections
 }
 const durationS = settings.durationS
-const figures = (env.BENCH_AGENT_FIGURES ?? AGENT_FIGURES.join(',')).split(',').map((x) => x.trim()).filter(Boolean)
+const KNOWN_FIGURES: readonly string[] = [...AGENT_FIGURES, INSTANCES_FIGURE]
+const figures = (env.BENCH_AGENT_FIGURES ?? KNOWN_FIGURES.join(',')).split(',').map((x) => x.trim()).filter(Boolean)
 for (const name of figures) {
-  if (!(AGENT_FIGURES as readonly string[]).includes(name)) throw new Error(`BENCH_AGENT_FIGURES: unknown figure ${JSON.stringify(name)} (known: ${AGENT_FIGURES.join(', ')})`)
+  if (!KNOWN_FIGURES.includes(name)) throw new Error(`BENCH_AGENT_FIGURES: unknown figure ${JSON.stringify(name)} (known: ${KNOWN_FIGURES.join(', ')})`)
 }
 /** The agents section's knobs (README.md) */
 const agentSettings = {
-  figures: figures as AgentFigure[],
+  figures: figures.filter((f): f is AgentFigure => (AGENT_FIGURES as readonly string[]).includes(f)),
   durationS,
   warmupS: settings.warmupS,
   poolSize: settings.poolSize,
@@ -71,6 +74,20 @@ const agentSettings = {
   phoneAsks: Math.round(num('BENCH_PHONE_ASKS', 200)),
   pushTurns: Math.round(num('BENCH_PUSH_TURNS', 20))
 }
+/** Three instances on one Postgres database (instances.ts): the agents section's last figure there */
+const instancesSettings: InstancesSettings | undefined = figures.includes(INSTANCES_FIGURE)
+  ? {
+      pgBase: settings.pgBase,
+      sessions: Math.round(num('BENCH_INSTANCE_SESSIONS', 10)),
+      streamRate: agentSettings.streamRate,
+      lineBytes: agentSettings.lineBytes,
+      durationS,
+      warmupS: settings.warmupS,
+      messages: Math.round(num('BENCH_INSTANCE_MESSAGES', 100)),
+      poolSize: settings.poolSize,
+      logLevel: settings.logLevel
+    }
+  : undefined
 if (settings.only !== undefined && settings.only !== 'postgres' && settings.only !== 'pglite') {
   throw new Error(`BENCH_ONLY must be postgres or pglite, got ${JSON.stringify(settings.only)}`)
 }
@@ -266,6 +283,17 @@ async function agentsSection (db: Db, clients: StreamClients): Promise<void> {
   }
 }
 
+/** Three instances on a database of their own (Postgres only). */
+async function instancesSection (s: InstancesSettings): Promise<void> {
+  console.log('\n## postgres: three instances on one database')
+  const closers = new Closers()
+  try {
+    await instancesFigures({ settings: s, report, closers })
+  } finally {
+    await closers.closeAll()
+  }
+}
+
 const loadAverage = () => loadavg().map((n) => n.toFixed(2)).join(' ')
 
 async function main (): Promise<number> {
@@ -273,12 +301,17 @@ async function main (): Promise<number> {
   console.log('# MobVibe session service benchmark')
   console.log(`${cpus().length} cores, Node ${process.version}; autocannon ${connections} connections, ${durationS} s per figure ` +
     `(+${warmupS} s warm-up), DATABASE_POOL_SIZE=${poolSize}, ${fmt.int(settings.sessions)} seeded sessions`)
-  if (settings.sections.includes('agents')) {
+  if (settings.sections.includes('agents') && agentSettings.figures.length > 0) {
     const a = agentSettings
     console.log(`agents: ${fmt.int(a.lineBytes)} B lines; latency at ${fmt.int(a.streamRate)} lines/s; floods of ${fmt.int(a.floodLines)} lines (1 subscriber) ` +
       `and ${fmt.int(a.fanoutLines)} lines (${a.subscribers} subscribers); ${a.liveAgents} live agents at ${a.agentRate ? `${a.agentRate} lines/s each (then flooding, info)` : 'full speed'}, ` +
       `heartbeats at ${a.heartbeatRate}/s; ${a.resumes} resumes; ${fmt.int(a.suspended)} suspended sessions; ` +
       `${fmt.int(a.phoneAsks)} permission asks; ${fmt.int(a.pushTurns)} pushed turns per push figure`)
+  }
+  if (settings.sections.includes('agents') && instancesSettings) {
+    const i = instancesSettings
+    console.log(`instances (Postgres): A, B, C on one database; ${i.sessions} sessions streaming ${fmt.int(i.streamRate)} lines/s in all; ` +
+      `${i.messages} messages through a non-owner; a kill -9 failover`)
   }
   console.log(`load average at start: ${loadAverage()} (other work on the machine skews every figure)`)
   let crashed = false
@@ -289,10 +322,21 @@ async function main (): Promise<number> {
       for (const name of settings.sections) {
         try {
           if (name === 'lifecycle') await section(db)
-          else await agentsSection(db, clients ??= new StreamClients(BENCH_AUTH))
+          else if (agentSettings.figures.length > 0) await agentsSection(db, clients ??= new StreamClients(BENCH_AUTH))
         } catch (err) {
           crashed = true
           console.error(`\n${db} ${name} section failed:`, err)
+        }
+        if (name !== 'agents' || !instancesSettings) continue
+        if (db !== 'postgres') {
+          console.log('\n(instances: PostgreSQL only, not on pglite)')
+          continue
+        }
+        try {
+          await instancesSection(instancesSettings)
+        } catch (err) {
+          crashed = true
+          console.error('\npostgres instances figures failed:', err)
         }
       }
     }
