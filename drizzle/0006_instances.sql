@@ -12,5 +12,5 @@ CREATE TABLE "service_instances" (
 ALTER TABLE "sessions" ADD COLUMN "worker_id" uuid;--> statement-breakpoint
 ALTER TABLE "sessions" ADD COLUMN "worker_epoch" bigint DEFAULT 0 NOT NULL;--> statement-breakpoint
 ALTER TABLE "sessions" ADD COLUMN "agent_worker" uuid;--> statement-breakpoint
-CREATE INDEX "service_instances_data_dir_idx" ON "service_instances" USING btree ("host","data_dir");--> statement-breakpoint
-CREATE INDEX "sessions_worker_idx" ON "sessions" USING btree ("worker_id") WHERE worker_id is not null;
+CREATE INDEX "sessions_worker_idx" ON "sessions" USING btree ("worker_id") WHERE worker_id is not null;--> statement-breakpoint
+CREATE INDEX "sessions_agent_worker_idx" ON "sessions" USING btree ("agent_worker") WHERE agent_worker is not null;

@@ -569,6 +569,7 @@ t.test('the agent gets an allow-listed environment and runs in the session\'s wo
       const env = await environOf(cli)
       const stateDir = agentStateDir(config.agent.configDir, TEST_USER, s.id)
       t.equal(env.get('MOBVIBE_AGENT_SESSION'), s.id, 'the session marker')
+      t.equal(env.get('MOBVIBE_AGENT_HOME'), config.dataDir, 'the instance marker: its data directory')
       t.equal(env.get('CLAUDE_CONFIG_DIR'), stateDir, 'the session\'s own state dir')
       if (mode === 'bwrap') {
         t.equal(env.get('HOME'), await realpath(stateDir), 'HOME: the state dir (the service user\'s home is hidden)')
@@ -584,7 +585,7 @@ t.test('the agent gets an allow-listed environment and runs in the session\'s wo
       const settings = Object.keys(EnvSchema.properties).filter((name) => name !== 'CLAUDE_CONFIG_DIR')
       t.same(settings.filter((name) => env.has(name)), [], 'no service setting')
       const allowed = new Set(['PATH', 'HOME', 'LANG', 'CLAUDE_CONFIG_DIR', 'CLAUDE_CODE_TMPDIR', 'CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC',
-        'DISABLE_AUTOUPDATER', 'MOBVIBE_AGENT_SESSION', 'ANTHROPIC_API_KEY', 'MOBVIBE_TEST_PASSED'])
+        'DISABLE_AUTOUPDATER', 'MOBVIBE_AGENT_SESSION', 'MOBVIBE_AGENT_HOME', 'ANTHROPIC_API_KEY', 'MOBVIBE_TEST_PASSED'])
       // tap's process-info hook patches child_process.spawn and adds these to every child's environment
       const harness = (e: Map<string, string>, k: string) => k.startsWith('_TAPJS_PROCESSINFO_') || (k === 'NODE_OPTIONS' && e.get(k)!.includes('@tapjs/processinfo'))
       const beyond = (e: Map<string, string>) => [...e.keys()].filter((k) => !allowed.has(k) && !harness(e, k))

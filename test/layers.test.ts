@@ -7,6 +7,7 @@ import t from 'tap'
 import { loadConfig } from '../src/config.js'
 import { MIGRATIONS_FOLDER } from '../src/db/database.js'
 import { createLogger } from '../src/logger.js'
+import cluster from '../src/plugins/cluster.js'
 import database from '../src/plugins/database.js'
 import events from '../src/plugins/events.js'
 import sessions from '../src/plugins/sessions.js'
@@ -25,6 +26,7 @@ t.test('state events are recorded by the events layer, with no agent side at all
   // as src/app.ts: PGlite's first start on a busy machine takes longer than Fastify's default 10 s
   const app = Fastify({ loggerInstance: createLogger(config), pluginTimeout: 120_000 })
   await app.register(database, { config })
+  await app.register(cluster, { config })
   await app.register(sessions, { config })
   await app.register(events, {})
   await app.ready()
@@ -47,7 +49,7 @@ t.test('state events are recorded by the events layer, with no agent side at all
 t.test('the supervisor\'s turn store writes turn facts only: no state, no settings', async (t) => {
   const { app } = await build(t)
   t.same(Object.keys(app.turns).sort(), [
-    'addTurnUsage', 'agentGone', 'agentStart', 'claimBusy', 'recordActivity', 'releaseBusy', 'startNewConversation'
+    'addTurnUsage', 'agentGone', 'agentStart', 'agentsGoneExcept', 'claimBusy', 'recordActivity', 'releaseBusy', 'startNewConversation'
   ])
   // @ts-expect-error the type has no way to change a session's state
   t.equal(app.turns.transition, undefined)

@@ -111,6 +111,8 @@ t.test('kill -9 of A mid-turn: its agents die, B takes the session over after th
   await upA()
   const { id } = await sessionOn(A, 'before the crash')
   t.teardown(() => { if (!t.passing()) t.comment(`what the instances logged about the session:\n${cluster.logsAbout(id)}`) })
+  // a second session of A's, idle: a message reaches it while A's lease still runs
+  const { id: idle } = await sessionOn(A, 'idle before the crash')
   const viewer = await Viewer.open(t, cluster, id, C)
   const { seq } = await send(A, id, '/slow 60000 mid turn')
   await cluster.waitEvents(id, 'the slow turn started', (f) => f.some(isInit), { afterSeq: seq })
@@ -124,7 +126,13 @@ t.test('kill -9 of A mid-turn: its agents die, B takes the session over after th
     t.pass(`no agent of the session left ${Date.now() - killedAt} ms after the kill (bound: lease/2 + 2 s)`)
   }
 
+  // sent while the dead A still holds its lease: stored, and delivered once the lease has run out
+  const { seq: earlySeq } = await send(C, idle, 'while the lease runs')
   await leaseOver(dead, 'A\'s lease to run out')
+  const early = await soft(t, cluster.waitReply(idle, 'while the lease runs', { afterSeq: earlySeq, timeoutMs: 20_000 }))
+  const earlyMs = Date.now() - killedAt
+  t.equal(early?.data.result, 'echo: while the lease runs | remembered: idle before the crash', `the message sent during A's lease was answered ${earlyMs} ms after the kill (lease ${LEASE_MS} ms), with the conversation's memory`)
+  t.equal(await workerLost(idle), '', 'that session too: active → suspended (worker lost) → active')
   const { seq: afterSeq } = await send(B, id, 'after the crash')
   const reply = await soft(t, cluster.waitReply(id, 'after the crash', { afterSeq, timeoutMs: 20_000 }))
   t.equal(reply?.data.result, 'echo: after the crash | remembered: before the crash / mid turn', 'the conversation went on, the cut turn included')

@@ -35,6 +35,8 @@ export interface AgentPoolOptions {
    * the instance lease, so that they are gone before another instance takes their sessions over.
    */
   watchdogMs: number
+  /** the watchdog is fed only while this holds (the instance's lease is fresh) */
+  watchdogWhile?: () => boolean
   logger: Log
   /**
    * Suspends a session to make room (through the lifecycle manager); its agent's exit frees a
@@ -93,6 +95,7 @@ export class AgentPool<A extends PooledAgent> {
     this.#slots = new AgentSlots(opts.config.agent.maxLive)
     this.#watchdog = new AgentWatchdog({
       timeoutMs: opts.watchdogMs,
+      ...(opts.watchdogWhile ? { beatWhile: opts.watchdogWhile } : {}),
       logger: opts.logger.child({ component: 'agent-watchdog' }),
       path: this.#env.PATH
     })

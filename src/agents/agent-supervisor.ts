@@ -88,9 +88,11 @@ export interface AgentSupervisorOptions {
   registry: ProcessRegistry
   /** this instance's lease, and how it reaches the others */
   cluster: {
-    lease: Pick<InstanceLease, 'id' | 'on'>
+    lease: Pick<InstanceLease, 'id' | 'on' | 'fresh'>
     doorbell: Pick<Doorbell, 'control' | 'on' | 'shared'>
     isLive: (instanceId: string) => Promise<boolean>
+    /** another live instance, to hand sessions to at shutdown */
+    livePeer: (me: string) => Promise<string | null>
   }
   logger: Log
   parentEnv?: NodeJS.ProcessEnv
@@ -137,6 +139,10 @@ export class AgentSupervisor extends EventEmitter<SupervisorEvents> {
   readonly #permissions: PermissionBroker
   #closing = false
   #ownedPoll: NodeJS.Timeout | undefined
+  /** deliveries asked for while this instance had no lease: tried again once it has one */
+  readonly #deferred = new Set<string>()
+  /** sessions with a delivery queued on the mutex and not started yet: one is enough */
+  readonly #kicks = new Set<string>()
 
   constructor (opts: AgentSupervisorOptions) {
     super()
@@ -147,6 +153,7 @@ export class AgentSupervisor extends EventEmitter<SupervisorEvents> {
       config: opts.config,
       registry: opts.registry,
       watchdogMs: opts.config.instance.leaseSeconds * 500,
+      watchdogWhile: () => opts.cluster.lease.fresh(),
       logger: opts.logger,
       evict: (id) => this.#evict(id),
       ...(opts.parentEnv ? { parentEnv: opts.parentEnv } : {})
@@ -169,14 +176,16 @@ export class AgentSupervisor extends EventEmitter<SupervisorEvents> {
     })
     // a session that ends holds nothing any more
     opts.manager.on('transitions', (events) => {
-      for (const e of events) if (isTerminal(e.to)) this.#held.delete(e.sessionId)
+      for (const e of events) if (isTerminal(e.to) || e.from === 'active') this.#held.delete(e.sessionId)
       // a dead instance's sessions: what its agents asked can no longer be answered, and what
       // waits in their queues (sent while the owner was dying) is delivered from here
       const orphans = events.filter((e) => e.reason === ORPHANED).map((e) => e.sessionId)
       if (orphans.length > 0) this.#adoptOrphans(orphans)
     })
     opts.manager.on('transition', (e) => {
-      if (isTerminal(e.to)) this.#held.delete(e.sessionId)
+      // what an interrupt held waits for the next message; a session that leaves active gets
+      // everything queued with its next message anyway (or its resume, or restart)
+      if (isTerminal(e.to) || e.from === 'active') this.#held.delete(e.sessionId)
       // messages a pause kept are delivered after the resume, in order (a resume is the user's
       // go-ahead, an interrupt's hold included). The pause may have been made on another instance:
       // any resume looks at the queue
@@ -188,7 +197,12 @@ export class AgentSupervisor extends EventEmitter<SupervisorEvents> {
     })
     opts.cluster.doorbell.on('control', (m) => this.#onControlMessage(m))
     opts.cluster.lease.on('lost', () => this.#leaseLost())
-    opts.cluster.lease.on('registered', () => { this.#pollOwned() })
+    opts.cluster.lease.on('registered', () => {
+      const deferred = [...this.#deferred]
+      this.#deferred.clear()
+      for (const id of deferred) this.#kick(id)
+      this.#pollOwned()
+    })
   }
 
   get #me (): string | null {
@@ -211,7 +225,8 @@ export class AgentSupervisor extends EventEmitter<SupervisorEvents> {
     if (reaped.length > 0) this.#log.warn({ pids: reaped }, 'ended agent processes left by a previous run')
     const suspended = await this.#o.manager.takeOver(previous)
     if (suspended.length > 0) this.#log.info({ count: suspended.length }, 'sessions active at the last stop are now suspended')
-    const cancelled = await this.#permissions.cancelOpenOf(suspended, 'restart')
+    // alone on the database (PGlite), whatever is open was left by a previous run
+    const cancelled = await this.#permissions.cancelOpenOf(this.#o.cluster.doorbell.shared ? suspended : 'all', 'restart')
     if (cancelled > 0) this.#log.info({ sessions: cancelled }, 'permission requests open at the last stop are now cancelled')
     this.#schedulePoll()
   }
@@ -232,15 +247,22 @@ export class AgentSupervisor extends EventEmitter<SupervisorEvents> {
   #pollOwned (): void {
     const me = this.#me
     if (me === null || this.#closing) return
-    this.#o.manager.ownedBy(me).then((owned) => {
-      const claims = new Map(owned.map((o) => [o.id, o]))
-      for (const id of this.#pool.ids()) {
-        const live = this.#pool.get(id)
-        const claim = claims.get(id)
-        if (live && live.phase !== 'leaving' && claim?.epoch !== live.fence.epoch) this.#sync(id)
-      }
-      for (const o of owned) if (o.queued && !this.#pool.get(o.id)?.inflight) this.#kick(o.id)
-    }).catch((err: Error) => this.#log.warn({ err }, 'checking the owned sessions failed'))
+    const running = this.#pool.ids()
+    Promise.all([
+      this.#o.manager.ownedBy(me).then((owned) => {
+        const claims = new Map(owned.map((o) => [o.id, o]))
+        for (const id of running) {
+          const live = this.#pool.get(id)
+          const claim = claims.get(id)
+          if (live && live.phase !== 'leaving' && claim?.epoch !== live.fence.epoch) this.#sync(id)
+        }
+        for (const o of owned) if (o.queued && !this.#pool.get(o.id)?.inflight) this.#kick(o.id)
+      }),
+      // an agent's end whose record was lost would keep other instances from starting one
+      this.#o.turns.agentsGoneExcept(me, running),
+      // an answer given elsewhere whose notice was lost
+      this.#permissions.reconcile(running)
+    ]).catch((err: Error) => this.#log.warn({ err }, 'checking the owned sessions failed'))
   }
 
   /** The lease is lost: every agent here is killed now, before another instance may resume its session. */
@@ -255,6 +277,7 @@ export class AgentSupervisor extends EventEmitter<SupervisorEvents> {
 
   /** Sessions whose instance died, suspended here: their asks are cancelled, their queues delivered. */
   #adoptOrphans (ids: string[]): void {
+    if (this.#me === null) return
     this.#permissions.cancelOpenOf(ids, 'failover')
       .catch((err: Error) => this.#log.warn({ err }, 'cancelling the permission requests of a dead instance failed'))
     for (const id of ids) this.#kick(id)
@@ -280,8 +303,11 @@ export class AgentSupervisor extends EventEmitter<SupervisorEvents> {
 
   #onControlMessage (m: ControlMessage): void {
     const failed = (err: Error) => this.#log.warn({ err, sessionId: m.sid, op: m.op }, 'a request of another instance failed')
-    if (m.op === 'sync') this.#sync(m.sid)
-    else if (m.op === 'interrupt') this.interrupt(m.sid, { deliverQueued: m.deliverQueued }).catch(failed)
+    if (m.op === 'sync') {
+      // a message came through another instance: what an interrupt held here goes on
+      if (m.release === true) this.#held.delete(m.sid)
+      this.#sync(m.sid)
+    } else if (m.op === 'interrupt') this.interrupt(m.sid, { deliverQueued: m.deliverQueued }).catch(failed)
     else if (m.op === 'answered') this.#permissions.relay(m.sid, m.requestId, m.seq).catch(failed)
   }
 
@@ -325,7 +351,9 @@ export class AgentSupervisor extends EventEmitter<SupervisorEvents> {
     const answered = await this.#permissions.answer(sessionId, requestId, answer)
     // the agent that asked runs on another instance: it reads the answer from the stored event
     if (!answered.sent && session.workerId !== null && session.workerId !== this.#me) {
+      // the answer is stored: a lost notice is made up for by the owner's poll
       await this.#o.cluster.doorbell.control(session.workerId, { op: 'answered', sid: sessionId, requestId, seq: answered.seq })
+        .catch((err: Error) => this.#log.warn({ err, sessionId, requestId }, 'could not tell the owner of the answer: its poll relays it'))
     }
     return answered
   }
@@ -368,6 +396,12 @@ export class AgentSupervisor extends EventEmitter<SupervisorEvents> {
       throw new MessageNotAccepted(sessionId, session.state === 'paused' ? 'it is paused: resume it first' : `it is ${session.state}`)
     }
     const stored = await this.#o.events.appendUser(sessionId, message)
+    if (session.state === 'active' && session.workerId !== null && session.workerId !== this.#me && !this.#pool.get(sessionId)) {
+      // its owner delivers it, and releases what an interrupt held there (a lost nudge: its poll)
+      await this.#o.cluster.doorbell.control(session.workerId, { op: 'sync', sid: sessionId, release: true })
+        .catch((err: Error) => this.#log.warn({ err, sessionId }, 'could not nudge the session\'s owner: its poll delivers the message'))
+      return stored
+    }
     // a new message (or a retry of a held one) lets the ones an interrupt held go on, first, in their order
     const released = this.#held.delete(sessionId)
     if (!stored.duplicate || released) this.#kick(sessionId)
@@ -387,15 +421,18 @@ export class AgentSupervisor extends EventEmitter<SupervisorEvents> {
       // its agent runs on another instance: that one stops it (the new one starts once it is gone)
       await this.#o.manager.transitionState(sessionId, 'suspended', { actor: 'system', reason: 'restart' })
     }
-    await this.#mutex.run(sessionId, async () => {
+    const row = await this.#mutex.run(sessionId, async () => {
       await this.stopAgent(sessionId, 'restart')
+      let now = await this.#o.manager.get(sessionId)
+      // the claim before the conversation is forgotten: its new epoch fences whatever an agent of
+      // the old one (on another instance, still stopping) would still write
+      if (now.state === 'suspended') {
+        now = await this.#o.manager.transitionState(sessionId, 'active', { actor: 'user', reason: reason ?? 'restart: fresh conversation' })
+      }
       await this.#o.turns.startNewConversation(sessionId)
       this.#crashes.delete(sessionId)
+      return await this.#o.manager.get(sessionId)
     })
-    let row = await this.#o.manager.get(sessionId)
-    if (row.state === 'suspended') {
-      row = await this.#o.manager.transitionState(sessionId, 'active', { actor: 'user', reason: reason ?? 'restart: fresh conversation' })
-    }
     await this.#o.events.append(sessionId, 'status', { message: 'Starting a fresh conversation…' })
     // a restart is the user's go-ahead: what an interrupt held goes out
     this.#held.delete(sessionId)
@@ -428,11 +465,21 @@ export class AgentSupervisor extends EventEmitter<SupervisorEvents> {
     clearTimeout(this.#ownedPoll)
     const ids = this.#pool.ids()
     await Promise.all(ids.map((id) => this.stopAgent(id, 'shutdown')))
-    // every session of this instance, with or without an agent: another instance may resume them at once
-    await this.#o.manager.handBack()
-      .catch((err: Error) => this.#log.warn({ err }, 'could not hand the sessions back at shutdown'))
+    // every session of this instance, with or without an agent: another instance may resume them
+    // at once, and one is told of those whose queue holds messages (sent while this one drained)
+    await this.#handBack().catch((err: Error) => this.#log.warn({ err }, 'could not hand the sessions back at shutdown'))
     this.#permissions.close()
     await this.#pool.close()
+  }
+
+  async #handBack (): Promise<void> {
+    const me = this.#me
+    if (me === null) return
+    const queued = (await this.#o.manager.ownedBy(me)).filter((o) => o.queued).map((o) => o.id)
+    await this.#o.manager.handBack()
+    const peer = queued.length > 0 && this.#o.cluster.doorbell.shared ? await this.#o.cluster.livePeer(me) : null
+    if (peer === null) return
+    await Promise.all(queued.map((sid) => this.#o.cluster.doorbell.control(peer, { op: 'sync', sid })))
   }
 
   /** Resolves once the session's pending work (a delivery, a start waiting for a slot) is done. */
@@ -451,8 +498,13 @@ export class AgentSupervisor extends EventEmitter<SupervisorEvents> {
 
   /** Delivers queued messages, one turn at a time. Serialised per session. */
   #kick (sessionId: string): void {
-    this.#mutex.run(sessionId, () => this.#deliverNext(sessionId))
-      .catch((err: Error) => this.#log.error({ err, sessionId }, 'message delivery failed'))
+    // a delivery queued and not started yet will see whatever this one would
+    if (this.#kicks.has(sessionId)) return
+    this.#kicks.add(sessionId)
+    this.#mutex.run(sessionId, () => {
+      this.#kicks.delete(sessionId)
+      return this.#deliverNext(sessionId)
+    }).catch((err: Error) => this.#log.error({ err, sessionId }, 'message delivery failed'))
   }
 
   async #deliverNext (sessionId: string): Promise<void> {
@@ -476,7 +528,10 @@ export class AgentSupervisor extends EventEmitter<SupervisorEvents> {
       const me = this.#me
       // without a lease this instance may own nothing: the message waits (it is stored) for its
       // owner, or for this instance's return
-      if (me === null) return
+      if (me === null) {
+        this.#deferred.add(sessionId)
+        return
+      }
       if (session.state === 'active' && session.workerId !== me) {
         if (!await this.#reachOwner(session)) continue
         return
@@ -546,11 +601,14 @@ export class AgentSupervisor extends EventEmitter<SupervisorEvents> {
       return false
     }
     const fence = owner === null ? undefined : { worker: owner, epoch: session.workerEpoch }
-    await this.#o.manager.transitionState(session.id, 'suspended', { actor: 'system', reason: ORPHANED, fence })
+    const ended = await this.#o.manager.transitionState(session.id, 'suspended', { actor: 'system', reason: ORPHANED, fence })
       .catch((err: Error & { statusCode?: number }) => {
         // someone else ended or replaced that claim first: look again
         if (!(err instanceof FencedWrite) && err.statusCode !== 409) throw err
+        return null
       })
+    // what the dead owner's agent asked can no longer be answered
+    if (ended) await this.#permissions.cancelOpenOf([session.id], 'failover')
     return true
   }
 
@@ -608,7 +666,11 @@ export class AgentSupervisor extends EventEmitter<SupervisorEvents> {
     if (this.#closing) return giveUp()
     // never two agents of one session: one of an earlier claim on another instance may still be
     // stopping (it was told to); this one starts once it is gone or its instance is dead
-    if (!await this.#agentMayStart(sessionId, fence)) return giveUp()
+    const mayStart = await this.#agentMayStart(sessionId, fence).catch((err: Error) => {
+      this.#log.warn({ err, sessionId }, 'could not record the agent\'s start: the message stays queued')
+      return false
+    })
+    if (!mayStart) return giveUp()
     // the wait for a slot can be long: start with the settings of now
     const session = await this.#o.manager.find(sessionId).catch(() => null) ?? queued
     const permissionMode = this.#allowedMode(session.permissionMode)
@@ -636,6 +698,12 @@ export class AgentSupervisor extends EventEmitter<SupervisorEvents> {
         launched: { permissionMode, model: session.model }
       }))
       this.#log.info({ sessionId, pid: live.proc.pid, mode: firstStart ? 'new' : 'resume' }, 'agent started')
+      if (this.#me !== fence.worker) {
+        // the lease was lost while it started: the agents were killed before it was among them
+        live.phase = 'leaving'
+        live.proc.kill('failover').catch(() => {})
+        return null
+      }
       return live
     } catch (err) {
       await this.#o.turns.agentGone(sessionId, fence.worker)
@@ -856,11 +924,12 @@ export class AgentSupervisor extends EventEmitter<SupervisorEvents> {
 
   async #onExit (live: LiveAgent, exit: AgentExit): Promise<void> {
     const { sessionId } = live
-    await this.#pool.retire(live)
-    this.#log.info({ sessionId, code: exit.code, signal: exit.signal, reason: exit.reason }, 'agent exited')
-    // another instance's claim may start its agent now
+    // another instance's claim may start its agent now. Before it leaves the pool: until then a
+    // start here waits for it, so no new agent of this instance is recorded and then erased
     await this.#o.turns.agentGone(sessionId, live.fence.worker)
       .catch((err: Error) => this.#log.warn({ err, sessionId }, 'could not record the agent\'s end: the owned-sessions poll does'))
+    await this.#pool.retire(live)
+    this.#log.info({ sessionId, code: exit.code, signal: exit.signal, reason: exit.reason }, 'agent exited')
     // nobody is left to take an answer
     await this.#permissions.cancelOpen(sessionId, exit.reason ?? 'crash')
       .catch((err: Error) => this.#log.warn({ err, sessionId }, 'cancelling the permission requests of an ended agent failed'))

@@ -70,6 +70,11 @@ export interface AgentWatchdogOptions {
   logger: Log
   /** where bash is looked up (the watchdog gets nothing else of the service's environment) */
   path?: string | undefined
+  /**
+   * Heartbeats are sent only while this says so (the instance's lease is fresh): an instance that
+   * cannot renew its lease and then freezes must not keep its agents alive past the lease
+   */
+  beatWhile?: () => boolean
 }
 
 interface Watcher {
@@ -122,7 +127,8 @@ export class AgentWatchdog {
     })
     this.#running = true
     const beatMs = Math.min(WATCHDOG.heartbeatMs, this.#o.timeoutMs / 4)
-    this.#heartbeat = setInterval(() => this.#write('.'), beatMs)
+    const beatWhile = this.#o.beatWhile ?? (() => true)
+    this.#heartbeat = setInterval(() => { if (beatWhile()) this.#write('.') }, beatMs)
     // the heartbeat must not be what keeps the service alive; a stalled loop must stop it
     this.#heartbeat.unref()
     this.#log.info({ pid: proc.pid, timeoutMs: this.#o.timeoutMs, heartbeatMs: beatMs }, 'agent watchdog started')

@@ -134,8 +134,9 @@ export class PermissionBroker {
     const status: ClosedStatus = by === 'timeout' ? 'timed_out' : answer.decision === 'allow' ? 'allowed' : 'denied'
     const closed = await this.#o.repo.close(sessionId, requestId, status, this.#o.clock())
     if (!closed) {
-      // another answer, the timeout or a cancellation won the race
-      this.#forget(sessionId, requestId)
+      // another answer, the timeout or a cancellation won the race: if that was on another
+      // instance, this one's agent may not have heard of it (a lost notice)
+      await this.#relayClosed(sessionId, requestId)
       const now = await this.#o.repo.find(sessionId, requestId)
       throw permissionRequestClosed(requestId, now?.status ?? 'cancelled')
     }
@@ -166,8 +167,41 @@ export class PermissionBroker {
     if (event?.seq !== seq || event.type !== 'permission_response') return
     const data = JSON.parse(event.json) as PermissionAnswer & { requestId?: string }
     if (data.requestId !== requestId) return
+    this.#deliver(sessionId, requestId, ask, data)
+  }
+
+  /**
+   * Asks of this instance's agents that were closed elsewhere (answered or cancelled on another
+   * instance, whose notice was lost): their agents get the answer now, or a denial.
+   */
+  async reconcile (sessionIds: string[]): Promise<void> {
+    const held = sessionIds.filter((id) => this.#asks.has(id))
+    if (held.length === 0) return
+    const open = new Set((await this.#o.repo.pendingOf(held)).map((r) => `${r.sessionId}:${r.requestId}`))
+    for (const sessionId of held) {
+      for (const [requestId, entry] of this.#asks.get(sessionId) ?? []) {
+        if (entry.ask && !entry.opening && !open.has(`${sessionId}:${requestId}`)) await this.#relayClosed(sessionId, requestId)
+      }
+    }
+  }
+
+  /** The ask is closed (its row says so): this instance's agent gets what closed it, and it is forgotten here. */
+  async #relayClosed (sessionId: string, requestId: string): Promise<void> {
+    const ask = this.#asks.get(sessionId)?.get(requestId)?.ask
+    if (!ask) {
+      this.#forget(sessionId, requestId)
+      return
+    }
+    const response = await this.#o.events.permissionResponse(sessionId, requestId).catch(() => null)
+    const answer: PermissionAnswer = response
+      ? JSON.parse(response.json) as PermissionAnswer
+      : { decision: 'deny', message: 'This permission request was cancelled.' }
+    this.#deliver(sessionId, requestId, ask, answer)
+  }
+
+  #deliver (sessionId: string, requestId: string, ask: PermissionAsk, answer: PermissionAnswer): void {
     this.#forget(sessionId, requestId)
-    if (!this.#o.send(sessionId, cliResponse(ask, data))) {
+    if (!this.#o.send(sessionId, cliResponse(ask, answer))) {
       this.#o.logger.warn({ sessionId, requestId }, 'the agent that asked is gone: the answer reached nobody')
     }
   }
@@ -200,8 +234,9 @@ export class PermissionBroker {
    * Sessions whose agents are gone without this instance knowing them (a previous run's, a dead
    * instance's): whatever they asked is cancelled. Returns how many sessions had open asks.
    */
-  async cancelOpenOf (sessionIds: string[], reason: string): Promise<number> {
-    const bySession = await this.#o.repo.cancelOpenOf(sessionIds, this.#o.clock())
+  async cancelOpenOf (sessionIds: string[] | 'all', reason: string): Promise<number> {
+    const ids = sessionIds === 'all' ? await this.#o.repo.pendingSessions() : sessionIds
+    const bySession = await this.#o.repo.cancelOpenOf(ids, this.#o.clock())
     for (const [sessionId, requestIds] of bySession) {
       await this.#o.events.append(sessionId, 'permission_cancelled', { requestIds, reason })
     }

@@ -5,7 +5,7 @@ import type { Log } from '../logger.js'
 /** What one instance asks of the owner of a session (the rows say the rest). */
 export type ControlMessage =
   /** the session's row or queue changed here: re-read it (stop an agent it no longer owns, deliver what is queued, apply settings) */
-  | { op: 'sync', sid: string }
+  | { op: 'sync', sid: string, release?: boolean }
   | { op: 'interrupt', sid: string, deliverQueued: boolean }
   /** a permission request of the owner's agent was answered here; the answer is the event at `seq` */
   | { op: 'answered', sid: string, requestId: string, seq: number }

@@ -4,7 +4,7 @@ import { readFile, rename, writeFile } from 'node:fs/promises'
 import { hostname } from 'node:os'
 import { join } from 'node:path'
 import { performance } from 'node:perf_hooks'
-import { leaseLost, leasePlan, type LeasePlan } from '../domain/lease.js'
+import { leaseFresh, leaseLost, leasePlan, type LeasePlan } from '../domain/lease.js'
 import type { Log } from '../logger.js'
 import type { InstanceRepository } from './instance-repository.js'
 
@@ -40,8 +40,16 @@ export class InstanceLease extends EventEmitter<InstanceLeaseEvents> {
   /** the id this instance lost, until it is registered again */
   #lost: string | null = null
 
-  constructor (opts: { repo: InstanceRepository, dataDir: string, leaseSeconds: number, logger: Log }) {
+  readonly #fencing: boolean
+
+  /**
+   * `fencing`: whether other instances may take this one's sessions over (a shared PostgreSQL).
+   * Without them (PGlite, one instance by construction) a late renewal costs nothing: the lease
+   * is never given up, whatever the database's delays.
+   */
+  constructor (opts: { repo: InstanceRepository, dataDir: string, leaseSeconds: number, logger: Log, fencing: boolean }) {
     super()
+    this.#fencing = opts.fencing
     this.#repo = opts.repo
     this.#dataDir = opts.dataDir
     this.#leaseSeconds = opts.leaseSeconds
@@ -52,6 +60,11 @@ export class InstanceLease extends EventEmitter<InstanceLeaseEvents> {
   /** This instance's id while its lease holds; null while it has none (lost, not yet registered again). */
   get id (): string | null {
     return this.#id
+  }
+
+  /** The lease is held and was renewed lately (the agents' watchdog is fed only then). */
+  fresh (): boolean {
+    return this.#id !== null && (!this.#fencing || leaseFresh(this.plan, this.#lastGoodSentAt, performance.now()))
   }
 
   /**
@@ -100,13 +113,14 @@ export class InstanceLease extends EventEmitter<InstanceLeaseEvents> {
       if (this.#id === null) {
         const id = await this.#register()
         // the lost id is dead for good: its sessions may be taken over now, not after its lease
-        if (this.#lost !== null) await this.#repo.stop(this.#lost)
+        const lost = this.#lost
         this.#lost = null
         this.emit('registered', { id })
+        if (lost !== null) await this.#repo.stop(lost).catch((err: Error) => this.#log.warn({ err }, 'could not mark the lost instance id stopped: its lease runs out by itself'))
         return
       }
       const id = this.#id
-      if (await this.#repo.renew(id)) {
+      if (await this.#repo.renew(id, !this.#fencing)) {
         if (this.#id === id) this.#renewed(sentAt)
       } else {
         this.#lose('its row was stopped: a peer judged it dead')
@@ -120,6 +134,7 @@ export class InstanceLease extends EventEmitter<InstanceLeaseEvents> {
   #renewed (sentAt: number): void {
     this.#lastGoodSentAt = sentAt
     clearTimeout(this.#fenceTimer)
+    if (!this.#fencing) return
     this.#fenceTimer = setTimeout(() => this.#checkFence(), Math.max(0, sentAt + this.plan.fenceAfterMs - performance.now()))
     this.#fenceTimer.unref()
   }

@@ -15,7 +15,13 @@ export function createInstanceRepository (db: Database) {
   const registerStmt = prepareSql(db, 'instance_register', sql`
     insert into service_instances (id, host, pid, data_dir, lease_seconds)
     values (${p('id')}::uuid, ${p('host')}::text, ${p('pid')}::int, ${p('dataDir')}::text, ${p('lease')}::int)`)
+  // a lease that ran out is not revived: peers may act on it already
   const renewStmt = prepareSql(db, 'instance_renew', sql`
+    update service_instances i set heartbeat_at = now()
+    where i.id = ${p('id')}::uuid and ${LIVE_INSTANCE}
+    returning i.id`)
+  // alone on the database, nobody acts on it: only a stop ends it
+  const renewAloneStmt = prepareSql(db, 'instance_renew_alone', sql`
     update service_instances set heartbeat_at = now()
     where id = ${p('id')}::uuid and stopped_at is null
     returning id`)
@@ -26,6 +32,8 @@ export function createInstanceRepository (db: Database) {
     update service_instances i set stopped_at = now()
     where i.stopped_at is null and i.heartbeat_at <= now() - make_interval(secs => i.lease_seconds)
     returning id`)
+  const peerStmt = prepareSql(db, 'instance_live_peer', sql`
+    select i.id from service_instances i where i.id <> ${p('id')}::uuid and ${LIVE_INSTANCE} order by random() limit 1`)
   const liveStmt = prepareSql(db, 'instance_live', sql`
     select 1 from service_instances i where i.id = ${p('id')}::uuid and ${LIVE_INSTANCE}`)
   // a row a session still names is kept: it says that session's owner is dead
@@ -42,9 +50,9 @@ export function createInstanceRepository (db: Database) {
     async register (r: { id: string, host: string, pid: number, dataDir: string, leaseSeconds: number }): Promise<void> {
       await registerStmt.execute({ id: r.id, host: r.host, pid: r.pid, dataDir: r.dataDir, lease: r.leaseSeconds })
     },
-    /** false: the row was stopped (by a peer that judged it dead, or a successor) */
-    async renew (id: string): Promise<boolean> {
-      return (await renewStmt.execute({ id })).length > 0
+    /** false: the row was stopped (by a peer that judged it dead, or a successor), or its lease ran out meanwhile */
+    async renew (id: string, alone = false): Promise<boolean> {
+      return (await (alone ? renewAloneStmt : renewStmt).execute({ id })).length > 0
     },
     async stop (id: string): Promise<void> {
       await stopStmt.execute({ id })
@@ -52,6 +60,11 @@ export function createInstanceRepository (db: Database) {
     /** Stops the rows of every instance whose lease ran out; returns their ids. */
     async markDead (): Promise<string[]> {
       return (await markDeadStmt.execute({})).map((r) => String(r.id))
+    },
+    /** Another live instance, at random; null when this one is alone. */
+    async livePeer (me: string): Promise<string | null> {
+      const [row] = await peerStmt.execute({ id: me })
+      return row ? String(row.id) : null
     },
     async isLive (id: string): Promise<boolean> {
       return (await liveStmt.execute({ id })).length > 0

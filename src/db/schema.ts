@@ -100,7 +100,8 @@ export const sessions = pgTable('sessions', {
   index('sessions_owner_live_list_idx').on(t.owner, t.state, t.createdAt.desc().nullsFirst(), t.id.desc().nullsFirst())
     .where(sql`deleted_at is null and ${LIVE_STATES_SQL}`),
   // an instance's own sessions (its sweeps, its hand-back at shutdown) and a dead one's (failover)
-  index('sessions_worker_idx').on(t.workerId).where(sql`worker_id is not null`)
+  index('sessions_worker_idx').on(t.workerId).where(sql`worker_id is not null`),
+  index('sessions_agent_worker_idx').on(t.agentWorker).where(sql`agent_worker is not null`)
 ])
 
 // The two append-only logs carry no foreign key: it costs a lookup per inserted row on the hottest
@@ -246,8 +247,6 @@ export const serviceInstances = pgTable('service_instances', {
   startedAt: tstz('started_at').notNull().default(sql`now()`),
   heartbeatAt: tstz('heartbeat_at').notNull().default(sql`now()`),
   stoppedAt: tstz('stopped_at')
-}, (t) => [
-  index('service_instances_data_dir_idx').on(t.host, t.dataDir)
-])
+})
 
 export type InstanceRow = typeof serviceInstances.$inferSelect

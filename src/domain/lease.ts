@@ -22,6 +22,15 @@ export function leasePlan (leaseSeconds: number): LeasePlan {
   return { leaseMs, renewEveryMs: leaseMs / 4, fenceAfterMs: leaseMs * 0.75, watchdogMs: leaseMs / 2 }
 }
 
+/**
+ * Whether the lease is fresh: renewed within a quarter of it (its renewal period) and a little.
+ * The watchdog is fed only then, so that an instance whose renewals fail and which then freezes
+ * has its agents killed at most `freshMs + watchdogMs` after its last good renewal: before the lease runs out.
+ */
+export function leaseFresh (plan: LeasePlan, lastGoodSentAt: number, now: number): boolean {
+  return now - lastGoodSentAt <= plan.leaseMs * 0.35
+}
+
 /** Whether the lease must be taken as lost: the last good renewal was sent too long ago. */
 export function leaseLost (plan: LeasePlan, lastGoodSentAt: number, now: number): boolean {
   return now - lastGoodSentAt >= plan.fenceAfterMs

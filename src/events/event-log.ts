@@ -77,6 +77,7 @@ export class EventLog {
   readonly #deliveredStmt
 
   readonly #lastSeqsStmt
+  readonly #responseStmt
   /** what the current drain stored, by session: [first, last] */
   #stored = new Map<string, [number, number]>()
   readonly #onStored: ((ranges: [string, number, number][]) => void) | undefined
@@ -170,6 +171,10 @@ export class EventLog {
         where id in (select id from owned) and (agent_session_id is distinct from ${p('agent')}::uuid or last_error is not null)
       )
       select id from owned`)
+    this.#responseStmt = prepareSql(this.#db, 'events_permission_response', sql`
+      select seq, at, payload::text as json from session_events
+      where session_id = ${p('id')}::uuid and type = 'permission_response' and payload->>'requestId' = ${p('rid')}::text
+      order by seq desc limit 1`)
     this.#lastSeqsStmt = prepareSql(this.#db, 'events_last_seqs', sql`
       select session_id, last_seq from session_event_seqs where session_id = any(${p('ids')}::uuid[])`)
   }
@@ -189,6 +194,12 @@ export class EventLog {
   async markDelivered (sessionId: string, seq: number, agentSessionId: string, fence: Fence): Promise<void> {
     const owned = await this.#deliveredStmt.execute({ id: sessionId, seq, agent: agentSessionId, fence: fenceKey(fence) })
     if (owned.length === 0) throw new FencedWrite(sessionId)
+  }
+
+  /** The stored answer to a permission request (`permission_response`), or null. */
+  async permissionResponse (sessionId: string, requestId: string): Promise<StoredEvent | null> {
+    const [row] = await this.#responseStmt.execute({ id: sessionId, rid: requestId })
+    return row ? { seq: Number(row.seq), type: 'permission_response', at: new Date(String(row.at)), json: String(row.json) } : null
   }
 
   /** The last seq stored of each of these sessions (none stored yet: absent). */

@@ -80,7 +80,7 @@ export class SessionFeed implements EventBus {
       this.catchUp(sessionId)
     }, (err: Error) => {
       // the subscriber's replay fails the same way and closes it
-      this.#watched.delete(sessionId)
+      if (this.#watched.get(sessionId) === w) this.#watched.delete(sessionId)
       throw err
     })
     w.ready.catch(() => {})

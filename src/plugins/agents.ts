@@ -24,7 +24,12 @@ export default fp(async function agentsPlugin (app: FastifyInstance, opts: { con
     turns: app.turns,
     events: app.events,
     registry: new ProcessRegistry({ dataDir: opts.config.dataDir, logger: app.log.child({ component: 'process-registry' }) }),
-    cluster: { lease: app.instanceLease, doorbell: app.doorbell, isLive: (id) => app.instances.isLive(id) },
+    cluster: {
+      lease: app.instanceLease,
+      doorbell: app.doorbell,
+      isLive: (id) => app.instances.isLive(id),
+      livePeer: (me) => app.instances.livePeer(me)
+    },
     logger: app.log.child({ component: 'agent-supervisor' }),
     ...(opts.clock ? { clock: opts.clock } : {})
   })

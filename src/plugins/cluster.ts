@@ -27,7 +27,8 @@ export default fp(async function clusterPlugin (app: FastifyInstance, opts: { co
     repo: instances,
     dataDir: opts.config.dataDir,
     leaseSeconds: opts.config.instance.leaseSeconds,
-    logger: app.log.child({ component: 'instance' })
+    logger: app.log.child({ component: 'instance' }),
+    fencing: app.database.pubsub !== undefined
   })
   const doorbell = new Doorbell({ pubsub: app.database.pubsub, logger: app.log.child({ component: 'doorbell' }), self: () => lease.id })
   const { id, previous } = await lease.start()

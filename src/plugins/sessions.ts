@@ -18,7 +18,11 @@ declare module 'fastify' {
  * The session components: the repository, the lifecycle manager (the one writer of state), the
  * timeout worker (started by the app once start-up is done), and the turn store for the agents.
  */
+/** Dead instances' rows are deleted every this many sweeps (10 minutes at the default interval). */
+const PRUNE_EVERY_SWEEPS = 600
+
 export default fp(async function sessionsPlugin (app: FastifyInstance, opts: { config: Config, clock?: () => Date }) {
+  let sweeps = 0
   const postgres = app.database.driver === 'postgres'
   const repo = createSessionRepository(app.database.db, {
     sweepPartitions: postgres ? 2 : 1,
@@ -33,8 +37,12 @@ export default fp(async function sessionsPlugin (app: FastifyInstance, opts: { c
   })
   const worker = new SessionTimeoutWorker({
     manager,
-    // the rows of instances whose lease ran out are stopped (one that comes back finds it so)
-    housekeeping: async () => { await app.instances.markDead() },
+    // the rows of instances whose lease ran out are stopped (one that comes back finds it so);
+    // now and then those dead for a while go
+    housekeeping: async () => {
+      await app.instances.markDead()
+      if (++sweeps % PRUNE_EVERY_SWEEPS === 0) await app.instances.prune()
+    },
     intervalMs: opts.config.sweepIntervalMs,
     logger: app.log.child({ component: 'timeout-worker' })
   })

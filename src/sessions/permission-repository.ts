@@ -82,6 +82,9 @@ export function createPermissionRepository (db: Database) {
     )
     select session_id, request_id from closed`)
 
+  const pendingSessionsStmt = prepareSql(db, 'permission_pending_sessions', sql`
+    select distinct session_id from session_permission_requests where status = 'pending'`)
+
   const findStmt = prepareSql(db, 'permission_find', sql`
     select * from session_permission_requests
     where session_id = ${p('id')}::uuid and request_id = ${p('rid')}::text`)
@@ -131,6 +134,11 @@ export function createPermissionRepository (db: Database) {
         bySession.set(id, [...(bySession.get(id) ?? []), String(r.request_id)])
       }
       return bySession
+    },
+
+    /** The sessions with open requests, whoever's. */
+    async pendingSessions (): Promise<string[]> {
+      return (await pendingSessionsStmt.execute({})).map((r) => String(r.session_id))
     },
 
     async find (sessionId: string, requestId: string): Promise<PermissionRow | null> {

@@ -191,6 +191,8 @@ export function createSessionRepository (db: Database, opts: SessionRepositoryOp
         worker_epoch = case when ${p('to')}::text = 'active' then worker_epoch + 1 else worker_epoch end
       where id = ${p('id')}::uuid and version = ${p('version')}::int and deleted_at is null
         and (${p('fence')}::text is null or worker_id::text || ':' || worker_epoch = ${p('fence')}::text)
+        -- only an instance whose lease holds may claim
+        and (${p('to')}::text <> 'active' or exists (select 1 from service_instances i where i.id = ${p('worker')}::uuid and ${LIVE_INSTANCE}))
       returning *
     ), logged as (
       insert into session_transitions (session_id, from_state, to_state, reason, actor, version, at)
@@ -347,17 +349,23 @@ export function createSessionRepository (db: Database, opts: SessionRepositoryOp
       from cur
       where s.id = cur.id and (cur.agent_worker is null or cur.agent_worker = ${p('me')}::uuid
         or not exists (select 1 from service_instances i where i.id = cur.agent_worker and ${LIVE_INSTANCE}))
+        -- and only while this instance's own lease holds
+        and exists (select 1 from service_instances i where i.id = ${p('me')}::uuid and ${LIVE_INSTANCE})
       returning s.id
     )
     select cur.agent_worker as other, exists (select 1 from moved) as started from cur`)
   const agentGoneStmt = prepareSql(db, 'session_agent_gone', sql`
     update sessions set agent_worker = null where id = ${p('id')}::uuid and agent_worker = ${p('me')}::uuid`)
+  // what says an agent runs on this instance where none does (an end whose write was lost)
+  const agentsGoneStmt = prepareSql(db, 'session_agents_gone', sql`
+    update sessions set agent_worker = null
+    where agent_worker = ${p('me')}::uuid and not (id = any(${p('running')}::uuid[]))`)
   // the sessions an instance owns, with whether their queue holds a message the agent has not taken up
   const ownedStmt = prepareSql(db, 'sessions_owned', sql`
-    select s.id, s.worker_epoch, exists (
+    select s.id, s.worker_epoch, (not s.busy and exists (
       select 1 from session_events e
       where e.session_id = s.id and e.type = 'user' and e.seq > coalesce(q.delivered_seq, 0)
-    ) as queued
+    )) as queued
     from sessions s left join session_event_seqs q on q.session_id = s.id
     where s.worker_id = ${p('me')}::uuid and s.state = 'active' and s.deleted_at is null`)
 
@@ -588,6 +596,11 @@ export function createSessionRepository (db: Database, opts: SessionRepositoryOp
 
     async agentGone (id: string, me: string): Promise<void> {
       await agentGoneStmt.execute({ id, me })
+    },
+
+    /** Clears what says an agent runs on instance `me`, except in the sessions whose agents do (`running`). */
+    async agentsGoneExcept (me: string, running: string[]): Promise<void> {
+      await agentsGoneStmt.execute({ me, running })
     },
 
     async ownedBy (me: string): Promise<{ id: string, epoch: number, queued: boolean }[]> {

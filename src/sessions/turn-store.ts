@@ -18,6 +18,8 @@ export interface TurnStore {
   /** Records that the agent of claim `fence` runs here; false while another instance still runs one (`other`). */
   agentStart (id: string, fence: Fence): Promise<{ started: boolean, other: string | null }>
   agentGone (id: string, worker: string): Promise<void>
+  /** Clears what says an agent runs on instance `worker`, except in the sessions given. */
+  agentsGoneExcept (worker: string, running: string[]): Promise<void>
   startNewConversation (id: string): Promise<void>
 }
 
@@ -29,6 +31,7 @@ export function createTurnStore (repo: SessionRepository): TurnStore {
     recordActivity: (id, at) => repo.recordActivity(id, at),
     agentStart: (id, fence) => repo.agentStart(id, fence.worker, fenceKey(fence)),
     agentGone: (id, worker) => repo.agentGone(id, worker),
+    agentsGoneExcept: (worker, running) => repo.agentsGoneExcept(worker, running),
     startNewConversation: (id) => repo.startNewConversation(id)
   }
 }
