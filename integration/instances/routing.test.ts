@@ -201,3 +201,47 @@ t.test('a second instance on the same MOBVIBE_DATA_DIR is refused', async (t) =>
 })
 
 t.comment(`lease ${HARNESS.leaseSeconds} s, sweep every ${HARNESS.sweepIntervalMs} ms`)
+
+t.test('a permission answer sent to B reaches the agent that asked on A', async (t) => {
+  const { id, agent } = await sessionOn(A, 'before the ask')
+  const { seq } = await send(A, id, '/tool Bash {"command":"echo across"} after the ask')
+  const asked = await cluster.waitEvents(id, 'the permission request', (f) => f.some((e) => e.type === 'permission_request'), { afterSeq: seq })
+  const request = asked.find((e) => e.type === 'permission_request')!
+  const requestId = (request.data as { requestId: string }).requestId
+  const res = await B.api('POST', `/v1/sessions/${id}/permissions/${requestId}`, { decision: 'allow' })
+  t.equal(res.status, 200, `B takes the answer: ${JSON.stringify(res.body)}`)
+  t.match(res.body, { requestId, decision: 'allow' })
+  const done = await cluster.waitEvents(id, 'the turn\'s result', (f) => f.some(isResult), { afterSeq: request.seq, timeoutMs: 10_000 })
+  const result = done.find(isResult)!
+  t.match(result.data.result, /^tool Bash allowed: \{"command":"echo across"\}/, `A's agent got the allow: ${String(result.data.result)}`)
+  const again = await A.api('POST', `/v1/sessions/${id}/permissions/${requestId}`, { decision: 'deny' })
+  t.equal(again.status, 409, 'a second answer, on A, is refused: the first one won')
+  t.same((await cluster.agentsOf(id)).map((a) => a.pid), [agent.pid], 'the same agent on A')
+})
+
+t.test('an interrupt sent to B holds the queue on A; a message sent to B releases it', async (t) => {
+  const { id } = await sessionOn(A, 'before the interrupt')
+  const { seq } = await send(A, id, '/slow 60000 a long turn')
+  await cluster.waitEvents(id, 'the long turn started', (f) => f.some(isInit), { afterSeq: seq })
+  const queued = await send(A, id, 'queued behind it')
+  const res = await B.api('POST', `/v1/sessions/${id}/interrupt`, {})
+  t.same(res.body, { interrupted: true }, 'B interrupts the turn on A')
+  await cluster.waitEvents(id, 'the interrupted turn\'s result', (f) => f.some(isResult), { afterSeq: seq, timeoutMs: 10_000 })
+  await cluster.waitSession(id, 'active and not busy', (s) => s.state === 'active' && !s.busy)
+  // held: the queued message does not start a turn by itself, the owner's poll (every 2 s)
+  // included. An absence has no event to wait for: it is watched for a bounded while
+  const watchUntil = Date.now() + 2_500
+  let started = false
+  while (!started && Date.now() < watchUntil) {
+    started = (await cluster.events(id, queued.seq)).some(isInit)
+    await new Promise((resolve) => setTimeout(resolve, 100))
+  }
+  t.notOk(started, 'the queued message waits behind the interrupt (watched for 2.5 s)')
+  await send(B, id, 'released from B')
+  await cluster.waitReply(id, 'released from B', { afterSeq: queued.seq, timeoutMs: 15_000 })
+  const after = await cluster.events(id, queued.seq)
+  // the interrupted turn's own result (an error) came after the queued message was stored
+  const replies = after.filter((f) => isResult(f) && f.data.is_error !== true).map((f) => String(f.data.result))
+  t.match(replies[0], /^echo: queued behind it/, 'the held message went first')
+  t.match(replies[1], /^echo: released from B/, 'then the new one')
+})
