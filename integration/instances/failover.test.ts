@@ -9,8 +9,8 @@
  */
 import t from 'tap'
 import {
-  Cluster, DoubleOwnerSampler, LEASE_MS, Viewer, apiEvents, contiguity, createSession, describeAgents, framesDiffer, isInit,
-  isReplyTo, kinds, send, soft, waitUntil, type AgentProcess, type Instance
+  Cluster, DoubleOwnerSampler, LEASE_MS, Viewer, apiEvents, contiguity, describeAgents, framesDiffer, isInit,
+  isReplyTo, kinds, send, soft, waitUntil, type Instance
 } from './harness.js'
 
 const cluster = await Cluster.start(t)
@@ -18,14 +18,7 @@ const A = cluster.instance('A')
 const B = cluster.instance('B')
 const C = cluster.instance('C')
 
-/** A session whose agent runs on `on`: created there, its first message sent there and answered. */
-async function sessionOn (on: Instance, prompt: string): Promise<{ id: string, agent: AgentProcess }> {
-  const { id } = await createSession(on, { title: prompt })
-  await send(on, id, prompt)
-  await cluster.waitReply(id, prompt)
-  const [agent] = await cluster.waitAgents(id, `one agent, on ${on.name}`, (a) => a.length === 1 && a[0]!.instance === on.name)
-  return { id, agent: agent! }
-}
+const sessionOn = (on: Instance, prompt: string) => cluster.sessionOn(on, prompt)
 
 /** A running again on its data directory, if an earlier scenario ended before it restarted it. */
 async function upA (): Promise<void> {

@@ -21,7 +21,6 @@
  * Every instance is SIGKILLed in teardown if still running, then every agent process left in the
  * cluster's directories is killed, the database dropped and the directories removed.
  */
-import { randomBytes } from 'node:crypto'
 import { mkdir, mkdtemp, readFile, readdir, readlink, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { basename, join } from 'node:path'
@@ -31,6 +30,7 @@ import type { Test } from 'tap'
 import WebSocket from 'ws'
 import type { SessionView } from '../../src/schemas/session.js'
 import { kinds, procStat, waitUntil, type Frame } from '../../test/helpers/agents.js'
+import { freshDatabaseUrl } from '../../test/helpers/build.js'
 import { launch, type LogLine, type Service } from '../../test/helpers/service-process.js'
 
 export { kinds, waitUntil, type Frame }
@@ -58,23 +58,13 @@ export const LEASE_MS = HARNESS.leaseSeconds * 1000
  */
 async function freshDatabase (t: Test): Promise<string> {
   const base = process.env.DATABASE_URL
-  if (!base || !/^postgres(ql)?:\/\//.test(base)) {
+  const url = base && /^postgres(ql)?:\/\//.test(base) ? await freshDatabaseUrl(t, 'mobvibe_instances') : undefined
+  if (!url) {
     throw new Error('integration/instances needs DATABASE_URL=postgres://… (a role with CREATEDB): ' +
       'several instances share one PostgreSQL database, which the harness creates on that server and drops. ' +
       'Example: DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres npm run test:instances')
   }
-  const name = `mobvibe_instances_${randomBytes(6).toString('hex')}`
-  const admin = postgres(base, { max: 1, onnotice: () => {} })
-  await admin.unsafe(`create database ${name}`)
-  await admin.end()
-  t.teardown(async () => {
-    const drop = postgres(base, { max: 1, onnotice: () => {} })
-    await drop.unsafe(`drop database if exists ${name} with (force)`)
-    await drop.end()
-  })
-  const url = new URL(base)
-  url.pathname = `/${name}`
-  return url.toString()
+  return url
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -360,6 +350,15 @@ export class Cluster {
   }
 
   /** Waits for the result of the turn whose reply starts with `echo: <prompt>` (directives stripped). */
+  /** A session whose agent runs on `on`: created there, its first message sent there and answered. */
+  async sessionOn (on: Instance, prompt: string): Promise<{ id: string, agent: AgentProcess }> {
+    const { id } = await createSession(on, { title: prompt })
+    await send(on, id, prompt)
+    await this.waitReply(id, prompt)
+    const [agent] = await this.waitAgents(id, `one agent, on ${on.name}`, (a) => a.length === 1 && a[0]!.instance === on.name)
+    return { id, agent: agent! }
+  }
+
   async waitReply (id: string, prompt: string, opts: { afterSeq?: number, timeoutMs?: number } = {}): Promise<Frame> {
     const frames = await this.waitEvents(id, `the reply to "${prompt}"`, (f) => f.some(isReplyTo(prompt)), opts)
     return frames.find(isReplyTo(prompt))!

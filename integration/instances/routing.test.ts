@@ -9,7 +9,7 @@ import { randomUUID } from 'node:crypto'
 import t from 'tap'
 import {
   Cluster, HARNESS, LEASE_MS, Viewer, apiEvents, contiguity, createSession, describeAgents, framesDiffer, isInit, isReplyTo,
-  isResult, postMessage, send, soft, waitUntil, type AgentProcess, type Instance
+  isResult, postMessage, send, soft, waitUntil, type Instance
 } from './harness.js'
 
 const cluster = await Cluster.start(t, { names: ['A', 'B'] })
@@ -21,14 +21,7 @@ async function instanceC (): Promise<Instance> {
   return cluster.instances.get('C') ?? await cluster.add('C')
 }
 
-/** A session whose agent runs on `on`: created there, its first message sent there and answered. */
-async function sessionOn (on: Instance, prompt: string): Promise<{ id: string, agent: AgentProcess }> {
-  const { id } = await createSession(on, { title: prompt })
-  await send(on, id, prompt)
-  await cluster.waitReply(id, prompt)
-  const [agent] = await cluster.waitAgents(id, `one agent, on ${on.name}`, (a) => a.length === 1 && a[0]!.instance === on.name)
-  return { id, agent: agent! }
-}
+const sessionOn = (on: Instance, prompt: string) => cluster.sessionOn(on, prompt)
 
 t.test('starting a third instance leaves the active sessions of A and B alone', async (t) => {
   const onA = await sessionOn(A, 'kept on A')

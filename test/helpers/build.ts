@@ -39,10 +39,10 @@ export const TEST_USER = 'test-user'
  * A fresh Postgres database for one test app when DATABASE_URL is set (dropped in teardown), so
  * every test file runs on its own data. Undefined means PGlite.
  */
-export async function freshDatabaseUrl (t: Test): Promise<string | undefined> {
+export async function freshDatabaseUrl (t: Test, prefix = 'mobvibe_test'): Promise<string | undefined> {
   const base = process.env.DATABASE_URL
   if (!base) return undefined
-  const name = `mobvibe_test_${randomBytes(6).toString('hex')}`
+  const name = `${prefix}_${randomBytes(6).toString('hex')}`
   const admin = postgres(base, { max: 1, onnotice: () => {} })
   await admin.unsafe(`create database ${name}`)
   await admin.end()
