@@ -143,6 +143,8 @@ export class AgentSupervisor extends EventEmitter<SupervisorEvents> {
   readonly #deferred = new Set<string>()
   /** sessions with a delivery queued on the mutex and not started yet: one is enough */
   readonly #kicks = new Set<string>()
+  /** sessions whose delivery is tried again soon (their owner was nudged) */
+  readonly #rechecks = new Set<string>()
 
   constructor (opts: AgentSupervisorOptions) {
     super()
@@ -275,12 +277,25 @@ export class AgentSupervisor extends EventEmitter<SupervisorEvents> {
     }
   }
 
-  /** Sessions whose instance died, suspended here: their asks are cancelled, their queues delivered. */
+  /**
+   * Sessions whose instance died, suspended here: their asks are cancelled. Their queues are the
+   * business of the instances that took the messages (they look again until the lease is over),
+   * or go out with the next message.
+   */
   #adoptOrphans (ids: string[]): void {
     if (this.#me === null) return
     this.#permissions.cancelOpenOf(ids, 'failover')
       .catch((err: Error) => this.#log.warn({ err }, 'cancelling the permission requests of a dead instance failed'))
-    for (const id of ids) this.#kick(id)
+  }
+
+  /** A delivery tried again in a quarter of the lease (a message waits for an owner that may be dead). */
+  #recheck (sessionId: string): void {
+    if (this.#rechecks.has(sessionId) || this.#closing) return
+    this.#rechecks.add(sessionId)
+    setTimeout(() => {
+      this.#rechecks.delete(sessionId)
+      this.#kick(sessionId)
+    }, this.#o.config.instance.leaseSeconds * 250).unref()
   }
 
   /** The manager's hook: the session left `active`; its agent must go, here or where it runs. */
@@ -400,6 +415,8 @@ export class AgentSupervisor extends EventEmitter<SupervisorEvents> {
       // its owner delivers it, and releases what an interrupt held there (a lost nudge: its poll)
       await this.#o.cluster.doorbell.control(session.workerId, { op: 'sync', sid: sessionId, release: true })
         .catch((err: Error) => this.#log.warn({ err, sessionId }, 'could not nudge the session\'s owner: its poll delivers the message'))
+      // and if that owner is dead (its lease not yet over), this instance takes the session then
+      this.#recheck(sessionId)
       return stored
     }
     // a new message (or a retry of a held one) lets the ones an interrupt held go on, first, in their order
@@ -598,6 +615,9 @@ export class AgentSupervisor extends EventEmitter<SupervisorEvents> {
     const owner = session.workerId
     if (owner !== null && await this.#o.cluster.isLive(owner)) {
       await this.#o.cluster.doorbell.control(owner, { op: 'sync', sid: session.id })
+      // the owner may be dead without its lease having run out yet: this instance, which took
+      // the message, looks again a little later (and claims the session once the lease is over)
+      this.#recheck(session.id)
       return false
     }
     const fence = owner === null ? undefined : { worker: owner, epoch: session.workerEpoch }

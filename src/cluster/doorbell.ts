@@ -37,6 +37,9 @@ export class Doorbell extends EventEmitter<DoorbellEvents> {
   readonly #self: () => string | null
   /** every id this process has had: a notice from any of them is its own */
   readonly #ownIds = new Set<string>()
+  /** sessions stored since the last ring went out: first and last seq */
+  readonly #unrung = new Map<string, [number, number]>()
+  #ringing = false
   #warned = 0
 
   constructor (opts: { pubsub: PubSub | undefined, logger: Log, self: () => string | null }) {
@@ -64,24 +67,43 @@ export class Doorbell extends EventEmitter<DoorbellEvents> {
     this.#ownIds.add(id)
   }
 
-  /** After a commit: these sessions have new events. Never waited for; a lost ring is caught up. */
+  /**
+   * After a commit: these sessions have new events. Never waited for; a lost ring is caught up.
+   * While one ring is on its way, what comes meanwhile is merged into the next (as the event log's
+   * group commit does): an idle service rings at once, a busy one rings less often with more in it.
+   */
   ringEvents (ranges: StoredRange[]): void {
+    if (!this.#pubsub || ranges.length === 0) return
+    for (const [sid, first, last] of ranges) {
+      const known = this.#unrung.get(sid)
+      this.#unrung.set(sid, known ? [Math.min(known[0], first), Math.max(known[1], last)] : [first, last])
+    }
+    if (!this.#ringing) this.#ring()
+  }
+
+  #ring (): void {
     const pubsub = this.#pubsub
     const self = this.#self()
-    if (!pubsub || ranges.length === 0 || self === null) return
-    let payload = self
-    const send = (text: string) => {
-      pubsub.notify(CHANNELS.events, text).catch((err: Error) => this.#warn(err, 'event notice not sent'))
+    if (!pubsub || self === null || this.#unrung.size === 0) {
+      this.#ringing = false
+      return
     }
-    for (const [sid, first, last] of ranges) {
+    this.#ringing = true
+    const payloads: string[] = []
+    let payload = self
+    for (const [sid, [first, last]] of this.#unrung) {
       const entry = `;${sid}:${first}-${last}`
       if (payload.length + entry.length > MAX_PAYLOAD) {
-        send(payload)
+        payloads.push(payload)
         payload = self
       }
       payload += entry
     }
-    send(payload)
+    payloads.push(payload)
+    this.#unrung.clear()
+    Promise.all(payloads.map((text) => pubsub.notify(CHANNELS.events, text)))
+      .catch((err: Error) => this.#warn(err, 'event notice not sent'))
+      .finally(() => this.#ring())
   }
 
   /** Asks the instance `to` to act on one of its sessions. */

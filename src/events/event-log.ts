@@ -78,6 +78,7 @@ export class EventLog {
 
   readonly #lastSeqsStmt
   readonly #responseStmt
+  readonly #pagesStmt
   /** what the current drain stored, by session: [first, last] */
   #stored = new Map<string, [number, number]>()
   readonly #onStored: ((ranges: [string, number, number][]) => void) | undefined
@@ -171,6 +172,14 @@ export class EventLog {
         where id in (select id from owned) and (agent_session_id is distinct from ${p('agent')}::uuid or last_error is not null)
       )
       select id from owned`)
+    this.#pagesStmt = prepareSql(this.#db, 'events_pages', sql`
+      select c.id as session_id, e.seq, e.type, e.at, e.json
+      from unnest(${p('ids')}::uuid[], ${p('afters')}::bigint[]) as c(id, after)
+      cross join lateral (
+        select seq, type, at, payload::text as json from session_events
+        where session_id = c.id and seq > c.after order by seq limit ${p('limit')}::int
+      ) e
+      order by c.id, e.seq`)
     this.#responseStmt = prepareSql(this.#db, 'events_permission_response', sql`
       select seq, at, payload::text as json from session_events
       where session_id = ${p('id')}::uuid and type = 'permission_response' and payload->>'requestId' = ${p('rid')}::text
@@ -194,6 +203,22 @@ export class EventLog {
   async markDelivered (sessionId: string, seq: number, agentSessionId: string, fence: Fence): Promise<void> {
     const owned = await this.#deliveredStmt.execute({ id: sessionId, seq, agent: agentSessionId, fence: fenceKey(fence) })
     if (owned.length === 0) throw new FencedWrite(sessionId)
+  }
+
+  /** Events after each session's `after`, at most `limit` of each, oldest first: one statement for them all. */
+  async pages (from: { sessionId: string, after: number }[], limit: number): Promise<Map<string, StoredEvent[]>> {
+    const rows = await this.#pagesStmt.execute({ ids: from.map((f) => f.sessionId), afters: from.map((f) => f.after), limit })
+    const pages = new Map<string, StoredEvent[]>()
+    for (const r of rows) {
+      const id = String(r.session_id)
+      let page = pages.get(id)
+      if (!page) {
+        page = []
+        pages.set(id, page)
+      }
+      page.push({ seq: Number(r.seq), type: r.type as EventType, at: sessionEvents.at.mapFromDriverValue(r.at as string) as Date, json: String(r.json) })
+    }
+    return pages
   }
 
   /** The stored answer to a permission request (`permission_response`), or null. */

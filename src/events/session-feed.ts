@@ -22,6 +22,8 @@ interface Watched {
 export interface SessionFeedOptions {
   /** events after `after`, oldest first (the event log's page) */
   read: (sessionId: string, after: number, limit: number) => Promise<StoredEvent[]>
+  /** the same for several sessions in one statement: at most `limit` of each */
+  readMany: (from: { sessionId: string, after: number }[], limit: number) => Promise<Map<string, StoredEvent[]>>
   /** the last seq stored of each of these sessions (absent: none yet) */
   lastSeqs: (sessionIds: string[]) => Promise<Map<string, number>>
   logger: Log
@@ -115,6 +117,50 @@ export class SessionFeed implements EventBus {
     if (w?.cursor !== undefined && last > w.cursor) this.catchUp(sessionId)
   }
 
+  /**
+   * Another instance stored events of these sessions (one notice): those watched here and behind
+   * are read in one statement, then each goes on on its own if there is more.
+   */
+  storedMany (ranges: [sessionId: string, last: number][]): void {
+    const due: [string, Watched][] = []
+    for (const [sessionId, last] of ranges) {
+      const w = this.#watched.get(sessionId)
+      if (w?.cursor === undefined || last <= w.cursor) continue
+      if (w.reading) w.again = true
+      else due.push([sessionId, w])
+    }
+    if (due.length === 0) return
+    if (due.length === 1) {
+      this.catchUp(due[0]![0])
+      return
+    }
+    for (const [, w] of due) w.reading = true
+    this.#o.readMany(due.map(([sessionId, w]) => ({ sessionId, after: w.cursor! })), FEED.page).then((pages) => {
+      for (const [sessionId, w] of due) {
+        const page = pages.get(sessionId) ?? []
+        this.#pass(sessionId, w, page)
+        w.reading = false
+        // more than one page, or more asked for meanwhile: this session reads on by itself
+        if (page.length >= FEED.page || w.again) this.catchUp(sessionId)
+      }
+    }, (err: Error) => {
+      for (const [, w] of due) w.reading = false
+      this.#o.logger.warn({ err }, 'catching up with other instances\' events failed: the next notice or poll tries again')
+    })
+  }
+
+  /** Passes on the events that follow the cursor, in order. */
+  #pass (sessionId: string, w: Watched, page: StoredEvent[]): void {
+    for (const e of page) {
+      if (e.seq !== w.cursor! + 1) {
+        if (e.seq <= w.cursor!) continue
+        break
+      }
+      w.cursor = e.seq
+      if (this.#watched.get(sessionId) === w) this.#bus.publish(sessionId, { seq: e.seq, bytes: Buffer.from(frameText(e)) })
+    }
+  }
+
   /** Looks whether the table is ahead of any watched session's cursor (a notice lost, a reconnection). */
   async checkAll (): Promise<void> {
     const ids = this.watchedIds()
@@ -141,11 +187,7 @@ export class SessionFeed implements EventBus {
     for (;;) {
       w.again = false
       const page = await this.#o.read(sessionId, w.cursor!, FEED.page)
-      for (const e of page) {
-        if (e.seq !== w.cursor! + 1) break
-        w.cursor = e.seq
-        if (this.#watched.get(sessionId) === w) this.#bus.publish(sessionId, { seq: e.seq, bytes: Buffer.from(frameText(e)) })
-      }
+      this.#pass(sessionId, w, page)
       // in the same tick as the check: a catch-up asked for after it starts a read of its own
       if (page.length < FEED.page && !w.again) {
         w.reading = false

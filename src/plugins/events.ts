@@ -25,6 +25,7 @@ export default fp(async function eventsPlugin (app: FastifyInstance, opts: { clo
   const logger = app.log.child({ component: 'event-log' })
   const feed: SessionFeed = new SessionFeed({
     read: (sessionId, after, limit) => log.page(sessionId, after, limit),
+    readMany: (from, limit) => log.pages(from, limit),
     lastSeqs: (ids) => log.lastSeqs(ids),
     logger
   })
@@ -38,7 +39,7 @@ export default fp(async function eventsPlugin (app: FastifyInstance, opts: { clo
   })
   const recorder = new StateRecorder({ lifecycle: app.sessions, log })
   const checkAll = () => { feed.checkAll().catch((err: Error) => logger.warn({ err }, 'checking the watched sessions failed')) }
-  doorbell.on('events', (ranges) => { for (const [sessionId, , last] of ranges) feed.stored(sessionId, last) })
+  doorbell.on('events', (ranges) => { feed.storedMany(ranges.map(([sessionId, , last]) => [sessionId, last])) })
   // what was rung while the listener was away is lost: the table says
   doorbell.on('listening', checkAll)
   let poll: NodeJS.Timeout | undefined
