@@ -521,7 +521,12 @@ export class AgentSupervisor extends EventEmitter<SupervisorEvents> {
     this.#mutex.run(sessionId, () => {
       this.#kicks.delete(sessionId)
       return this.#deliverNext(sessionId)
-    }).catch((err: Error) => this.#log.error({ err, sessionId }, 'message delivery failed'))
+    }).catch((err: Error) => {
+      // the message stays queued: a delivery that failed (the database away for a moment) is
+      // tried again, or nothing would (a dead owner's session has no poll)
+      this.#log.error({ err, sessionId }, 'message delivery failed: tried again shortly')
+      this.#recheck(sessionId)
+    })
   }
 
   async #deliverNext (sessionId: string): Promise<void> {
