@@ -555,7 +555,8 @@ export class AgentSupervisor extends EventEmitter<SupervisorEvents> {
         return
       }
       if (session.state === 'active' && session.workerId !== me) {
-        if (!await this.#reachOwner(session)) continue
+        // a dead owner's claim was ended: look again (and claim it); a live one was nudged
+        if (await this.#reachOwner(session)) continue
         return
       }
       if (session.state === 'pending' || session.state === 'suspended') {
