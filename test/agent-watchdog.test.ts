@@ -19,6 +19,7 @@ import { WATCHDOG_NAME } from '../src/agents/agent-watchdog.js'
 import { isRunning, markedPids, waitUntil } from './helpers/agents.js'
 import { freshDatabaseUrl } from './helpers/build.js'
 import { launch, type Service } from './helpers/service-process.js'
+import { seedPglite } from './helpers/pglite-template.js'
 
 const root = fileURLToPath(new URL('../', import.meta.url))
 const HOST = join(root, 'test/fixtures/watchdog-host.ts')
@@ -233,6 +234,8 @@ const answered = (e: Frame) => e.type === 'agent' && e.data.type === 'result'
 async function serviceWithAgent (t: Test, sandbox: 'none' | 'bwrap', text: string, until: (e: Frame) => boolean): Promise<{ service: Service, sessionId: string, pids: number[] }> {
   const dir = await mkdtemp(join(tmpdir(), 'mobvibe-watchdog-'))
   t.teardown(() => rm(dir, { recursive: true, force: true }))
+  const databaseUrl = await freshDatabaseUrl(t)
+  if (!databaseUrl) await seedPglite(join(dir, 'data'))
   const service = launch(t, `service (${sandbox})`, {
     HOST: '127.0.0.1',
     PORT: '0',
@@ -242,7 +245,7 @@ async function serviceWithAgent (t: Test, sandbox: 'none' | 'bwrap', text: strin
     CLAUDE_BIN: FAKE_CLAUDE,
     AGENT_SANDBOX: sandbox,
     INSTANCE_LEASE_SECONDS: String(LEASE_SECONDS),
-    DATABASE_URL: await freshDatabaseUrl(t)
+    DATABASE_URL: databaseUrl
   })
   await service.ready()
   const created = await service.fetch('/v1/sessions', { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{}' })

@@ -23,6 +23,7 @@ import { createLogger } from '../src/logger.js'
 import { authHeader, call, createSession } from './helpers/api.js'
 import { build, freshDatabaseUrl } from './helpers/build.js'
 import { mintToken } from './helpers/tokens.js'
+import { seedPglite } from './helpers/pglite-template.js'
 
 const run = promisify(execFile)
 const ROOT = fileURLToPath(new URL('../', import.meta.url))
@@ -235,6 +236,7 @@ t.test('the stream takes the token from ?access_token=, and no log line holds it
     LOG_LEVEL: 'trace',
     ...(databaseUrl ? { DATABASE_URL: databaseUrl } : {})
   })
+  if (config.databaseUrl === undefined) await seedPglite(config.dataDir)
   const app = await buildApp({ config, logger: createLogger(config, sink), startWorker: false })
   t.teardown(async () => {
     await app.close()
@@ -276,6 +278,7 @@ t.test('no JWT setting: a key generated into the data directory (0600), kept acr
   const start = async () => {
     const databaseUrl = await freshDatabaseUrl(t)
     const config = loadConfig({ ...env, ...(databaseUrl ? { DATABASE_URL: databaseUrl } : {}) })
+    if (config.databaseUrl === undefined) await seedPglite(config.dataDir)
     const app = await buildApp({ config, logger: createLogger(config), startWorker: false })
     await app.ready()
     return app

@@ -37,6 +37,7 @@ import { resolveSandbox } from '../src/agents/sandbox.js'
 import { agentEnv, agentRoots, grandchildPid, hostPidOf, isRunning, kinds, markedPids, procStat, replies, results, waitUntil, type Frame } from './helpers/agents.js'
 import { freshDatabaseUrl } from './helpers/build.js'
 import { launch, type Service } from './helpers/service-process.js'
+import { seedPglite } from './helpers/pglite-template.js'
 
 const WAIT_MS = 15_000
 /** a turn still in progress long after the test is over: only a kill ends these agents */
@@ -172,6 +173,7 @@ async function scenario (t: Test, mode: 'none' | 'bwrap'): Promise<void> {
   }
 
   // ------------------------------------------------------------------ 1. the first run, streaming
+  if (!databaseUrl) await seedPglite(dataDir)
   const first = launch(t, 'first', env)
   const firstUrl = await first.ready()
   mark('first run listening')

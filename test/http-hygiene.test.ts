@@ -13,6 +13,7 @@ import { createLogger } from '../src/logger.js'
 import { build, freshDatabaseUrl } from './helpers/build.js'
 import { mintToken } from './helpers/tokens.js'
 import { authHeader } from './helpers/api.js'
+import { seedPglite } from './helpers/pglite-template.js'
 
 const SECRET = 'http-hygiene-test-secret-of-32-chars!'
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/
@@ -55,6 +56,7 @@ t.test('the request id is on the service\'s log lines for that request', async (
     JWT_SECRET: SECRET,
     ...(databaseUrl ? { DATABASE_URL: databaseUrl } : {})
   })
+  if (config.databaseUrl === undefined) await seedPglite(config.dataDir)
   const app = await buildApp({ config, logger: createLogger(config, sink), startWorker: false })
   const auth = { authorization: `Bearer ${await mintToken({ secret: SECRET, sub: 'logged-user' })}` }
   t.teardown(async () => {

@@ -11,6 +11,7 @@ import t, { type Test } from 'tap'
 import { agentEnv, markedPids, waitUntil, type Frame } from './helpers/agents.js'
 import { freshDatabaseUrl } from './helpers/build.js'
 import { launch, type Service } from './helpers/service-process.js'
+import { seedPglite } from './helpers/pglite-template.js'
 
 const dir = await mkdtemp(join(tmpdir(), 'mobvibe-perm-restart-'))
 const ids: string[] = []
@@ -32,6 +33,7 @@ const env = {
   LOG_LEVEL: 'info',
   ...(databaseUrl ? { DATABASE_URL: databaseUrl } : {})
 }
+if (!databaseUrl) await seedPglite(env.MOBVIBE_DATA_DIR)
 
 async function json (service: Service, path: string, init: RequestInit = {}) {
   const res = await service.fetch(path, { ...init, headers: { 'content-type': 'application/json', ...init.headers } })

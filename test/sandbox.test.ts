@@ -16,6 +16,7 @@ import { buildApp, type App } from '../src/app.js'
 import { loadConfig } from '../src/config.js'
 import { FAKE_CLAUDE, fakeAgentEnv, killLeftovers, marked, newSession, sh, userOf } from './helpers/as-user.js'
 import { build, freshDatabaseUrl } from './helpers/build.js'
+import { seedPglite } from './helpers/pglite-template.js'
 
 const BWRAP = '/usr/bin/bwrap'
 
@@ -123,6 +124,7 @@ async function buildLogged (t: Test, extra: Record<string, string>): Promise<{ a
       done()
     }
   })
+  if (config.databaseUrl === undefined) await seedPglite(config.dataDir)
   const app = await buildApp({ config, logger: pino({ level: 'info' }, sink) })
   t.teardown(async () => {
     await app.close()

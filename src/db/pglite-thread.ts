@@ -1,4 +1,6 @@
 import { once } from 'node:events'
+import { readFile } from 'node:fs/promises'
+import { fileURLToPath } from 'node:url'
 import { Worker } from 'node:worker_threads'
 import { revivedError, type WorkerHello, type WorkerReply, type WorkerRequest, type WorkerResults } from './pglite-protocol.js'
 
@@ -16,12 +18,31 @@ interface QueryOptions {
 const FROM_SOURCES = import.meta.url.endsWith('.ts')
 const WORKER_URL = new URL(FROM_SOURCES ? './pglite-worker.ts' : './pglite-worker.js', import.meta.url)
 
-function spawnWorker (dataDir: string): Worker {
-  if (!FROM_SOURCES) return new Worker(WORKER_URL, { workerData: { dataDir } })
+/** a compiled WebAssembly.Module (the DOM library, which types it, is not in this project's lib) */
+type WasmModule = object
+declare const WebAssembly: { compile: (bytes: Uint8Array) => Promise<WasmModule> }
+
+/**
+ * PGlite's WebAssembly, compiled once per process and handed to every database thread: a process
+ * that opens the database again (a restart of the thread; the tests, which build many apps) does
+ * not compile and optimise nine megabytes of WebAssembly each time.
+ */
+let compiled: Promise<WasmModule> | undefined
+function pgliteModule (): Promise<WasmModule> {
+  const file = fileURLToPath(new URL('pglite.wasm', import.meta.resolve('@electric-sql/pglite')))
+  compiled ??= readFile(file).then((bytes) => WebAssembly.compile(bytes))
+  // a failure is not kept: the next open tries again
+  compiled.catch(() => { compiled = undefined })
+  return compiled
+}
+
+function spawnWorker (dataDir: string, wasm: WasmModule): Worker {
+  const workerData = { dataDir, wasm }
+  if (!FROM_SOURCES) return new Worker(WORKER_URL, { workerData })
   // tsx's loader stays on the main thread (tsx#354): the worker registers it before loading the .ts
   const tsx = import.meta.resolve('tsx/esm/api')
   const boot = `import(${JSON.stringify(tsx)}).then((m) => { m.register(); return import(${JSON.stringify(WORKER_URL.href)}) })`
-  return new Worker(boot, { eval: true, workerData: { dataDir } })
+  return new Worker(boot, { eval: true, workerData })
 }
 
 /** The statements of one transaction, run in order on the thread that holds it open. */
@@ -59,7 +80,7 @@ export class PGliteThread {
 
   /** Starts the thread and opens the database in `dataDir` (`memory://` for one in memory). */
   static async open (dataDir: string): Promise<PGliteThread> {
-    const worker = spawnWorker(dataDir)
+    const worker = spawnWorker(dataDir, await pgliteModule())
     const [hello] = await Promise.race([
       once(worker, 'message') as Promise<[WorkerHello]>,
       once(worker, 'error').then(([err]) => { throw err instanceof Error ? err : new Error(String(err)) })

@@ -5,7 +5,7 @@
  * a time as before.
  */
 import { parentPort, workerData } from 'node:worker_threads'
-import { PGlite, parse, protocol, type Results, type Transaction } from '@electric-sql/pglite'
+import { PGlite, parse, protocol, type PGliteOptions, type Results, type Transaction } from '@electric-sql/pglite'
 import { plainError, type WorkerHello, type WorkerReply, type WorkerRequest, type WorkerResults } from './pglite-protocol.js'
 
 const port = parentPort
@@ -170,7 +170,9 @@ async function handle (req: WorkerRequest): Promise<WorkerResults | number | nul
 }
 
 try {
-  db = await PGlite.create(String(workerData.dataDir))
+  // the module compiled once by the process (pglite-thread.ts)
+  const data = workerData as { dataDir: string, wasm: NonNullable<PGliteOptions['pgliteWasmModule']> }
+  db = await PGlite.create(data.dataDir, { pgliteWasmModule: data.wasm })
   port.postMessage({ ready: true } satisfies WorkerHello)
 } catch (err) {
   port.postMessage({ ready: false, error: plainError(err) } satisfies WorkerHello)

@@ -8,6 +8,7 @@ import { buildApp, type App } from '../../src/app.js'
 import { loadConfig, type Config } from '../../src/config.js'
 import { createLogger } from '../../src/logger.js'
 import { registerDefaultToken } from './api.js'
+import { seedPglite } from './pglite-template.js'
 import { mintToken } from './tokens.js'
 
 export interface BuildOptions {
@@ -79,6 +80,8 @@ export async function build (t: Test, opts: BuildOptions = {}): Promise<Built> {
     ...(databaseUrl ? { DATABASE_URL: databaseUrl } : {}),
     ...opts.env
   })
+  // a copy of a migrated database: about 3 s less per app than creating and migrating one
+  if (config.databaseUrl === undefined) await seedPglite(config.dataDir)
   const app = await buildApp({
     config,
     logger: createLogger(config),
