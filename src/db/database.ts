@@ -24,6 +24,12 @@ export interface PubSub {
 
 export interface DatabaseHandle {
   readonly db: Database
+  /**
+   * The instance lease's renewals: on PostgreSQL a connection of their own (application_name
+   * `mobvibe-lease`), so that a pool busy with requests never makes an instance give up its
+   * lease; on PGlite the same as `db`.
+   */
+  readonly leaseDb: Database
   readonly driver: 'postgres' | 'pglite'
   readonly pubsub?: PubSub
   ping (): Promise<void>
@@ -71,23 +77,26 @@ async function openPostgres (url: string, max: number): Promise<DatabaseHandle> 
     await client.end({ timeout: 1 })
     throw err
   }
-  // its own client, so that its connection is told apart (and can be found) by its name
-  const listener = postgres(url, {
+  // clients of their own, so that their connections are told apart (and can be found) by name
+  const single = (name: string) => postgres(url, {
     max: 1,
     onnotice: () => {},
     backoff: () => POSTGRES_RECONNECT.backoffSeconds,
     connect_timeout: POSTGRES_RECONNECT.connectTimeoutSeconds,
-    connection: { application_name: 'mobvibe-listen' }
+    connection: { application_name: name }
   })
+  const listener = single('mobvibe-listen')
+  const leaseClient = single('mobvibe-lease')
   return {
     db,
+    leaseDb: drizzlePostgres(leaseClient, { schema }) as unknown as Database,
     driver: 'postgres',
     pubsub: {
       listen: async (channel, onMessage, onListen) => { await listener.listen(channel, onMessage, onListen) },
       notify: async (channel, payload) => { await client.notify(channel, payload) }
     },
     ping: async () => { await db.execute(sql`select 1`) },
-    close: async () => { await Promise.all([listener.end({ timeout: 1 }), client.end({ timeout: 5 })]) }
+    close: async () => { await Promise.all([listener.end({ timeout: 1 }), leaseClient.end({ timeout: 1 }), client.end({ timeout: 5 })]) }
   }
 }
 
@@ -104,6 +113,7 @@ async function openPglite (dir: string): Promise<DatabaseHandle> {
   }
   return {
     db,
+    leaseDb: db,
     driver: 'pglite',
     ping: async () => { await db.execute(sql`select 1`) },
     close: async () => { if (!client.closed) await client.close() }

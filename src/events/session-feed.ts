@@ -14,9 +14,6 @@ interface Watched {
   ready: Promise<void>
   /** frames stored here before the cursor was known */
   early: PublishedFrame[]
-  reading: boolean
-  /** another catch-up was asked for while one ran */
-  again: boolean
 }
 
 export interface SessionFeedOptions {
@@ -34,14 +31,23 @@ export interface SessionFeedOptions {
  * duplicate, whoever stored them: this instance's own commits arrive at once (publish), and
  * another instance's are read from the table when it rings (or when a poll or a reconnection
  * finds the table ahead). Each watched session has one cursor here, whatever the number of its
- * subscribers: one read per session and notice. A frame that would skip a seq is not passed on;
- * the gap is read from the table first. A subscriber waits for `ready` before reading its replay,
- * so the replay covers everything up to the cursor and the feed everything after it.
+ * subscribers. A frame that would skip a seq is not passed on; the gap is read from the table
+ * first. A subscriber waits for `ready` before reading its replay, so the replay covers everything
+ * up to the cursor and the feed everything after it.
+ *
+ * One read at a time per instance: the sessions that fell behind while a read was on its way are
+ * read together in the next statement. A busy cluster's notices then cost this instance about one
+ * statement per read's round trip instead of one per notice, and the load it puts on the database
+ * falls as the database slows down instead of growing.
  */
 export class SessionFeed implements EventBus {
   readonly #bus = new InProcessEventBus()
   readonly #watched = new Map<string, Watched>()
   readonly #o: SessionFeedOptions
+  /** watched sessions the table may be ahead of, for the next read */
+  readonly #due = new Set<string>()
+  /** the read on its way, if any */
+  #reading = false
 
   constructor (opts: SessionFeedOptions) {
     this.#o = opts
@@ -71,7 +77,7 @@ export class SessionFeed implements EventBus {
   }
 
   #watch (sessionId: string): void {
-    const w: Watched = { cursor: undefined, ready: Promise.resolve(), early: [], reading: false, again: false }
+    const w: Watched = { cursor: undefined, ready: Promise.resolve(), early: [] }
     this.#watched.set(sessionId, w)
     w.ready = this.#o.lastSeqs([sessionId]).then((seqs) => {
       w.cursor = seqs.get(sessionId) ?? 0
@@ -102,7 +108,8 @@ export class SessionFeed implements EventBus {
   #offer (sessionId: string, w: Watched, frame: PublishedFrame): void {
     const cursor = w.cursor!
     if (frame.seq <= cursor) return
-    if (frame.seq === cursor + 1 && !w.reading) {
+    // even while a read of this session is on its way: it passes on only what follows the cursor
+    if (frame.seq === cursor + 1) {
       w.cursor = frame.seq
       this.#bus.publish(sessionId, frame)
       return
@@ -111,42 +118,19 @@ export class SessionFeed implements EventBus {
     this.catchUp(sessionId)
   }
 
-  /** Another instance stored events of these sessions up to `last`. */
+  /** Another instance stored events of this session up to `last`. */
   stored (sessionId: string, last: number): void {
     const w = this.#watched.get(sessionId)
     if (w?.cursor !== undefined && last > w.cursor) this.catchUp(sessionId)
   }
 
-  /**
-   * Another instance stored events of these sessions (one notice): those watched here and behind
-   * are read in one statement, then each goes on on its own if there is more.
-   */
+  /** Another instance stored events of these sessions (one notice). */
   storedMany (ranges: [sessionId: string, last: number][]): void {
-    const due: [string, Watched][] = []
     for (const [sessionId, last] of ranges) {
       const w = this.#watched.get(sessionId)
-      if (w?.cursor === undefined || last <= w.cursor) continue
-      if (w.reading) w.again = true
-      else due.push([sessionId, w])
+      if (w?.cursor !== undefined && last > w.cursor) this.#due.add(sessionId)
     }
-    if (due.length === 0) return
-    if (due.length === 1) {
-      this.catchUp(due[0]![0])
-      return
-    }
-    for (const [, w] of due) w.reading = true
-    this.#o.readMany(due.map(([sessionId, w]) => ({ sessionId, after: w.cursor! })), FEED.page).then((pages) => {
-      for (const [sessionId, w] of due) {
-        const page = pages.get(sessionId) ?? []
-        this.#pass(sessionId, w, page)
-        w.reading = false
-        // more than one page, or more asked for meanwhile: this session reads on by itself
-        if (page.length >= FEED.page || w.again) this.catchUp(sessionId)
-      }
-    }, (err: Error) => {
-      for (const [, w] of due) w.reading = false
-      this.#o.logger.warn({ err }, 'catching up with other instances\' events failed: the next notice or poll tries again')
-    })
+    this.#drain()
   }
 
   /** Passes on the events that follow the cursor, in order. */
@@ -170,28 +154,41 @@ export class SessionFeed implements EventBus {
 
   /** Reads what the table holds past the cursor and passes it on, in order. */
   catchUp (sessionId: string): void {
-    const w = this.#watched.get(sessionId)
-    if (!w || w.cursor === undefined) return
-    if (w.reading) {
-      w.again = true
-      return
-    }
-    w.reading = true
-    this.#read(sessionId, w).catch((err: Error) => {
-      w.reading = false
-      this.#o.logger.warn({ err, sessionId }, 'catching up with the session\'s events failed: the next notice or poll tries again')
+    if (this.#watched.get(sessionId)?.cursor === undefined) return
+    this.#due.add(sessionId)
+    this.#drain()
+  }
+
+  #drain (): void {
+    if (this.#reading || this.#due.size === 0) return
+    this.#reading = true
+    this.#readDue().then(() => {
+      this.#reading = false
+    }, (err: Error) => {
+      this.#reading = false
+      // what is still due is read with the next notice or poll, not in a loop against a failing database
+      this.#o.logger.warn({ err, sessions: this.#due.size }, 'catching up with other instances\' events failed: the next notice or poll tries again')
     })
   }
 
-  async #read (sessionId: string, w: Watched): Promise<void> {
-    for (;;) {
-      w.again = false
-      const page = await this.#o.read(sessionId, w.cursor!, FEED.page)
-      this.#pass(sessionId, w, page)
-      // in the same tick as the check: a catch-up asked for after it starts a read of its own
-      if (page.length < FEED.page && !w.again) {
-        w.reading = false
-        return
+  /** Reads every due session, all of them in one statement, until none is due. */
+  async #readDue (): Promise<void> {
+    while (this.#due.size > 0) {
+      const batch: [string, Watched][] = []
+      for (const sessionId of this.#due) {
+        const w = this.#watched.get(sessionId)
+        if (w?.cursor !== undefined) batch.push([sessionId, w])
+      }
+      this.#due.clear()
+      if (batch.length === 0) return
+      const pages = batch.length === 1
+        ? new Map([[batch[0]![0], await this.#o.read(batch[0]![0], batch[0]![1].cursor!, FEED.page)]])
+        : await this.#o.readMany(batch.map(([sessionId, w]) => ({ sessionId, after: w.cursor! })), FEED.page)
+      for (const [sessionId, w] of batch) {
+        const page = pages.get(sessionId) ?? []
+        this.#pass(sessionId, w, page)
+        // a full page: there is more
+        if (page.length >= FEED.page) this.#due.add(sessionId)
       }
     }
   }

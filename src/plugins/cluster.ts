@@ -24,7 +24,8 @@ declare module 'fastify' {
 export default fp(async function clusterPlugin (app: FastifyInstance, opts: { config: Config }) {
   const instances = createInstanceRepository(app.database.db)
   const lease = new InstanceLease({
-    repo: instances,
+    // its renewals on a connection of their own: a busy pool does not cost the lease
+    repo: createInstanceRepository(app.database.leaseDb),
     dataDir: opts.config.dataDir,
     leaseSeconds: opts.config.instance.leaseSeconds,
     logger: app.log.child({ component: 'instance' }),
