@@ -254,3 +254,20 @@ t.test('a session nobody watches any more is not read', async (t) => {
   await table.settle()
   t.equal(table.reads.length, before, 'no read')
 })
+
+t.test('a session that falls behind just as a read ends is read all the same, whatever the moment', async (t) => {
+  // the moment between the read's last look at what is due and the end of the read: a few
+  // microtask turns after the table answers; each offset is tried on a feed of its own
+  for (let turns = 0; turns <= 6; turns++) {
+    const table = new Table()
+    const a = await watch(table, 'a')
+    const b = await watch(table, 'b')
+    table.feed.storedMany([['a', table.store('a')]])
+    const read = await table.nextRead()
+    read.release()
+    for (let i = 0; i < turns; i++) await Promise.resolve()
+    table.feed.storedMany([['b', table.store('b')]])
+    await table.settle()
+    t.same([a, b], [[1], [1]], `${turns} turns after the answer: both read`)
+  }
+})

@@ -164,6 +164,8 @@ export class SessionFeed implements EventBus {
     this.#reading = true
     this.#readDue().then(() => {
       this.#reading = false
+      // what became due between the loop's last look and this callback
+      this.#drain()
     }, (err: Error) => {
       this.#reading = false
       // what is still due is read with the next notice or poll, not in a loop against a failing database
