@@ -1,3 +1,4 @@
+// Database-independent: opens no database, so CI runs it once, in the PGlite pass (.ci/run).
 import t from 'tap'
 import { isDatabaseUnavailable } from '../src/db/database-errors.js'
 

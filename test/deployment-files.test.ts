@@ -1,3 +1,4 @@
+// Database-independent: opens no database, so CI runs it once, in the PGlite pass (.ci/run).
 /**
  * The multi-instance deployment (docker-compose.yml, deploy/nginx.conf, docs/SCALING.md), checked
  * without Docker: the invariants that make several instances on one PostgreSQL work. Each instance

@@ -1,3 +1,4 @@
+// Database-independent: opens no database, so CI runs it once, in the PGlite pass (.ci/run).
 /**
  * The documentation against the code and the repository:
  * - the README's configuration table (generated from EnvSchema, src/config.ts) and error table

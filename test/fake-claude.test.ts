@@ -1,3 +1,4 @@
+// Database-independent: opens no database, so CI runs it once, in the PGlite pass (.ci/run).
 /**
  * The fake Claude Code CLI (test/fixtures/fake-claude.mjs) that the service's agent tests use as
  * CLAUDE_BIN: its arguments, transcripts, turns, directives, control requests, ways of ending and

@@ -1,3 +1,4 @@
+// Database-independent: opens no database, so CI runs it once, in the PGlite pass (.ci/run).
 /**
  * The pure side of permission asks (src/domain/permissions.ts): reading the CLI's can_use_tool,
  * checking an answer against its ask, and the control_response the agent gets; and the

@@ -1,3 +1,4 @@
+// Database-independent: opens no database, so CI runs it once, in the PGlite pass (.ci/run).
 /**
  * PGlite on its worker thread (src/db/pglite-thread.ts): what drizzle relies on (results, errors
  * with their SQLSTATE, transactions that commit or roll back), the statement cache (past its size

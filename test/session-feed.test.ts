@@ -1,3 +1,4 @@
+// Database-independent: opens no database, so CI runs it once, in the PGlite pass (.ci/run).
 /**
  * The session feed on its own (src/events/session-feed.ts), over an in-memory table whose reads the
  * test releases one at a time: every subscriber gets every seq once and in order, whichever

@@ -48,10 +48,9 @@ export async function waitUntil<T> (what: string, probe: () => Promise<T | undef
   }
 }
 
-/** Every persisted event of the session, oldest first (GET /events, paged). */
-export async function allEvents (app: App, id: string): Promise<Frame[]> {
+/** Every persisted event of the session after `after` (default: all), oldest first (GET /events, paged). */
+export async function allEvents (app: App, id: string, after = 0): Promise<Frame[]> {
   const frames: Frame[] = []
-  let after = 0
   for (;;) {
     const res = await call<{ items: Frame[], nextAfter: number | null }>(app, 'GET', `/v1/sessions/${id}/events?after=${after}&limit=1000`)
     if (res.status !== 200) throw new Error(`GET /events: ${res.status} ${JSON.stringify(res.body)}`)
@@ -88,7 +87,10 @@ export const replies = (frames: Frame[]): string[] => results(frames).filter((f)
 export async function waitEvents (app: App, id: string, what: string, ready: (frames: Frame[]) => boolean, timeoutMs?: number): Promise<Frame[]> {
   let last: Frame[] = []
   return waitUntil(what, async () => {
-    last = await allEvents(app, id)
+    // the log only grows: each poll reads what came after the last one (re-reading a long
+    // session's every event fifty times a second was a good part of the suite's CPU)
+    const more = await allEvents(app, id, last.at(-1)?.seq ?? 0)
+    if (more.length > 0) last = last.concat(more)
     return ready(last) ? last : undefined
   }, { ...(timeoutMs ? { timeoutMs } : {}), describe: () => `events: ${JSON.stringify(kinds(last))}` })
 }

@@ -42,8 +42,8 @@ export async function session (u: User, id: string): Promise<SessionRes> {
   return res.body
 }
 
-export async function events (u: User, id: string): Promise<Frame[]> {
-  const res = await call<{ items: Frame[] }>(u.app, 'GET', `/v1/sessions/${id}/events?limit=1000`, undefined, u.auth)
+export async function events (u: User, id: string, after = 0): Promise<Frame[]> {
+  const res = await call<{ items: Frame[] }>(u.app, 'GET', `/v1/sessions/${id}/events?after=${after}&limit=1000`, undefined, u.auth)
   if (res.status !== 200) throw new Error(`GET /events: ${res.status} ${JSON.stringify(res.body)}`)
   return res.body.items
 }
@@ -56,7 +56,9 @@ export async function send (u: User, id: string, text: string): Promise<void> {
 export async function waitFor (u: User, id: string, what: string, ready: (f: Frame[]) => boolean, timeoutMs?: number): Promise<Frame[]> {
   let last: Frame[] = []
   return waitUntil(what, async () => {
-    last = await events(u, id)
+    // the log only grows: each poll reads what came after the last one
+    const more = await events(u, id, last.at(-1)?.seq ?? 0)
+    if (more.length > 0) last = last.concat(more)
     return ready(last) ? last : undefined
   }, { describe: () => JSON.stringify(kinds(last)), ...(timeoutMs ? { timeoutMs } : {}) })
 }
