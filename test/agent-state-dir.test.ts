@@ -1,3 +1,4 @@
+// Database-incidental: uses a database only as storage for what it tests, so CI runs it once, in the PostgreSQL pass (.ci/run).
 /**
  * Each session's own agent state directory (src/agents/agent-state.ts, docs/AGENTS.md "State"):
  * `<CLAUDE_CONFIG_DIR>/users/<userKey(owner)>/sessions/<id>`, where the CLI keeps its transcript;

@@ -1,3 +1,4 @@
+// Database-incidental: uses a database only as storage for what it tests, so CI runs it once, in the PostgreSQL pass (.ci/run).
 /**
  * asyncapi.yaml is the contract of the WebSocket stream: it must be a valid AsyncAPI 3.0 document
  * for the real parser, its frames must be the TypeBox schemas the code uses (not a copy that

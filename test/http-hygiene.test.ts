@@ -1,3 +1,4 @@
+// Database-incidental: uses a database only as storage for what it tests, so CI runs it once, in the PostgreSQL pass (.ci/run).
 /**
  * What every response carries whatever the route: a request id (the client's when sane, echoed,
  * logged, in problems), security headers, and CORS for the configured origins only.

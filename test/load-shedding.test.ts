@@ -1,3 +1,4 @@
+// Database-incidental: uses a database only as storage for what it tests, so CI runs it once, in the PostgreSQL pass (.ci/run).
 /**
  * Load shedding (src/plugins/load-shedding.ts, @fastify/under-pressure): while the event loop is
  * saturated, every request but GET /healthz is answered 503 SERVICE_OVERLOADED problem+json with

@@ -1,3 +1,4 @@
+// Database-incidental: uses a database only as storage for what it tests, so CI runs it once, in the PostgreSQL pass (.ci/run).
 /**
  * openapi.yaml is the contract with the mobile app: it must be a valid OpenAPI 3.1 document, it
  * must describe what the server really does (errors included), it must be what the server serves,

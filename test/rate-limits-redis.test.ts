@@ -1,3 +1,4 @@
+// Database-incidental: uses a database only as storage for what it tests, so CI runs it once, in the PostgreSQL pass (.ci/run).
 /**
  * Per-user request rates shared by several instances (src/plugins/rate-limits.ts, REDIS_URL):
  * two apps on the same Redis count a user's requests together, another user has counters of

@@ -1,3 +1,4 @@
+// Database-incidental: uses a database only as storage for what it tests, so CI runs it once, in the PostgreSQL pass (.ci/run).
 /**
  * Per-user request rates (src/plugins/rate-limits.ts): RATE_LIMIT_PER_MINUTE for every /v1
  * request, HEARTBEAT_RATE_LIMIT_PER_MINUTE for heartbeats in a bucket of their own, 0 = off.

@@ -1,3 +1,4 @@
+// Database-incidental: uses a database only as storage for what it tests, so CI runs it once, in the PostgreSQL pass (.ci/run).
 /**
  * Escape probes (docs/AGENTS.md, "The sandbox"): an agent of user alice, through the fake CLI's
  * `/sh`, tries to read the data directory's `jwt-secret`, the database files, user bob's

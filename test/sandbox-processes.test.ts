@@ -1,3 +1,4 @@
+// Database-incidental: uses a database only as storage for what it tests, so CI runs it once, in the PostgreSQL pass (.ci/run).
 /**
  * The processes of sandboxed agents (docs/AGENTS.md, "The sandbox" and "The stop sequence"): a
  * `setsid` grandchild does not outlive its agent (pause, suspend, delete, crash); the stop

@@ -1,3 +1,4 @@
+// Database-incidental: uses a database only as storage for what it tests, so CI runs it once, in the PostgreSQL pass (.ci/run).
 /**
  * The agents' bubblewrap sandbox (src/agents/sandbox.ts, docs/AGENTS.md "The sandbox"): the command
  * line it builds, the start-up probe and its fallback (the seam: bwrap is looked up on the

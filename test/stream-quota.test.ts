@@ -1,3 +1,4 @@
+// Database-incidental: uses a database only as storage for what it tests, so CI runs it once, in the PostgreSQL pass (.ci/run).
 /**
  * Open streams per user (MAX_STREAMS_PER_USER, src/events/stream-quota.ts): one more is refused
  * before the upgrade with 429 TOO_MANY_STREAMS problem+json, another user is not affected, and
