@@ -118,12 +118,6 @@ export class SessionFeed implements EventBus {
     this.catchUp(sessionId)
   }
 
-  /** Another instance stored events of this session up to `last`. */
-  stored (sessionId: string, last: number): void {
-    const w = this.#watched.get(sessionId)
-    if (w?.cursor !== undefined && last > w.cursor) this.catchUp(sessionId)
-  }
-
   /** Another instance stored events of these sessions (one notice). */
   storedMany (ranges: [sessionId: string, last: number][]): void {
     for (const [sessionId, last] of ranges) {
@@ -149,7 +143,7 @@ export class SessionFeed implements EventBus {
   async checkAll (): Promise<void> {
     const ids = this.watchedIds()
     if (ids.length === 0) return
-    for (const [sessionId, last] of await this.#o.lastSeqs(ids)) this.stored(sessionId, last)
+    this.storedMany([...await this.#o.lastSeqs(ids)])
   }
 
   /** Reads what the table holds past the cursor and passes it on, in order. */
