@@ -118,6 +118,12 @@ export class SessionFeed implements EventBus {
     this.catchUp(sessionId)
   }
 
+  /** Another instance stored events of this session up to `last`. */
+  stored (sessionId: string, last: number): void {
+    const w = this.#watched.get(sessionId)
+    if (w?.cursor !== undefined && last > w.cursor) this.catchUp(sessionId)
+  }
+
   /** Another instance stored events of these sessions (one notice). */
   storedMany (ranges: [sessionId: string, last: number][]): void {
     for (const [sessionId, last] of ranges) {
@@ -143,7 +149,7 @@ export class SessionFeed implements EventBus {
   async checkAll (): Promise<void> {
     const ids = this.watchedIds()
     if (ids.length === 0) return
-    this.storedMany([...await this.#o.lastSeqs(ids)])
+    for (const [sessionId, last] of await this.#o.lastSeqs(ids)) this.stored(sessionId, last)
   }
 
   /** Reads what the table holds past the cursor and passes it on, in order. */
