@@ -109,11 +109,16 @@ t.test(`${COUNT} sessions expiring at once under three sweeping instances: each 
 
   const seen = await health.stop()
   for (const i of instances) {
+    const slow = i.logLines((l) => l.msg === 'instance lease renewal slow').map((l) => Number(l.tookMs))
+    if (slow.length > 0) t.comment(`${i.name}: ${slow.length} slow lease renewals, the slowest ${Math.max(...slow)} ms`)
+  }
+  for (const i of instances) {
     const h = seen[i.name]!
     t.ok(i.running, `${i.name} runs`)
     t.same(h.bad.slice(0, 3), [], `${i.name}: /readyz answered 200 throughout (${h.answers} probes, slowest ${h.slowestMs} ms)`)
     t.ok(h.slowestMs < 5000, `${i.name}: no probe waited 5 s or more`)
-    t.notOk(i.logLines((l) => (l.level ?? 0) >= 50).length, `${i.name}: no error logged`)
+    // the lines themselves, so that a failure says what went wrong
+    t.same(i.logLines((l) => (l.level ?? 0) >= 50).slice(0, 3), [], `${i.name}: no error logged`)
   }
   // and each serves a session after it
   await Promise.all(instances.map(async (i) => {

@@ -120,7 +120,11 @@ export class InstanceLease extends EventEmitter<InstanceLeaseEvents> {
         return
       }
       const id = this.#id
-      if (await this.#repo.renew(id, !this.#fencing)) {
+      const renewed = await this.#repo.renew(id, !this.#fencing)
+      const tookMs = performance.now() - sentAt
+      // a renewal slower than its period eats into the margin before the fence: worth a look
+      if (this.#fencing && tookMs > this.plan.renewEveryMs / 2) this.#log.warn({ instanceId: id, tookMs: Math.round(tookMs) }, 'instance lease renewal slow')
+      if (renewed) {
         if (this.#id === id) this.#renewed(sentAt)
       } else {
         this.#lose('its row was stopped: a peer judged it dead')
