@@ -5,6 +5,7 @@ import { readFile } from 'node:fs/promises'
 import { availableParallelism } from 'node:os'
 import { basename } from 'node:path'
 import postgres from 'postgres'
+import { decodeEventNotice } from '../src/cluster/event-notice.js'
 import { environValue, processTable } from './instance-cluster.js'
 
 const wallMs = () => performance.timeOrigin + performance.now()
@@ -88,16 +89,18 @@ export interface NoticeWindow {
   notices: number
   /** sum of last − first + 1 over every entry of every notice */
   events: number
+  /** of those, the events whose frames came in the notice (no read of the table needed) */
+  carried: number
   /** notices by the instance id that sent them */
   byInstance: Map<string, number>
 }
 
 /**
- * LISTEN mv_events (payload `<instanceId>;<sid>:<first>-<last>;…`): every notice's arrival and
- * the events it names; and `pg_notification_queue_usage()` every `sampleEveryMs`, its maximum.
+ * LISTEN mv_events (src/cluster/event-notice.ts): every notice's arrival, the events it names and
+ * those it carries; and `pg_notification_queue_usage()` every `sampleEveryMs`, its maximum.
  */
 export class NotifyMeter {
-  readonly #notices: { at: number, from: string, events: number }[] = []
+  readonly #notices: { at: number, from: string, events: number, carried: number }[] = []
   readonly #listener: postgres.Sql
   readonly #probe: postgres.Sql
   maxQueueUsage = 0
@@ -112,13 +115,14 @@ export class NotifyMeter {
 
   async start (): Promise<void> {
     await this.#listener.listen('mv_events', (payload) => {
-      const [from = '', ...entries] = payload.split(';')
+      const { from, runs } = decodeEventNotice(payload)
       let events = 0
-      for (const entry of entries) {
-        const m = /:(\d+)-(\d+)$/.exec(entry)
-        if (m) events += Number(m[2]) - Number(m[1]) + 1
+      let carried = 0
+      for (const run of runs) {
+        events += run.last - run.first + 1
+        carried += run.frames?.length ?? 0
       }
-      this.#notices.push({ at: wallMs(), from, events })
+      this.#notices.push({ at: wallMs(), from, events, carried })
     })
     const loop = async () => {
       if (this.#stopped) return
@@ -137,7 +141,13 @@ export class NotifyMeter {
     const inside = this.#notices.filter((n) => n.at >= fromMs && n.at <= toMs)
     const byInstance = new Map<string, number>()
     for (const n of inside) byInstance.set(n.from, (byInstance.get(n.from) ?? 0) + 1)
-    return { seconds: (toMs - fromMs) / 1000, notices: inside.length, events: inside.reduce((a, n) => a + n.events, 0), byInstance }
+    return {
+      seconds: (toMs - fromMs) / 1000,
+      notices: inside.length,
+      events: inside.reduce((a, n) => a + n.events, 0),
+      carried: inside.reduce((a, n) => a + n.carried, 0),
+      byInstance
+    }
   }
 
   async stop (): Promise<void> {

@@ -238,7 +238,7 @@ async function streamFigure (c: Cluster, notify: NotifyMeter): Promise<void> {
     figure: 'mv_events notices meanwhile (LISTEN by the bench)',
     db: 'postgres',
     value: `${fmt.int(n.notices / n.seconds)} notices/s (${byInstance}), ${(n.events / Math.max(1, n.notices)).toFixed(1)} events/notice ` +
-      `(${fmt.int(n.events / n.seconds)} events/s named, over ${n.seconds.toFixed(1)} s)`
+      `(${fmt.int(n.events / n.seconds)} events/s named, ${Math.round(100 * n.carried / Math.max(1, n.events))} % of them carried in the notice, over ${n.seconds.toFixed(1)} s)`
   })
   c.cpuRow('the stream figure', c.cpu.between(cpu0, cpu1))
 

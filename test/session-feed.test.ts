@@ -4,11 +4,13 @@
  * test releases one at a time: every subscriber gets every seq once and in order, whichever
  * instance stored it; a gap is read before what follows it; the sessions that fall behind while a
  * read is on its way are read together in the next statement, one read at a time; a failed read is
- * tried again with the next notice.
+ * tried again with the next notice; frames that come with a notice go out without a read when they
+ * follow the cursor.
  */
 import { Writable } from 'node:stream'
 import pino from 'pino'
 import t from 'tap'
+import type { StoredRun } from '../src/cluster/event-notice.js'
 import type { PublishedFrame } from '../src/events/event-bus.js'
 import { frameText, type StoredEvent } from '../src/events/event-log.js'
 import { SessionFeed } from '../src/events/session-feed.js'
@@ -109,6 +111,9 @@ async function watch (table: Table, sessionId: string): Promise<number[]> {
   return got
 }
 
+/** A notice that names what another instance stored up to `last`, without its frames. */
+const range = (sessionId: string, last: number): StoredRun => ({ sessionId, first: last, last })
+
 const upTo = (n: number, from = 1) => Array.from({ length: n - from + 1 }, (_, i) => from + i)
 
 t.test('this instance\'s own events go out at once, in order, with no read', async (t) => {
@@ -126,10 +131,10 @@ t.test('another instance\'s events are read when it rings, every seq once and in
   const table = new Table()
   const got = await watch(table, 's')
   const last = table.store('s', 3)
-  table.feed.storedMany([['s', last]])
+  table.feed.storedMany([range('s', last)])
   await table.settle()
   t.same(got, upTo(3))
-  table.feed.storedMany([['s', last]])
+  table.feed.storedMany([range('s', last)])
   await table.settle()
   t.same(got, upTo(3), 'a notice for what was already read reads nothing more')
   t.same(table.feed.watchedIds(), ['s'])
@@ -153,13 +158,13 @@ t.test('the sessions that fall behind while a read is on its way are read togeth
   const c = await watch(table, 'c')
   const first = table.reads.length
 
-  table.feed.storedMany([['a', table.store('a')]])
+  table.feed.storedMany([range('a', table.store('a'))])
   const inFlight = await table.nextRead()
   t.same(inFlight.sessions, [{ sessionId: 'a', after: 0 }], 'a read of a alone')
   // three notices while it is on its way: nothing more is read yet
-  table.feed.storedMany([['a', table.store('a')], ['b', table.store('b')]])
-  table.feed.storedMany([['c', table.store('c')]])
-  table.feed.storedMany([['b', table.store('b')]])
+  table.feed.storedMany([range('a', table.store('a')), range('b', table.store('b'))])
+  table.feed.storedMany([range('c', table.store('c'))])
+  table.feed.storedMany([range('b', table.store('b'))])
   t.equal(table.reads.length, first + 1, 'one read on its way at a time')
 
   inFlight.release()
@@ -175,12 +180,12 @@ t.test('the sessions that fall behind while a read is on its way are read togeth
 t.test('this instance\'s own frames go out while a read of the same session is on its way', async (t) => {
   const table = new Table()
   const got = await watch(table, 's')
-  table.feed.storedMany([['s', table.store('s')]]) // 1, elsewhere
+  table.feed.storedMany([range('s', table.store('s'))]) // 1, elsewhere
   const inFlight = await table.nextRead()
   inFlight.release()
   await new Promise((resolve) => setImmediate(resolve))
   t.same(got, [1])
-  table.feed.storedMany([['s', table.store('s')]]) // 2, elsewhere: a read on its way
+  table.feed.storedMany([range('s', table.store('s'))]) // 2, elsewhere: a read on its way
   const second = await table.nextRead()
   const mine = table.store('s') // 3, stored here while it is on its way
   table.feed.publish('s', table.frame('s', mine))
@@ -189,7 +194,7 @@ t.test('this instance\'s own frames go out while a read of the same session is o
   await table.settle()
   t.same(got, [1, 2, 3], 'each once, in order')
   const four = table.store('s')
-  table.feed.storedMany([['s', four]])
+  table.feed.storedMany([range('s', four)])
   const third = await table.nextRead()
   table.feed.publish('s', table.frame('s', table.store('s'))) // 5, here, while 4 is being read
   t.same(got, [1, 2, 3], 'seq 5 waits for seq 4')
@@ -205,7 +210,7 @@ t.test('a session far behind is read page after page', async (t) => {
   const got = await watch(table, 's')
   const last = table.store('s', 1234)
   const before = table.reads.length
-  table.feed.storedMany([['s', last]])
+  table.feed.storedMany([range('s', last)])
   await table.settle()
   t.same(got, upTo(1234))
   t.equal(table.reads.length - before, 3, 'three pages of at most 500')
@@ -214,7 +219,7 @@ t.test('a session far behind is read page after page', async (t) => {
 t.test('a failed read is not retried in a loop; the next notice or poll reads what is due', async (t) => {
   const table = new Table()
   const got = await watch(table, 's')
-  table.feed.storedMany([['s', table.store('s', 2)]])
+  table.feed.storedMany([range('s', table.store('s', 2))])
   const failing = await table.nextRead()
   failing.fail(new Error('connection lost'))
   await table.settle()
@@ -237,7 +242,7 @@ t.test('a subscriber that comes while events are stored gets each once: the repl
   await table.feed.ready('s')
   await table.settle()
   t.same(got, [4], 'the feed starts after the replay (1–3, which the stream reads itself)')
-  table.feed.storedMany([['s', table.store('s')]])
+  table.feed.storedMany([range('s', table.store('s'))])
   await table.settle()
   t.same(got, [4, 5])
 })
@@ -250,7 +255,7 @@ t.test('a session nobody watches any more is not read', async (t) => {
   unsubscribe()
   t.same(table.feed.watchedIds(), [])
   const before = table.reads.length
-  table.feed.storedMany([['s', table.store('s')]])
+  table.feed.storedMany([range('s', table.store('s'))])
   table.feed.catchUp('s')
   await table.settle()
   t.equal(table.reads.length, before, 'no read')
@@ -263,12 +268,58 @@ t.test('a session that falls behind just as a read ends is read all the same, wh
     const table = new Table()
     const a = await watch(table, 'a')
     const b = await watch(table, 'b')
-    table.feed.storedMany([['a', table.store('a')]])
+    table.feed.storedMany([range('a', table.store('a'))])
     const read = await table.nextRead()
     read.release()
     for (let i = 0; i < turns; i++) await Promise.resolve()
-    table.feed.storedMany([['b', table.store('b')]])
+    table.feed.storedMany([range('b', table.store('b'))])
     await table.settle()
     t.same([a, b], [[1], [1]], `${turns} turns after the answer: both read`)
   }
+})
+
+/** The notice of what another instance stored from `first` to `last`, its frames along. */
+function withFrames (table: Table, sessionId: string, first: number, last: number): StoredRun {
+  return { sessionId, first, last, frames: upTo(last, first).map((seq) => table.frame(sessionId, seq).bytes.toString()) }
+}
+
+t.test('frames that come with a notice and follow the cursor go out without a read', async (t) => {
+  const table = new Table()
+  const got = await watch(table, 's')
+  const before = table.reads.length
+  const last = table.store('s', 3)
+  table.feed.storedMany([withFrames(table, 's', 1, last)])
+  t.same(got, [1, 2, 3], 'at once, in order')
+  // what the next notice repeats (a merged run) is not passed on twice
+  const next = table.store('s', 2)
+  table.feed.storedMany([withFrames(table, 's', 2, next)])
+  await table.settle()
+  t.same(got, upTo(5), 'only what follows the cursor, once')
+  t.equal(table.reads.length, before, 'nothing read')
+})
+
+t.test('frames that would skip a seq are not passed on: the gap and the frames are read', async (t) => {
+  const table = new Table()
+  const got = await watch(table, 's')
+  table.store('s') // 1, by an instance whose notice is lost
+  const last = table.store('s', 2)
+  table.feed.storedMany([withFrames(table, 's', 2, last)])
+  t.same(got, [], 'seq 2 does not go out ahead of seq 1')
+  const read = await table.nextRead()
+  t.same(read.sessions, [{ sessionId: 's', after: 0 }], 'read from the cursor')
+  await table.settle()
+  t.same(got, [1, 2, 3], 'each once, in order')
+})
+
+t.test('frames that come while a read of the same session is on its way: each seq once, in order', async (t) => {
+  const table = new Table()
+  const got = await watch(table, 's')
+  table.feed.storedMany([range('s', table.store('s', 2))]) // 1–2 named, to be read
+  const inFlight = await table.nextRead()
+  const last = table.store('s', 2) // 3–4, with their frames, while 1–2 are being read
+  table.feed.storedMany([withFrames(table, 's', 3, last)])
+  t.same(got, [], 'seqs 3–4 wait for 1–2')
+  inFlight.release() // its snapshot holds 1–4
+  await table.settle()
+  t.same(got, upTo(4), 'each once, in order')
 })

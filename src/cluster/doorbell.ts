@@ -1,6 +1,7 @@
 import { EventEmitter } from 'node:events'
 import type { PubSub } from '../db/database.js'
 import type { Log } from '../logger.js'
+import { decodeEventNotice, encodeEventNotices, mergeRuns, type StoredRun } from './event-notice.js'
 
 /** What one instance asks of the owner of a session (the rows say the rest). */
 export type ControlMessage =
@@ -10,26 +11,23 @@ export type ControlMessage =
   /** a permission request of the owner's agent was answered here; the answer is the event at `seq` */
   | { op: 'answered', sid: string, requestId: string, seq: number }
 
-/** Sessions whose events a commit stored: id, first and last seq. */
-export type StoredRange = [sessionId: string, first: number, last: number]
-
 export interface DoorbellEvents {
-  /** another instance stored events of these sessions */
-  events: [StoredRange[]]
+  /** another instance stored events of these sessions (with their frames, when small) */
+  events: [StoredRun[]]
   control: [ControlMessage]
   /** (re)connected: whatever was rung meanwhile is lost, so listeners catch up from the tables */
   listening: []
 }
 
 const CHANNELS = { events: 'mv_events', control: 'mv_ctl' } as const
-/** NOTIFY payloads must stay under 8000 bytes */
-const MAX_PAYLOAD = 7800
 
 /**
- * LISTEN/NOTIFY between the instances on one PostgreSQL, as a doorbell only: a notice says "look
- * at the tables", never carries what is to be read, and may be lost (nothing is kept for a
- * listener that is reconnecting), so everyone who listens also catches up on `listening` and
- * polls now and then. On PGlite (one instance by construction) it rings nobody.
+ * LISTEN/NOTIFY between the instances on one PostgreSQL, as a doorbell: a notice says "look at
+ * the tables" and may be lost (nothing is kept for a listener that is reconnecting), so everyone
+ * who listens also catches up on `listening` and polls now and then. An event notice also carries
+ * the frames of small runs (src/cluster/event-notice.ts), which spares the receiver a read of
+ * what it would read anyway; the tables stay the truth. On PGlite (one instance by construction)
+ * it rings nobody.
  */
 export class Doorbell extends EventEmitter<DoorbellEvents> {
   readonly #pubsub: PubSub | undefined
@@ -37,8 +35,8 @@ export class Doorbell extends EventEmitter<DoorbellEvents> {
   readonly #self: () => string | null
   /** every id this process has had: a notice from any of them is its own */
   readonly #ownIds = new Set<string>()
-  /** sessions stored since the last ring went out: first and last seq */
-  readonly #unrung = new Map<string, [number, number]>()
+  /** sessions stored since the last ring went out */
+  readonly #unrung = new Map<string, StoredRun>()
   #ringing = false
   #warned = 0
 
@@ -72,11 +70,11 @@ export class Doorbell extends EventEmitter<DoorbellEvents> {
    * While one ring is on its way, what comes meanwhile is merged into the next (as the event log's
    * group commit does): an idle service rings at once, a busy one rings less often with more in it.
    */
-  ringEvents (ranges: StoredRange[]): void {
-    if (!this.#pubsub || ranges.length === 0) return
-    for (const [sid, first, last] of ranges) {
-      const known = this.#unrung.get(sid)
-      this.#unrung.set(sid, known ? [Math.min(known[0], first), Math.max(known[1], last)] : [first, last])
+  ringEvents (runs: StoredRun[]): void {
+    if (!this.#pubsub || runs.length === 0) return
+    for (const run of runs) {
+      const known = this.#unrung.get(run.sessionId)
+      this.#unrung.set(run.sessionId, known ? mergeRuns(known, run) : run)
     }
     if (!this.#ringing) this.#ring()
   }
@@ -89,19 +87,9 @@ export class Doorbell extends EventEmitter<DoorbellEvents> {
       return
     }
     this.#ringing = true
-    const payloads: string[] = []
-    let payload = self
-    for (const [sid, [first, last]] of this.#unrung) {
-      const entry = `;${sid}:${first}-${last}`
-      if (payload.length + entry.length > MAX_PAYLOAD) {
-        payloads.push(payload)
-        payload = self
-      }
-      payload += entry
-    }
-    payloads.push(payload)
+    const notices = encodeEventNotices(self, [...this.#unrung.values()])
     this.#unrung.clear()
-    Promise.all(payloads.map((text) => pubsub.notify(CHANNELS.events, text)))
+    pubsub.notify(CHANNELS.events, notices)
       .catch((err: Error) => this.#warn(err, 'event notice not sent'))
       .finally(() => this.#ring())
   }
@@ -109,18 +97,13 @@ export class Doorbell extends EventEmitter<DoorbellEvents> {
   /** Asks the instance `to` to act on one of its sessions. */
   async control (to: string, message: ControlMessage): Promise<void> {
     if (!this.#pubsub) return
-    await this.#pubsub.notify(CHANNELS.control, JSON.stringify({ to, ...message }))
+    await this.#pubsub.notify(CHANNELS.control, [JSON.stringify({ to, ...message })])
   }
 
   #onEvents (payload: string): void {
-    const [from, ...entries] = payload.split(';')
-    if (from === undefined || this.#ownIds.has(from)) return
-    const ranges: StoredRange[] = []
-    for (const entry of entries) {
-      const match = /^([0-9a-f-]{36}):(\d+)-(\d+)$/.exec(entry)
-      if (match) ranges.push([match[1]!, Number(match[2]), Number(match[3])])
-    }
-    if (ranges.length > 0) this.emit('events', ranges)
+    const { from, runs } = decodeEventNotice(payload)
+    if (this.#ownIds.has(from)) return
+    if (runs.length > 0) this.emit('events', runs)
   }
 
   #onControl (payload: string): void {

@@ -19,7 +19,8 @@ export interface PubSub {
    * after a loss; `onListen` runs on every (re)connection: notices sent meanwhile are lost.
    */
   listen (channel: string, onMessage: (payload: string) => void, onListen: () => void): Promise<void>
-  notify (channel: string, payload: string): Promise<void>
+  /** Sends the payloads in order, in one statement (one round trip however many). */
+  notify (channel: string, payloads: string[]): Promise<void>
 }
 
 export interface DatabaseHandle {
@@ -93,7 +94,10 @@ async function openPostgres (url: string, max: number): Promise<DatabaseHandle> 
     driver: 'postgres',
     pubsub: {
       listen: async (channel, onMessage, onListen) => { await listener.listen(channel, onMessage, onListen) },
-      notify: async (channel, payload) => { await client.notify(channel, payload) }
+      notify: async (channel, payloads) => {
+        if (payloads.length === 1) await client.notify(channel, payloads[0]!)
+        else await client`select pg_notify(${channel}, p) from unnest(${payloads}::text[]) p`
+      }
     },
     ping: async () => { await db.execute(sql`select 1`) },
     close: async () => { await Promise.all([listener.end({ timeout: 1 }), leaseClient.end({ timeout: 1 }), client.end({ timeout: 5 })]) }

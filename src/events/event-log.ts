@@ -5,6 +5,7 @@ import { sessionEvents } from '../db/schema.js'
 import type { EventType } from '../domain/event-types.js'
 import { fenceKey, type Fence } from '../domain/lease.js'
 import { FencedWrite } from '../errors.js'
+import type { StoredRun } from '../cluster/event-notice.js'
 import type { Log } from '../logger.js'
 import type { EventBus } from './event-bus.js'
 
@@ -79,9 +80,10 @@ export class EventLog {
   readonly #lastSeqsStmt
   readonly #responseStmt
   readonly #pagesStmt
-  /** what the current drain stored, by session: [first, last] */
-  #stored = new Map<string, [number, number]>()
-  readonly #onStored: ((ranges: [string, number, number][]) => void) | undefined
+  /** what the current drain stored, by session; `bytes`: of the frames kept */
+  #stored = new Map<string, StoredRun & { bytes: number }>()
+  readonly #onStored: ((runs: StoredRun[]) => void) | undefined
+  readonly #framesMaxBytes: number
 
   constructor (opts: {
     db: Database
@@ -89,11 +91,14 @@ export class EventLog {
     logger: Log
     clock?: () => Date
     /** after each group commit: the sessions it stored events of (other instances are told) */
-    onStored?: (ranges: [sessionId: string, first: number, last: number][]) => void
+    onStored?: (runs: StoredRun[]) => void
+    /** a session's frames are handed to `onStored` while they add up to at most this (default none) */
+    onStoredFramesMaxBytes?: number
   }) {
     this.#db = opts.db
     this.#bus = opts.bus
     this.#onStored = opts.onStored
+    this.#framesMaxBytes = opts.onStoredFramesMaxBytes ?? 0
     this.#log = opts.logger
     this.#clock = opts.clock ?? (() => new Date())
     const p = sql.placeholder
@@ -341,7 +346,7 @@ export class EventLog {
     this.#stored = new Map()
     if (stored.size > 0 && this.#onStored) {
       try {
-        this.#onStored([...stored].map(([sessionId, [first, last]]) => [sessionId, first, last]))
+        this.#onStored([...stored.values()].map(({ bytes: _, ...run }) => run))
       } catch (err) {
         this.#log.error({ err }, 'an onStored listener failed')
       }
@@ -465,10 +470,24 @@ export class EventLog {
 
   #published (sessionId: string, e: Pending, seq: number, duplicate: boolean): void {
     if (!duplicate) {
-      this.#bus.publish(sessionId, { seq, bytes: Buffer.from(frameText({ seq, type: e.type, at: e.at, json: e.json })) })
-      const range = this.#stored.get(sessionId)
-      if (range) range[1] = Math.max(range[1], seq)
-      else this.#stored.set(sessionId, [seq, seq])
+      const text = frameText({ seq, type: e.type, at: e.at, json: e.json })
+      const bytes = Buffer.from(text)
+      this.#bus.publish(sessionId, { seq, bytes })
+      const run = this.#stored.get(sessionId)
+      if (!run) {
+        const keep = bytes.length + 1 <= this.#framesMaxBytes
+        this.#stored.set(sessionId, { sessionId, first: seq, last: seq, frames: keep ? [text] : undefined, bytes: keep ? bytes.length + 1 : 0 })
+      } else {
+        // the frames go along only while they are every seq of the run (another instance may
+        // have stored one between two of this drain's statements) and stay small
+        if (run.frames && seq === run.last + 1 && run.bytes + bytes.length + 1 <= this.#framesMaxBytes) {
+          run.frames.push(text)
+          run.bytes += bytes.length + 1
+        } else {
+          run.frames = undefined
+        }
+        run.last = Math.max(run.last, seq)
+      }
     }
     e.resolve({ seq, duplicate })
   }

@@ -1,3 +1,4 @@
+import type { StoredRun } from '../cluster/event-notice.js'
 import type { Log } from '../logger.js'
 import { InProcessEventBus, type EventBus, type PublishedFrame, type Subscriber } from './event-bus.js'
 import { frameText, type StoredEvent } from './event-log.js'
@@ -29,8 +30,8 @@ export interface SessionFeedOptions {
 /**
  * The live events of the sessions watched on this instance, in seq order with no gap and no
  * duplicate, whoever stored them: this instance's own commits arrive at once (publish), and
- * another instance's are read from the table when it rings (or when a poll or a reconnection
- * finds the table ahead). Each watched session has one cursor here, whatever the number of its
+ * another instance's come with its notice when they are small and follow the cursor, or are read
+ * from the table (a big run, a gap, a lost notice that a poll or a reconnection finds). Each watched session has one cursor here, whatever the number of its
  * subscribers. A frame that would skip a seq is not passed on; the gap is read from the table
  * first. A subscriber waits for `ready` before reading its replay, so the replay covers everything
  * up to the cursor and the feed everything after it.
@@ -118,17 +119,23 @@ export class SessionFeed implements EventBus {
     this.catchUp(sessionId)
   }
 
-  /** Another instance stored events of this session up to `last`. */
-  stored (sessionId: string, last: number): void {
-    const w = this.#watched.get(sessionId)
-    if (w?.cursor !== undefined && last > w.cursor) this.catchUp(sessionId)
-  }
-
-  /** Another instance stored events of these sessions (one notice). */
-  storedMany (ranges: [sessionId: string, last: number][]): void {
-    for (const [sessionId, last] of ranges) {
+  /**
+   * Another instance stored events of these sessions (one notice, or a poll's look at the table).
+   * Frames that came along and follow the cursor go straight out; the rest is read.
+   */
+  storedMany (runs: StoredRun[]): void {
+    for (const { sessionId, first, last, frames } of runs) {
       const w = this.#watched.get(sessionId)
-      if (w?.cursor !== undefined && last > w.cursor) this.#due.add(sessionId)
+      // a session whose cursor is not known yet reads the table once it is
+      if (w?.cursor === undefined || last <= w.cursor) continue
+      if (frames && first <= w.cursor + 1) {
+        for (let seq = w.cursor + 1; seq <= last; seq++) {
+          w.cursor = seq
+          this.#bus.publish(sessionId, { seq, bytes: Buffer.from(frames[seq - first]!) })
+        }
+        continue
+      }
+      this.#due.add(sessionId)
     }
     this.#drain()
   }
@@ -149,7 +156,8 @@ export class SessionFeed implements EventBus {
   async checkAll (): Promise<void> {
     const ids = this.watchedIds()
     if (ids.length === 0) return
-    for (const [sessionId, last] of await this.#o.lastSeqs(ids)) this.stored(sessionId, last)
+    const seqs = await this.#o.lastSeqs(ids)
+    this.storedMany([...seqs].map(([sessionId, last]) => ({ sessionId, first: last, last })))
   }
 
   /** Reads what the table holds past the cursor and passes it on, in order. */

@@ -1,5 +1,6 @@
 import type { FastifyInstance } from 'fastify'
 import fp from 'fastify-plugin'
+import { RUN_FRAMES_MAX_BYTES } from '../cluster/event-notice.js'
 import type { EventBus } from '../events/event-bus.js'
 import { EventLog } from '../events/event-log.js'
 import { SessionFeed } from '../events/session-feed.js'
@@ -33,13 +34,14 @@ export default fp(async function eventsPlugin (app: FastifyInstance, opts: { clo
     db: app.database.db,
     bus: feed,
     logger,
-    // every group commit rings the other instances (one notice for the lot)
-    onStored: (ranges) => doorbell.ringEvents(ranges),
+    // every group commit rings the other instances (one notice for the lot, small frames in it)
+    onStored: (runs) => doorbell.ringEvents(runs),
+    ...(doorbell.shared ? { onStoredFramesMaxBytes: RUN_FRAMES_MAX_BYTES } : {}),
     ...(opts.clock ? { clock: opts.clock } : {})
   })
   const recorder = new StateRecorder({ lifecycle: app.sessions, log })
   const checkAll = () => { feed.checkAll().catch((err: Error) => logger.warn({ err }, 'checking the watched sessions failed')) }
-  doorbell.on('events', (ranges) => { feed.storedMany(ranges.map(([sessionId, , last]) => [sessionId, last])) })
+  doorbell.on('events', (runs) => { feed.storedMany(runs) })
   // what was rung while the listener was away is lost: the table says
   doorbell.on('listening', checkAll)
   let poll: NodeJS.Timeout | undefined
