@@ -1,8 +1,8 @@
 /**
  * The doorbell between instances (src/cluster/doorbell.ts) on PostgreSQL's LISTEN/NOTIFY: what one
  * instance rings another hears, every run in order with its frames, also when a commit's runs take
- * several notices (sent in one statement); an instance does not hear itself; what is rung while a
- * ring is on its way goes in the next one, merged; a control message reaches only the instance it
+ * several notices (sent in one statement); an instance does not hear itself; what is rung while
+ * the most rings are on their way goes in the next one, merged; a control message reaches only the instance it
  * is addressed to. On PGlite (one instance by construction) it rings nobody.
  */
 import { randomUUID } from 'node:crypto'
@@ -10,8 +10,9 @@ import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import pino from 'pino'
+import postgres from 'postgres'
 import t, { type Test } from 'tap'
-import { Doorbell, type ControlMessage } from '../src/cluster/doorbell.js'
+import { Doorbell, RINGS_IN_FLIGHT, type ControlMessage } from '../src/cluster/doorbell.js'
 import type { StoredRun } from '../src/cluster/event-notice.js'
 import { openDatabase } from '../src/db/database.js'
 import { waitUntil } from './helpers/agents.js'
@@ -60,19 +61,28 @@ t.test('what one instance rings, another hears: every run once, in order, frames
   const y = await instance(t, url)
   t.ok(x.doorbell.shared)
 
-  // one commit whose runs need several notices (each under 8,000 bytes); then, while those are on
-  // their way, two commits of one session (merged into one run, frames kept) and another session
+  // one commit whose runs need several notices (each under 8,000 bytes, in one statement), then
+  // more commits until RINGS_IN_FLIGHT rings are on their way; then two commits of one session
+  // (merged into one run, frames kept) and one of another session, rung together next
   const big = Array.from({ length: 40 }, () => run(1, 3, 'é'.repeat(300)))
   x.doorbell.ringEvents(big)
+  const single = Array.from({ length: RINGS_IN_FLIGHT - 1 }, () => run(1, 1))
+  for (const r of single) x.doorbell.ringEvents([r])
   const later = run(4, 5)
   const latest = { ...run(6, 7), sessionId: later.sessionId }
   const alone = run(1, 1)
   x.doorbell.ringEvents([later])
   x.doorbell.ringEvents([latest, alone])
   const merged = { sessionId: later.sessionId, first: 4, last: 7, frames: [...later.frames!, ...latest.frames!] }
-  await waitUntil('every run heard', () => y.heard.length >= big.length + 2, { timeoutMs: 5000, describe: () => `${y.heard.length} runs heard` })
-  t.same(y.heard, [...big, merged, alone], 'every run once, in order, with its frames')
+  const expected = [...big, ...single, merged, alone]
+  await waitUntil('every run heard', () => y.heard.length >= expected.length, { timeoutMs: 5000, describe: () => `${y.heard.length} runs heard` })
+  t.same(y.heard, expected, 'every run once, in order, with its frames')
   t.same(x.heard, [], 'an instance does not hear its own notices')
+  const watcher = postgres(url, { max: 1, onnotice: () => {} })
+  t.teardown(() => watcher.end({ timeout: 1 }))
+  const [conns] = await watcher`select count(*)::int as n from pg_stat_activity
+    where application_name = 'mobvibe-notify' and datname = current_database()`
+  t.equal(conns!.n, 1, 'the instance that rang sent its notices on a connection of its own (mobvibe-notify)')
 
   const sid = randomUUID()
   await x.doorbell.control(randomUUID(), { op: 'sync', sid })

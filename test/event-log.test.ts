@@ -2,14 +2,20 @@
  * The event log's group commit, on either database: many sessions in one drain, each getting its
  * own gapless sequence in append order; payload text stored and replayed byte for byte (the batch
  * travels as delimited text, so separators inside payloads are the thing to get wrong); a session
- * that does not exist rejects only its own events.
+ * that does not exist rejects only its own events. On PostgreSQL the append statement also tells
+ * the other instances what it stored, small runs' frames included, byte for byte what GET /events
+ * gives.
  */
 import { randomUUID } from 'node:crypto'
+import postgres from 'postgres'
 import t from 'tap'
+import { decodeEventNotice, EVENTS_CHANNEL, type StoredRun } from '../src/cluster/event-notice.js'
+import { frameText } from '../src/events/event-log.js'
 import { createSession } from './helpers/api.js'
 import { build } from './helpers/build.js'
+import { waitUntil } from './helpers/agents.js'
 
-const { app } = await build(t, { startWorker: false })
+const { app, config } = await build(t, { startWorker: false })
 
 t.test('one drain, many sessions: each gets 1..n in append order', async (t) => {
   const ids = await Promise.all(Array.from({ length: 12 }, async () => (await createSession(app)).id))
@@ -71,4 +77,46 @@ t.test('a session that does not exist rejects its own events only', async (t) =>
   const page = await app.events.page(id, 0, 10)
   t.same(page.map((e) => [e.seq, JSON.parse(e.json).n]), [[1, 1], [2, 2]])
   t.same(await app.events.page(ghost, 0, 10), [], 'nothing stored for it')
+})
+
+t.test('the append statement tells the other instances what it stored (PostgreSQL)', async (t) => {
+  if (!config.databaseUrl) {
+    t.equal(app.doorbell.noticeFrom(), null, 'PGlite: nobody to tell')
+    return
+  }
+  const from = app.doorbell.noticeFrom()
+  t.ok(from, 'notices are signed with the instance id')
+  const heard: StoredRun[] = []
+  const listener = postgres(config.databaseUrl, { max: 1, onnotice: () => {} })
+  t.teardown(() => listener.end({ timeout: 1 }))
+  await listener.listen(EVENTS_CHANNEL, (payload) => {
+    const notice = decodeEventNotice(payload)
+    if (notice.from === from) heard.push(...notice.runs)
+  })
+  // what goes through the doorbell's ring after the drain (not the statement itself)
+  const rung: StoredRun[] = []
+  const ringEvents = app.doorbell.ringEvents.bind(app.doorbell)
+  app.doorbell.ringEvents = (runs) => { rung.push(...runs); ringEvents(runs) }
+  t.teardown(() => { app.doorbell.ringEvents = ringEvents })
+  const small = await createSession(app)
+  const big = await createSession(app)
+  const texts = ['{"a":"x,y\\n"}', '{"raw cr":1,\r"u":"é ✓ \u2028"}', '"a string"']
+  const bigText = JSON.stringify({ text: 'z'.repeat(9000) })
+  // one drain: both sessions in one statement
+  const seqs = await Promise.all([
+    ...texts.map((text) => app.events.appendJson(small.id, 'agent', text)),
+    app.events.appendJson(big.id, 'agent', bigText)
+  ])
+  const first = seqs[0]!
+  const last = seqs.at(-2)!
+  const bigSeq = seqs.at(-1)!
+  await waitUntil('the notices of both sessions', () => heard.some((r) => r.sessionId === big.id) && heard.some((r) => r.sessionId === small.id && r.last >= last),
+    { timeoutMs: 5000, describe: () => JSON.stringify(heard.map((r) => [r.sessionId, r.first, r.last])) })
+  const smallRuns = heard.filter((r) => r.sessionId === small.id && r.last >= first)
+  t.same(smallRuns.map((r) => [r.first, r.last]), [[first, last]], 'the range it stored, in one notice')
+  const page = await app.events.page(small.id, first - 1, 10)
+  t.same(smallRuns[0]!.frames, page.map(frameText), 'its frames, byte for byte what is stored')
+  const bigRuns = heard.filter((r) => r.sessionId === big.id && r.last >= bigSeq)
+  t.same(bigRuns, [{ sessionId: big.id, first: bigSeq, last: bigSeq }], 'a run too big for a notice: its range only')
+  t.same(rung.filter((r) => r.sessionId === small.id || r.sessionId === big.id), [], 'sent by the statement that stored them: no ring after it')
 })

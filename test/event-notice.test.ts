@@ -21,7 +21,14 @@ t.test('what goes in comes out: ranges, and frames where they fit', async (t) =>
   ]
   const notices = encodeEventNotices(from, runs)
   t.equal(notices.length, 1, 'one notice')
+  t.notMatch(notices[0]!, /\{"seq":/, 'frames travel without their seq (it follows from the range)')
   t.same(decodeEventNotice(notices[0]!), { from, runs })
+})
+
+t.test('a frame that does not start with its own seq does not travel', async (t) => {
+  const sessionId = randomUUID()
+  const [text] = encodeEventNotices(from, [{ sessionId, first: 5, last: 5, frames: [frame(6)] }])
+  t.same(decodeEventNotice(text!).runs, [{ sessionId, first: 5, last: 5 }])
 })
 
 t.test('many runs are spread over notices, none of them at the limit', async (t) => {

@@ -1,7 +1,7 @@
 import { EventEmitter } from 'node:events'
 import type { PubSub } from '../db/database.js'
 import type { Log } from '../logger.js'
-import { decodeEventNotice, encodeEventNotices, mergeRuns, type StoredRun } from './event-notice.js'
+import { decodeEventNotice, encodeEventNotices, EVENTS_CHANNEL, mergeRuns, type StoredRun } from './event-notice.js'
 
 /** What one instance asks of the owner of a session (the rows say the rest). */
 export type ControlMessage =
@@ -19,7 +19,13 @@ export interface DoorbellEvents {
   listening: []
 }
 
-const CHANNELS = { events: 'mv_events', control: 'mv_ctl' } as const
+const CHANNELS = { events: EVENTS_CHANNEL, control: 'mv_ctl' } as const
+/**
+ * Rings on the wire at once (pipelined on the notice connection, so they arrive in order): a
+ * commit rings without waiting for the previous ring's round trip, and a database that slows
+ * down gets fewer, fuller notices instead of a growing queue.
+ */
+export const RINGS_IN_FLIGHT = 4
 
 /**
  * LISTEN/NOTIFY between the instances on one PostgreSQL, as a doorbell: a notice says "look at
@@ -37,7 +43,7 @@ export class Doorbell extends EventEmitter<DoorbellEvents> {
   readonly #ownIds = new Set<string>()
   /** sessions stored since the last ring went out */
   readonly #unrung = new Map<string, StoredRun>()
-  #ringing = false
+  #inFlight = 0
   #warned = 0
 
   constructor (opts: { pubsub: PubSub | undefined, logger: Log, self: () => string | null }) {
@@ -60,6 +66,14 @@ export class Doorbell extends EventEmitter<DoorbellEvents> {
     await pubsub.listen(CHANNELS.control, (payload) => this.#onControl(payload), () => {})
   }
 
+  /**
+   * The id to sign event notices with, for a statement that sends its own (the event log's
+   * appends): null when there is nobody to tell (PGlite) or no id (the lease lost).
+   */
+  noticeFrom (): string | null {
+    return this.#pubsub ? this.#self() : null
+  }
+
   /** An instance id of this process (each registration adds one). */
   addOwnId (id: string): void {
     this.#ownIds.add(id)
@@ -67,8 +81,8 @@ export class Doorbell extends EventEmitter<DoorbellEvents> {
 
   /**
    * After a commit: these sessions have new events. Never waited for; a lost ring is caught up.
-   * While one ring is on its way, what comes meanwhile is merged into the next (as the event log's
-   * group commit does): an idle service rings at once, a busy one rings less often with more in it.
+   * While RINGS_IN_FLIGHT rings are on their way, what comes meanwhile is merged into the next (as
+   * the event log's group commit does).
    */
   ringEvents (runs: StoredRun[]): void {
     if (!this.#pubsub || runs.length === 0) return
@@ -76,22 +90,23 @@ export class Doorbell extends EventEmitter<DoorbellEvents> {
       const known = this.#unrung.get(run.sessionId)
       this.#unrung.set(run.sessionId, known ? mergeRuns(known, run) : run)
     }
-    if (!this.#ringing) this.#ring()
+    this.#ring()
   }
 
   #ring (): void {
     const pubsub = this.#pubsub
     const self = this.#self()
-    if (!pubsub || self === null || this.#unrung.size === 0) {
-      this.#ringing = false
-      return
-    }
-    this.#ringing = true
+    // without an id (the lease lost) what is unrung waits for the next commit
+    if (!pubsub || self === null || this.#unrung.size === 0 || this.#inFlight >= RINGS_IN_FLIGHT) return
+    this.#inFlight++
     const notices = encodeEventNotices(self, [...this.#unrung.values()])
     this.#unrung.clear()
     pubsub.notify(CHANNELS.events, notices)
       .catch((err: Error) => this.#warn(err, 'event notice not sent'))
-      .finally(() => this.#ring())
+      .finally(() => {
+        this.#inFlight--
+        this.#ring()
+      })
   }
 
   /** Asks the instance `to` to act on one of its sessions. */

@@ -19,7 +19,11 @@ export interface PubSub {
    * after a loss; `onListen` runs on every (re)connection: notices sent meanwhile are lost.
    */
   listen (channel: string, onMessage: (payload: string) => void, onListen: () => void): Promise<void>
-  /** Sends the payloads in order, in one statement (one round trip however many). */
+  /**
+   * Sends the payloads in order, in one statement, on a connection of its own
+   * (application_name `mobvibe-notify`): statements sent one after another are pipelined and
+   * their notices arrive in the order sent.
+   */
   notify (channel: string, payloads: string[]): Promise<void>
 }
 
@@ -79,15 +83,17 @@ async function openPostgres (url: string, max: number): Promise<DatabaseHandle> 
     throw err
   }
   // clients of their own, so that their connections are told apart (and can be found) by name
-  const single = (name: string) => postgres(url, {
+  const single = (name: string, settings: Record<string, string> = {}) => postgres(url, {
     max: 1,
     onnotice: () => {},
     backoff: () => POSTGRES_RECONNECT.backoffSeconds,
     connect_timeout: POSTGRES_RECONNECT.connectTimeoutSeconds,
-    connection: { application_name: name }
+    connection: { application_name: name, ...settings }
   })
   const listener = single('mobvibe-listen')
   const leaseClient = single('mobvibe-lease')
+  // a notice is a hint that the tables hold the truth: its commit need not wait for the disk
+  const notifier = single('mobvibe-notify', { synchronous_commit: 'off' })
   return {
     db,
     leaseDb: drizzlePostgres(leaseClient, { schema }) as unknown as Database,
@@ -95,12 +101,14 @@ async function openPostgres (url: string, max: number): Promise<DatabaseHandle> 
     pubsub: {
       listen: async (channel, onMessage, onListen) => { await listener.listen(channel, onMessage, onListen) },
       notify: async (channel, payloads) => {
-        if (payloads.length === 1) await client.notify(channel, payloads[0]!)
-        else await client`select pg_notify(${channel}, p) from unnest(${payloads}::text[]) p`
+        if (payloads.length === 1) await notifier.notify(channel, payloads[0]!)
+        else await notifier`select pg_notify(${channel}, p) from unnest(${payloads}::text[]) p`
       }
     },
     ping: async () => { await db.execute(sql`select 1`) },
-    close: async () => { await Promise.all([listener.end({ timeout: 1 }), leaseClient.end({ timeout: 1 }), client.end({ timeout: 5 })]) }
+    close: async () => {
+      await Promise.all([listener.end({ timeout: 1 }), leaseClient.end({ timeout: 1 }), notifier.end({ timeout: 1 }), client.end({ timeout: 5 })])
+    }
   }
 }
 

@@ -5,7 +5,7 @@ import { sessionEvents } from '../db/schema.js'
 import type { EventType } from '../domain/event-types.js'
 import { fenceKey, type Fence } from '../domain/lease.js'
 import { FencedWrite } from '../errors.js'
-import type { StoredRun } from '../cluster/event-notice.js'
+import { EVENTS_CHANNEL, frameFromTail, planNotices, type StoredRun } from '../cluster/event-notice.js'
 import type { Log } from '../logger.js'
 import type { EventBus } from './event-bus.js'
 
@@ -51,9 +51,14 @@ function databaseErrorCode (err: unknown): string | undefined {
   return typeof code === 'string' ? code : undefined
 }
 
+/** A frame without its seq (what an event notice carries): `"type":…}`. */
+function frameTail (e: { type: string, at: Date, json: string }): string {
+  return `"type":"${e.type}","at":"${e.at.toISOString()}","data":${e.json}}`
+}
+
 /** The frame of the stream and of GET /events, built as text so agent lines are not re-encoded. */
 export function frameText (e: { seq: number, type: string, at: Date, json: string }): string {
-  return `{"seq":${e.seq},"type":"${e.type}","at":"${e.at.toISOString()}","data":${e.json}}`
+  return frameFromTail(e.seq, frameTail(e))
 }
 
 /**
@@ -80,10 +85,11 @@ export class EventLog {
   readonly #lastSeqsStmt
   readonly #responseStmt
   readonly #pagesStmt
-  /** what the current drain stored, by session; `bytes`: of the frames kept */
+  /** what the current drain stored and no statement announced, by session; `bytes`: of the frames kept */
   #stored = new Map<string, StoredRun & { bytes: number }>()
   readonly #onStored: ((runs: StoredRun[]) => void) | undefined
   readonly #framesMaxBytes: number
+  readonly #noticeFrom: () => string | null
 
   constructor (opts: {
     db: Database
@@ -94,11 +100,18 @@ export class EventLog {
     onStored?: (runs: StoredRun[]) => void
     /** a session's frames are handed to `onStored` while they add up to at most this (default none) */
     onStoredFramesMaxBytes?: number
+    /**
+     * The instance id that signs the event notices (src/cluster/event-notice.ts) which the
+     * append statement sends itself, at its commit; null: none (no other instance can exist, or
+     * this one has no lease), and what is stored goes to `onStored` instead. Default: null.
+     */
+    noticeFrom?: () => string | null
   }) {
     this.#db = opts.db
     this.#bus = opts.bus
     this.#onStored = opts.onStored
     this.#framesMaxBytes = opts.onStoredFramesMaxBytes ?? 0
+    this.#noticeFrom = opts.noticeFrom ?? (() => null)
     this.#log = opts.logger
     this.#clock = opts.clock ?? (() => new Date())
     const p = sql.placeholder
@@ -106,11 +119,15 @@ export class EventLog {
     // session, in the same transaction as the rows. The batch travels as a few delimited texts
     // (payloads by newline, which JSON text never holds raw) rather than one JSON document: that
     // spares the database a JSON parse per field of every event, which was most of its work.
+    // When `from` is set, the statement also tells the other instances what it stored (and the
+    // small runs' frames, without their seqs, which it hands out): `pg_notify` in the same
+    // transaction, delivered at its commit, with no round trip of its own.
     this.#appendStmt = prepareSql(this.#db, 'events_append', sql`
       with runs as (
-        select r.sid::uuid as sid, r.n::int as n, r.ord::int as run, r.fence
+        select r.sid::uuid as sid, r.n::int as n, r.ord::int as run, r.fence, r.notice, r.block
         from rows from (string_to_table(${p('sessions')}::text, ','), string_to_table(${p('counts')}::text, ','),
-          string_to_table(${p('fences')}::text, ',')) with ordinality as r(sid, n, fence, ord)
+          string_to_table(${p('fences')}::text, ','), unnest(${p('notices')}::int[]), unnest(${p('blocks')}::text[]))
+          with ordinality as r(sid, n, fence, notice, block, ord)
       ), alloc as (
         insert into session_event_seqs as q (session_id, last_seq)
         -- an agent's lines only while it owns the session (its instance's id and the claim's epoch)
@@ -130,8 +147,15 @@ export class EventLog {
           string_to_table(${p('payloads')}::text, E'\n')
         ) as e(run, i, type, at, payload)
         where b.base[e.run::int] is not null
+      ), rung as (
+        select count(pg_notify('${sql.raw(EVENTS_CHANNEL)}', x.text)) as notices from (
+          select ${p('from')}::text || string_agg(E'\n' || r.sid::text || ':' || (a.last_seq - r.n + 1)::text || '-' || a.last_seq::text || r.block, '' order by r.run) as text
+          from runs r join alloc a on a.session_id = r.sid
+          where ${p('from')}::text is not null
+          group by r.notice
+        ) x
       )
-      select a.session_id as id, a.last_seq - r.n as base from alloc a join runs r on r.sid = a.session_id`)
+      select a.session_id as id, a.last_seq - r.n as base from alloc a join runs r on r.sid = a.session_id cross join rung`)
     // A user message with a client id is stored once: a retried POST gets the first one's seq
     this.#userStmt = prepareSql(this.#db, 'events_append_user', sql`
       with existing as (
@@ -429,6 +453,12 @@ export class EventLog {
     const types: string[] = []
     const ats: string[] = []
     const payloads: string[] = []
+    // the frames without their seqs: the notice's (when there is one), and the published ones'
+    const tails = runs.map(([, events]) => events.map(frameTail))
+    const from = this.#noticeFrom()
+    const plan = from === null
+      ? { notice: runs.map(() => 0), block: runs.map(() => '') }
+      : planNotices(tails.map((t) => ({ tails: t })))
     runs.forEach(([, events], r) => {
       events.forEach((e, i) => {
         runOf.push(r + 1)
@@ -447,19 +477,22 @@ export class EventLog {
       indexes: indexes.join(','),
       types: types.join(','),
       ats: ats.join(','),
-      payloads: payloads.join('\n')
+      payloads: payloads.join('\n'),
+      from,
+      notices: plan.notice,
+      blocks: plan.block
     }
     const rows = await this.#once(() => this.#appendStmt.execute(batch))
     const bases = new Map(rows.map((r) => [String(r.id), Number(r.base)]))
-    for (const [sessionId, events] of runs) {
+    runs.forEach(([sessionId, events], r) => {
       const base = bases.get(sessionId)
       if (base === undefined) {
         const err = events[0]!.fence !== '' ? new FencedWrite(sessionId) : new Error(`session ${sessionId} does not exist`)
         for (const e of events) e.reject(err)
-        continue
+        return
       }
-      events.forEach((e, i) => this.#published(sessionId, e, base + i + 1, false))
-    }
+      events.forEach((e, i) => this.#published(sessionId, e, base + i + 1, false, tails[r]![i]!, from !== null))
+    })
   }
 
   async #writeUser (sessionId: string, e: Pending): Promise<void> {
@@ -468,27 +501,33 @@ export class EventLog {
     this.#published(sessionId, e, Number(row.seq), Boolean(row.duplicate))
   }
 
-  #published (sessionId: string, e: Pending, seq: number, duplicate: boolean): void {
+  /** `announced`: the statement that stored it told the other instances already */
+  #published (sessionId: string, e: Pending, seq: number, duplicate: boolean, tail = frameTail(e), announced = false): void {
     if (!duplicate) {
-      const text = frameText({ seq, type: e.type, at: e.at, json: e.json })
+      const text = frameFromTail(seq, tail)
       const bytes = Buffer.from(text)
       this.#bus.publish(sessionId, { seq, bytes })
-      const run = this.#stored.get(sessionId)
-      if (!run) {
-        const keep = bytes.length + 1 <= this.#framesMaxBytes
-        this.#stored.set(sessionId, { sessionId, first: seq, last: seq, frames: keep ? [text] : undefined, bytes: keep ? bytes.length + 1 : 0 })
-      } else {
-        // the frames go along only while they are every seq of the run (another instance may
-        // have stored one between two of this drain's statements) and stay small
-        if (run.frames && seq === run.last + 1 && run.bytes + bytes.length + 1 <= this.#framesMaxBytes) {
-          run.frames.push(text)
-          run.bytes += bytes.length + 1
-        } else {
-          run.frames = undefined
-        }
-        run.last = Math.max(run.last, seq)
-      }
+      if (!announced) this.#unannounced(sessionId, seq, text, bytes.length)
     }
     e.resolve({ seq, duplicate })
+  }
+
+  /** Kept for `onStored`, after the drain: the frames too, while they are small. */
+  #unannounced (sessionId: string, seq: number, text: string, bytes: number): void {
+    const run = this.#stored.get(sessionId)
+    if (!run) {
+      const keep = bytes + 1 <= this.#framesMaxBytes
+      this.#stored.set(sessionId, { sessionId, first: seq, last: seq, frames: keep ? [text] : undefined, bytes: keep ? bytes + 1 : 0 })
+      return
+    }
+    // the frames go along only while they are every seq of the run (another instance may have
+    // stored one between two of this drain's statements) and stay small
+    if (run.frames && seq === run.last + 1 && run.bytes + bytes + 1 <= this.#framesMaxBytes) {
+      run.frames.push(text)
+      run.bytes += bytes + 1
+    } else {
+      run.frames = undefined
+    }
+    run.last = Math.max(run.last, seq)
   }
 }

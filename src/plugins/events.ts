@@ -34,7 +34,9 @@ export default fp(async function eventsPlugin (app: FastifyInstance, opts: { clo
     db: app.database.db,
     bus: feed,
     logger,
-    // every group commit rings the other instances (one notice for the lot, small frames in it)
+    // every group commit tells the other instances (small runs' frames included): the append
+    // statement itself, or a ring after the drain for what no statement announced
+    noticeFrom: () => doorbell.noticeFrom(),
     onStored: (runs) => doorbell.ringEvents(runs),
     ...(doorbell.shared ? { onStoredFramesMaxBytes: RUN_FRAMES_MAX_BYTES } : {}),
     ...(opts.clock ? { clock: opts.clock } : {})
