@@ -71,3 +71,10 @@ t.test('merging: frames stay while the runs follow each other and fit', async (t
   const large = framesOf(3, 3, 'z'.repeat(RUN_FRAMES_MAX_BYTES - 200))
   t.same(mergeRuns(a, { sessionId, first: 3, last: 3, frames: large }), { sessionId, first: 1, last: 3 }, 'together too big')
 })
+
+t.test('the previous release\'s notices (ranges after semicolons) are read too, during a rolling upgrade', async (t) => {
+  const [a, b] = [randomUUID(), randomUUID()]
+  t.same(decodeEventNotice(`${from};${a}:3-5;${b}:1-1`), { from, runs: [{ sessionId: a, first: 3, last: 5 }, { sessionId: b, first: 1, last: 1 }] })
+  const frameWithSemicolon = { sessionId: a, first: 1, last: 1, frames: [frame(1, 'x;y')] }
+  t.same(decodeEventNotice(encodeEventNotices(from, [frameWithSemicolon])[0]!).runs, [frameWithSemicolon], 'a frame holding a semicolon is not taken for one')
+})

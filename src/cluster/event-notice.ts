@@ -112,7 +112,9 @@ export function encodeEventNotices (from: string, runs: readonly StoredRun[]): s
 
 /** Reads a notice; a run whose frames did not all arrive is kept as its range (to be read). */
 export function decodeEventNotice (payload: string): { from: string, runs: StoredRun[] } {
-  const [from = '', ...lines] = payload.split('\n')
+  // the previous release's notices (`<instance id>;<sid>:<first>-<last>;…`, ranges only), during
+  // a rolling upgrade
+  const [from = '', ...lines] = payload.includes('\n') || !payload.includes(';') ? payload.split('\n') : payload.split(';')
   const runs: StoredRun[] = []
   let current: (StoredRun & { frames: string[] }) | undefined
   for (const line of lines) {

@@ -122,7 +122,7 @@ export class InstanceLease extends EventEmitter<InstanceLeaseEvents> {
       const id = this.#id
       const renewed = await this.#repo.renew(id, !this.#fencing)
       const tookMs = performance.now() - sentAt
-      // a renewal slower than its period eats into the margin before the fence: worth a look
+      // a renewal slower than half its period eats into the margin before the fence: worth a look
       if (this.#fencing && tookMs > this.plan.renewEveryMs / 2) this.#log.warn({ instanceId: id, tookMs: Math.round(tookMs) }, 'instance lease renewal slow')
       if (renewed) {
         if (this.#id === id) this.#renewed(sentAt)

@@ -44,6 +44,11 @@ export interface QueuedMessage {
 /** Keeps statements (and the row locks they hold) short however much is waiting */
 const MAX_EVENTS_PER_STATEMENT = 1000
 const WRITE_ATTEMPTS = 4
+/**
+ * What `pg_notify` raises when the server's notice queue is full (a listener somewhere stopped
+ * reading) or a payload is refused: the statement aborted, and is run again without its notices
+ */
+const NOTICE_REFUSED = new Set(['54000', '22023'])
 
 function databaseErrorCode (err: unknown): string | undefined {
   const e = err as { code?: unknown, cause?: { code?: unknown } }
@@ -482,7 +487,15 @@ export class EventLog {
       notices: plan.notice,
       blocks: plan.block
     }
-    const rows = await this.#once(() => this.#appendStmt.execute(batch))
+    let announced = from !== null
+    const rows = await this.#once(() => this.#appendStmt.execute(batch)).catch(async (err: unknown) => {
+      const code = databaseErrorCode(err)
+      if (!announced || code === undefined || !NOTICE_REFUSED.has(code)) throw err
+      // a notice is a hint: the events are stored without it, and rung after the drain
+      this.#log.warn({ err: (err as { cause?: unknown }).cause ?? err, code }, 'event notice refused by the database: the events are stored without it')
+      announced = false
+      return await this.#once(() => this.#appendStmt.execute({ ...batch, from: null }))
+    })
     const bases = new Map(rows.map((r) => [String(r.id), Number(r.base)]))
     runs.forEach(([sessionId, events], r) => {
       const base = bases.get(sessionId)
@@ -491,7 +504,7 @@ export class EventLog {
         for (const e of events) e.reject(err)
         return
       }
-      events.forEach((e, i) => this.#published(sessionId, e, base + i + 1, false, tails[r]![i]!, from !== null))
+      events.forEach((e, i) => this.#published(sessionId, e, base + i + 1, false, tails[r]![i]!, announced))
     })
   }
 
