@@ -31,9 +31,9 @@ export interface SessionFeedOptions {
  * The live events of the sessions watched on this instance, in seq order with no gap and no
  * duplicate, whoever stored them: this instance's own commits arrive at once (publish), and
  * another instance's come with its notice when they are small and follow the cursor, or are read
- * from the table (a big run, a gap, a lost notice that a poll or a reconnection finds). Each watched session has one cursor here, whatever the number of its
- * subscribers. A frame that would skip a seq is not passed on; the gap is read from the table
- * first. A subscriber waits for `ready` before reading its replay, so the replay covers everything
+ * from the table (a big run, a gap, a lost notice that a poll or a reconnection finds). Each
+ * watched session has one cursor here, whatever the number of its subscribers. A frame that would
+ * skip a seq is not passed on; the gap is read from the table first. A subscriber waits for `ready` before reading its replay, so the replay covers everything
  * up to the cursor and the feed everything after it.
  *
  * One read at a time per instance: the sessions that fell behind while a read was on its way are
