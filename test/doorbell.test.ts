@@ -3,8 +3,10 @@
  * instance rings another hears, every run in order with its frames, also when a commit's runs take
  * several notices (sent in one statement); an instance does not hear itself; what is rung while
  * the most rings are on their way goes in the next one, merged; a control message reaches only the instance it
- * is addressed to. On PGlite (one instance by construction) it rings nobody.
+ * is addressed to; a listener that stopped reading is cut off once the notice queue fills, and
+ * no other. On PGlite (one instance by construction) it rings nobody.
  */
+import { spawn } from 'node:child_process'
 import { randomUUID } from 'node:crypto'
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
@@ -14,6 +16,7 @@ import postgres from 'postgres'
 import t, { type Test } from 'tap'
 import { Doorbell, RINGS_IN_FLIGHT, type ControlMessage } from '../src/cluster/doorbell.js'
 import type { StoredRun } from '../src/cluster/event-notice.js'
+import { createInstanceRepository } from '../src/cluster/instance-repository.js'
 import { openDatabase } from '../src/db/database.js'
 import { waitUntil } from './helpers/agents.js'
 import { freshDatabaseUrl } from './helpers/build.js'
@@ -45,7 +48,7 @@ async function instance (t: Test, url: string | undefined) {
     await handle.close()
     await rm(dir, { recursive: true, force: true })
   })
-  return { id, doorbell, heard, controls }
+  return { id, doorbell, heard, controls, handle }
 }
 
 t.test('what one instance rings, another hears: every run once, in order, frames included', async (t) => {
@@ -89,4 +92,54 @@ t.test('what one instance rings, another hears: every run once, in order, frames
   await x.doorbell.control(y.id, { op: 'interrupt', sid, deliverQueued: true })
   await waitUntil('the control message', () => y.controls.length > 0, { timeoutMs: 5000 })
   t.same(y.controls, [{ to: y.id, op: 'interrupt', sid, deliverQueued: true }], 'only what is addressed to it')
+})
+
+t.test('a listener that stopped reading is cut off once the notice queue fills; one that reads is not', async (t) => {
+  const url = await freshDatabaseUrl(t, 'mobvibe_doorbell')
+  if (!url) {
+    const x = await instance(t, url)
+    t.notOk(x.doorbell.shared, 'PGlite: nobody listens')
+    return
+  }
+  const reader = await instance(t, url)
+  const repo = createInstanceRepository(reader.handle.db)
+  const watcher = postgres(url, { max: 1, onnotice: () => {} })
+  t.teardown(() => watcher.end({ timeout: 1 }))
+  const listenPids = async () => (await watcher`select pid from pg_stat_activity where datname = current_database()
+    and application_name = 'mobvibe-listen'`).map((r) => r.pid as number)
+  const readerPids = await listenPids()
+  t.equal(readerPids.length, 1, 'the instance that reads listens')
+  // a listener that stops reading: psql LISTENs under the service's listener name, then is frozen
+  const psql = spawn('psql', [url, '-X', '-q'], { env: { ...process.env, PGAPPNAME: 'mobvibe-listen' }, stdio: ['pipe', 'ignore', 'ignore'] })
+  t.teardown(() => { psql.kill('SIGCONT'); psql.kill('SIGKILL') })
+  psql.stdin.write('LISTEN mv_events;\n')
+  const stuckPid = await waitUntil('psql listening', async () => {
+    const [row] = await watcher`select pid from pg_stat_activity where datname = current_database()
+      and application_name = 'mobvibe-listen' and query ilike 'listen%' and not (pid = any(${readerPids}::int[]))`
+    return row?.pid as number | undefined
+  }, { timeoutMs: 10_000 })
+  psql.kill('SIGSTOP')
+  // notices until its connection's buffers are full and its backend waits to write
+  let sent = 0
+  let seen = ''
+  await waitUntil('its backend blocked writing to it', async () => {
+    // distinct payloads: a transaction's identical notices are sent once
+    await watcher`select count(pg_notify('mv_events', g::text || repeat('x', 7000))) from generate_series(1, 200) g`
+    sent += 200
+    const [row] = await watcher`select state, wait_event from pg_stat_activity where pid = ${stuckPid}`
+    seen = JSON.stringify(row)
+    return row?.wait_event === 'ClientWrite'
+  }, { timeoutMs: 20_000, intervalMs: 0, describe: () => `${sent} notices sent; its backend: ${seen}` })
+
+  const notFilling = await repo.cutStuckListeners(0.5)
+  t.same(notFilling.cut, 0, `below the threshold (the queue ${(notFilling.usage * 100).toFixed(4)} % used): nothing cut`)
+  const filling = await repo.cutStuckListeners(0)
+  t.equal(filling.cut, 1, 'at it: the listener that stopped reading is cut')
+  await waitUntil('its backend gone', async () => (await watcher`select 1 from pg_stat_activity where pid = ${stuckPid}`).length === 0, { timeoutMs: 5000 })
+  t.same(await listenPids(), readerPids, 'the instance that reads still listens, on the same connection')
+  const before = reader.heard.length
+  const sender = await instance(t, url)
+  sender.doorbell.ringEvents([run(1, 1)])
+  await waitUntil('the next notice heard', () => reader.heard.length > before, { timeoutMs: 5000 })
+  t.pass('and hears what comes next')
 })

@@ -46,6 +46,17 @@ export function createInstanceRepository (db: Database) {
     )
     select id from stopped`)
 
+  // A listener that stopped reading (its process frozen, or its host gone while the connection
+  // stays open) holds the server's notice queue, which every notifying commit then fills. Once
+  // the queue is filling, such connections (blocked writing to their client) are cut: a live
+  // instance reconnects, and catches up from the tables.
+  const cutStuckListenersStmt = prepareSql(db, 'instance_cut_stuck_listeners', sql`
+    with q as (select pg_notification_queue_usage() as usage)
+    select q.usage, (select count(pg_terminate_backend(a.pid)) from pg_stat_activity a
+      where a.application_name = 'mobvibe-listen' and a.datname = current_database()
+        and a.wait_event = 'ClientWrite' and q.usage >= ${p('above')}::float8)::int as cut
+    from q`)
+
   return {
     async register (r: { id: string, host: string, pid: number, dataDir: string, leaseSeconds: number }): Promise<void> {
       await registerStmt.execute({ id: r.id, host: r.host, pid: r.pid, dataDir: r.dataDir, lease: r.leaseSeconds })
@@ -71,6 +82,14 @@ export function createInstanceRepository (db: Database) {
     },
     async prune (): Promise<void> {
       await pruneStmt.execute({})
+    },
+    /**
+     * The share of the server's notice queue in use (0–1) and, when it is at least `above`, the
+     * listen connections cut because they stopped reading.
+     */
+    async cutStuckListeners (above: number): Promise<{ usage: number, cut: number }> {
+      const [row] = await cutStuckListenersStmt.execute({ above })
+      return { usage: Number(row?.usage ?? 0), cut: Number(row?.cut ?? 0) }
     },
     /**
      * Every other instance is stopped (the embedded database has one instance by construction,

@@ -20,6 +20,10 @@ declare module 'fastify' {
  */
 /** Dead instances' rows are deleted every this many sweeps (10 minutes at the default interval). */
 const PRUNE_EVERY_SWEEPS = 600
+/** The notice queue is looked at every this many sweeps (10 s at the default interval) */
+const NOTICE_QUEUE_EVERY_SWEEPS = 10
+/** The share of the notice queue in use from which listeners that stopped reading are cut off */
+const NOTICE_QUEUE_CUT_AT = 0.1
 
 export default fp(async function sessionsPlugin (app: FastifyInstance, opts: { config: Config, clock?: () => Date }) {
   let sweeps = 0
@@ -42,6 +46,12 @@ export default fp(async function sessionsPlugin (app: FastifyInstance, opts: { c
     housekeeping: async () => {
       await app.instances.markDead()
       if (++sweeps % PRUNE_EVERY_SWEEPS === 0) await app.instances.prune()
+      if (postgres && sweeps % NOTICE_QUEUE_EVERY_SWEEPS === 0) {
+        const queue = await app.instances.cutStuckListeners(NOTICE_QUEUE_CUT_AT)
+        if (queue.usage >= NOTICE_QUEUE_CUT_AT) {
+          app.log.warn({ usage: queue.usage, cut: queue.cut }, 'the PostgreSQL notice queue is filling: listen connections that stopped reading were cut')
+        }
+      }
     },
     intervalMs: opts.config.sweepIntervalMs,
     logger: app.log.child({ component: 'timeout-worker' })
