@@ -48,6 +48,11 @@ export interface BuildAppOptions {
   startWorker?: boolean
 }
 
+/** Fastify's `trustProxy`: the addresses and ranges as they are, a number of hops as the hops nearest */
+function trustedProxies (trust: number | string[]): string[] | ((address: string, hop: number) => boolean) {
+  return typeof trust === 'number' ? (_address, hop) => hop < trust : trust
+}
+
 /**
  * The whole service as a Fastify instance, without listening: the launcher, the tests and the
  * OpenAPI generator all build it the same way.
@@ -62,6 +67,8 @@ export async function buildApp (opts: BuildAppOptions) {
     // the embedded database's first start on a loaded machine (or a long migration) takes a while
     pluginTimeout: 120_000,
     forceCloseConnections: 'idle',
+    // the client's address (request.ip, in the logs) from X-Forwarded-For, only past the proxies named
+    ...(config.trustProxy === undefined ? {} : { trustProxy: trustedProxies(config.trustProxy) }),
     // X-Request-Id from the client when sane, else a fresh UUID: echoed, logged, in problems
     genReqId: requestIdOf,
     // a WebSocket client's token may ride in the URL (?access_token=): never into a log line

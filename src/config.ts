@@ -1,3 +1,4 @@
+import { isIP } from 'node:net'
 import { resolve } from 'node:path'
 import { Type, type Static } from 'typebox'
 import { Value } from 'typebox/value'
@@ -162,6 +163,9 @@ export const EnvSchema = Type.Object({
     maximum: 600_000,
     description: 'WebSocket ping interval (100–600000). A client that has not answered the previous ping is disconnected'
   }),
+  TRUST_PROXY: Type.Optional(Type.String({
+    description: 'the load balancers whose `X-Forwarded-For` (the client\'s address in the logs), `X-Forwarded-Proto` and `X-Forwarded-Host` are believed: comma-separated addresses or CIDR ranges (`10.0.0.0/8,127.0.0.1`), or the number of proxy hops in front of the service (`1`: one balancer that only it can reach, as in docker-compose.yml); unset: none, and the logs show the balancer\'s address'
+  })),
   CORS_ORIGINS: Type.Optional(Type.String({
     description: 'comma-separated origins (`https://app.example.com`) that browsers may call the API from; unset: no CORS headers, so no browser page of another origin can read the API'
   })),
@@ -338,6 +342,8 @@ export interface Config {
   limits: { bodyBytes: number, messageBytes: number, wsFrameBytes: number, wsPingIntervalMs: number }
   /** origins allowed to call the API from a browser; empty: none */
   corsOrigins: string[]
+  /** Fastify's `trustProxy`: proxy hops, or the proxies' addresses and ranges; undefined: none */
+  trustProxy: number | string[] | undefined
   auth: {
     /** HS256 key; undefined with a JWKS (or before the generated one is loaded) */
     secret: string | undefined
@@ -433,6 +439,7 @@ export function loadConfig (env: NodeJS.ProcessEnv = process.env): Config {
     redisUrl: e.REDIS_URL,
     limits: { bodyBytes: e.BODY_LIMIT_BYTES, messageBytes: e.MESSAGE_MAX_BYTES, wsFrameBytes: e.WS_MAX_FRAME_BYTES, wsPingIntervalMs: e.WS_PING_INTERVAL_MS },
     corsOrigins: parseOrigins(e.CORS_ORIGINS),
+    trustProxy: parseTrustProxy(e.TRUST_PROXY),
     auth: {
       secret: e.JWT_SECRET,
       jwksUrl: e.JWT_JWKS_URL,
@@ -491,6 +498,24 @@ function parseOrigins (raw: string | undefined): string[] {
       throw new ConfigError(`invalid configuration: CORS_ORIGINS=${JSON.stringify(origin)}: not an origin (https://host[:port], no path)`)
     }
     return url.origin
+  })
+}
+
+function parseTrustProxy (raw: string | undefined): number | string[] | undefined {
+  if (raw === undefined || raw.trim() === '') return undefined
+  if (/^\d+$/.test(raw.trim())) {
+    const hops = Number(raw.trim())
+    if (hops < 1 || hops > 10) throw new ConfigError(`invalid configuration: TRUST_PROXY=${raw}: a number of hops is 1–10`)
+    return hops
+  }
+  return raw.split(',').map((s) => s.trim()).filter(Boolean).map((entry) => {
+    const [address = '', bits, ...rest] = entry.split('/')
+    const family = isIP(address)
+    const max = family === 6 ? 128 : 32
+    if (family === 0 || rest.length > 0 || (bits !== undefined && !(/^\d+$/.test(bits) && Number(bits) <= max))) {
+      throw new ConfigError(`invalid configuration: TRUST_PROXY has ${JSON.stringify(entry)}: not an address or a CIDR range (10.0.0.0/8, ::1)`)
+    }
+    return entry
   })
 }
 

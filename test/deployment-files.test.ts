@@ -156,6 +156,10 @@ t.test('nginx balances over every instance, hashing on the session id, and upgra
   t.match(nginxConf, /map \$http_upgrade \$connection_upgrade/)
   t.match(nginxConf, /proxy_set_header X-Request-Id /, 'passes X-Request-Id')
   t.match(nginxConf, /proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;/, 'and X-Forwarded-For')
+  for (const [name, s] of instances) {
+    t.equal(s.environment!.TRUST_PROXY, '1', `${name} believes that one hop (nginx): its logs show the client's address`)
+    t.notOk((s as { ports?: unknown }).ports, `${name} publishes no port: nginx is the only way in, so the header cannot be forged`)
+  }
   const stream = /location ~ \^\/v1\/sessions\/[^{]*\/stream\$ \{([^}]*)\}/.exec(nginxConf)
   t.ok(stream, 'a location of its own for the stream')
   const readTimeout = /proxy_read_timeout (\d+)s;/.exec(stream?.[1] ?? '')

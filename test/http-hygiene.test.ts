@@ -7,7 +7,7 @@ import { Writable } from 'node:stream'
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import t from 'tap'
+import t, { type Test } from 'tap'
 import { buildApp } from '../src/app.js'
 import { ConfigError, loadConfig } from '../src/config.js'
 import { createLogger } from '../src/logger.js'
@@ -40,7 +40,8 @@ t.test('request ids: the client\'s when sane, a fresh one otherwise, echoed and 
   t.equal(invalid.json().requestId, invalid.headers['x-request-id'], 'and a body that does not parse')
 })
 
-t.test('the request id is on the service\'s log lines for that request', async (t) => {
+/** The service with its log lines kept, and a token for it. */
+async function loggedApp (t: Test, env: Record<string, string> = {}) {
   const dir = await mkdtemp(join(tmpdir(), 'mobvibe-reqid-'))
   const databaseUrl = await freshDatabaseUrl(t)
   const lines: Record<string, unknown>[] = []
@@ -55,7 +56,8 @@ t.test('the request id is on the service\'s log lines for that request', async (
     MOBVIBE_WORKSPACE_ROOT: join(dir, 'workspaces'),
     LOG_LEVEL: 'info',
     JWT_SECRET: SECRET,
-    ...(databaseUrl ? { DATABASE_URL: databaseUrl } : {})
+    ...(databaseUrl ? { DATABASE_URL: databaseUrl } : {}),
+    ...env
   })
   if (config.databaseUrl === undefined) await seedPglite(config.dataDir)
   const app = await buildApp({ config, logger: createLogger(config, sink), startWorker: false })
@@ -65,11 +67,36 @@ t.test('the request id is on the service\'s log lines for that request', async (
     await rm(dir, { recursive: true, force: true })
   })
   await app.ready()
+  return { app, lines, auth }
+}
+
+t.test('the request id is on the service\'s log lines for that request', async (t) => {
+  const { app, lines, auth } = await loggedApp(t)
   await app.inject({ method: 'GET', url: '/v1/sessions/00000000-0000-4000-8000-000000000000', headers: { ...auth, 'x-request-id': 'find-me-in-logs' } })
   const mine = lines.filter((l) => l.reqId === 'find-me-in-logs')
   t.ok(mine.some((l) => l.msg === 'incoming request'), 'the request line')
   t.ok(mine.some((l) => l.code === 'SESSION_NOT_FOUND'), 'the error line')
   t.ok(mine.some((l) => l.msg === 'request completed'), 'the response line')
+})
+
+t.test('behind a load balancer: the client\'s address in the logs, from X-Forwarded-For of the proxies named only', async (t) => {
+  /** The address the request line logs for a request from `peer` that says it forwards for 203.0.113.7. */
+  const loggedAddress = async (app: Awaited<ReturnType<typeof loggedApp>>, peer: string, id: string) => {
+    await app.app.inject({ method: 'GET', url: '/healthz', remoteAddress: peer, headers: { 'x-request-id': id, 'x-forwarded-for': '203.0.113.7' } })
+    const line = app.lines.find((l) => l.reqId === id && l.msg === 'incoming request') as { req?: { remoteAddress?: string } } | undefined
+    return line?.req?.remoteAddress
+  }
+  const none = await loggedApp(t)
+  t.equal(await loggedAddress(none, '127.0.0.1', 'unset'), '127.0.0.1', 'TRUST_PROXY unset: the peer, whatever the header says')
+  const named = await loggedApp(t, { TRUST_PROXY: '127.0.0.1, 10.0.0.0/8' })
+  t.equal(await loggedAddress(named, '10.1.2.3', 'named'), '203.0.113.7', 'from a proxy in a named range: the client it forwarded for')
+  t.equal(await loggedAddress(named, '198.51.100.9', 'stranger'), '198.51.100.9', 'from anyone else: the peer (a forged header is not believed)')
+  const hops = await loggedApp(t, { TRUST_PROXY: '1' })
+  t.equal(await loggedAddress(hops, '172.18.0.5', 'hop'), '203.0.113.7', 'one hop: the address the balancer saw')
+  for (const bad of ['0', '11', 'nginx', '10.0.0.0/33', '1.2.3.4/8/9', 'true']) {
+    t.throws(() => loadConfig({ TRUST_PROXY: bad }), /TRUST_PROXY/, `${bad}: refused, naming the variable`)
+  }
+  t.same(loadConfig({ TRUST_PROXY: '::1,fd00::/8' }).trustProxy, ['::1', 'fd00::/8'])
 })
 
 t.test('security headers on API responses, problems and the docs', async (t) => {
