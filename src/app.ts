@@ -48,7 +48,12 @@ export interface BuildAppOptions {
   startWorker?: boolean
 }
 
-/** Fastify's `trustProxy`: the addresses and ranges as they are, a number of hops as the hops nearest */
+/**
+ * Fastify's `trustProxy`: the addresses and ranges as they are; a number of hops as the hops
+ * nearest, whoever the peer is (Fastify itself now takes a bare number as "trust nobody"): meant
+ * for a balancer that is the only way in, as in docker-compose.yml, where no instance publishes a
+ * port. Anywhere else, name the balancers.
+ */
 function trustedProxies (trust: number | string[]): string[] | ((address: string, hop: number) => boolean) {
   return typeof trust === 'number' ? (_address, hop) => hop < trust : trust
 }

@@ -508,12 +508,17 @@ function parseTrustProxy (raw: string | undefined): number | string[] | undefine
     if (hops < 1 || hops > 10) throw new ConfigError(`invalid configuration: TRUST_PROXY=${raw}: a number of hops is 1–10`)
     return hops
   }
-  return raw.split(',').map((s) => s.trim()).filter(Boolean).map((entry) => {
+  const entries = raw.split(',').map((s) => s.trim()).filter(Boolean)
+  if (entries.length === 0) throw new ConfigError(`invalid configuration: TRUST_PROXY=${JSON.stringify(raw)}: no address`)
+  return entries.map((entry) => {
     const [address = '', bits, ...rest] = entry.split('/')
     const family = isIP(address)
     const max = family === 6 ? 128 : 32
-    if (family === 0 || rest.length > 0 || (bits !== undefined && !(/^\d+$/.test(bits) && Number(bits) <= max))) {
-      throw new ConfigError(`invalid configuration: TRUST_PROXY has ${JSON.stringify(entry)}: not an address or a CIDR range (10.0.0.0/8, ::1)`)
+    // zones and IPv4-mapped forms are refused: the proxy matcher does not take them as written
+    const plain = family !== 0 && !address.includes('%') && !/^::ffff:/i.test(address)
+    // a /0 range would believe anyone's headers
+    if (!plain || rest.length > 0 || (bits !== undefined && !(/^\d+$/.test(bits) && Number(bits) >= 1 && Number(bits) <= max))) {
+      throw new ConfigError(`invalid configuration: TRUST_PROXY has ${JSON.stringify(entry)}: not an address or a CIDR range of /1 to /${max} (10.0.0.0/8, ::1)`)
     }
     return entry
   })

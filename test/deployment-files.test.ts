@@ -156,6 +156,8 @@ t.test('nginx balances over every instance, hashing on the session id, and upgra
   t.match(nginxConf, /map \$http_upgrade \$connection_upgrade/)
   t.match(nginxConf, /proxy_set_header X-Request-Id /, 'passes X-Request-Id')
   t.match(nginxConf, /proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;/, 'and X-Forwarded-For')
+  t.match(nginxConf, /proxy_set_header X-Forwarded-Host \$host;/, 'and its own X-Forwarded-Host (a client\'s would be believed)')
+  t.match(nginxConf, /proxy_set_header X-Forwarded-Proto \$scheme;/, 'and its own X-Forwarded-Proto')
   for (const [name, s] of instances) {
     t.equal(s.environment!.TRUST_PROXY, '1', `${name} believes that one hop (nginx): its logs show the client's address`)
     t.notOk((s as { ports?: unknown }).ports, `${name} publishes no port: nginx is the only way in, so the header cannot be forged`)

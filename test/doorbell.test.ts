@@ -94,7 +94,7 @@ t.test('what one instance rings, another hears: every run once, in order, frames
   t.same(y.controls, [{ to: y.id, op: 'interrupt', sid, deliverQueued: true }], 'only what is addressed to it')
 })
 
-t.test('a listener that stopped reading is cut off once the notice queue fills; one that reads is not', async (t) => {
+t.test('a listener that stopped reading is cut off once the notice queue fills, at the second look; one that reads is not', async (t) => {
   const url = await freshDatabaseUrl(t, 'mobvibe_doorbell')
   if (!url) {
     const x = await instance(t, url)
@@ -111,13 +111,14 @@ t.test('a listener that stopped reading is cut off once the notice queue fills; 
   t.equal(readerPids.length, 1, 'the instance that reads listens')
   // a listener that stops reading: psql LISTENs under the service's listener name, then is frozen
   const psql = spawn('psql', [url, '-X', '-q'], { env: { ...process.env, PGAPPNAME: 'mobvibe-listen' }, stdio: ['pipe', 'ignore', 'ignore'] })
+  const spawnFailed = new Promise<Error>((resolve) => psql.once('error', resolve))
   t.teardown(() => { psql.kill('SIGCONT'); psql.kill('SIGKILL') })
   psql.stdin.write('LISTEN mv_events;\n')
-  const stuckPid = await waitUntil('psql listening', async () => {
+  const stuckPid = await Promise.race([spawnFailed.then((err) => { throw new Error(`psql (PostgreSQL's client) did not start: ${err.message}`) }), waitUntil('psql listening', async () => {
     const [row] = await watcher`select pid from pg_stat_activity where datname = current_database()
       and application_name = 'mobvibe-listen' and query ilike 'listen%' and not (pid = any(${readerPids}::int[]))`
     return row?.pid as number | undefined
-  }, { timeoutMs: 10_000 })
+  }, { timeoutMs: 10_000 })])
   psql.kill('SIGSTOP')
   // notices until its connection's buffers are full and its backend waits to write
   let sent = 0
@@ -131,10 +132,14 @@ t.test('a listener that stopped reading is cut off once the notice queue fills; 
     return row?.wait_event === 'ClientWrite'
   }, { timeoutMs: 20_000, intervalMs: 0, describe: () => `${sent} notices sent; its backend: ${seen}` })
 
-  const notFilling = await repo.cutStuckListeners(0.5)
-  t.same(notFilling.cut, 0, `below the threshold (the queue ${(notFilling.usage * 100).toFixed(4)} % used): nothing cut`)
-  const filling = await repo.cutStuckListeners(0)
-  t.equal(filling.cut, 1, 'at it: the listener that stopped reading is cut')
+  const notFilling = await repo.cutStuckListeners(0.5, [stuckPid])
+  t.same([notFilling.cut, notFilling.suspects], [0, []], `below the threshold (the queue ${(notFilling.usage * 100).toFixed(4)} % used): nothing cut, nobody suspected`)
+  const first = await repo.cutStuckListeners(0, [])
+  t.equal(first.cut, 0, 'at it, a first look: nothing cut yet')
+  t.ok(first.suspects.includes(stuckPid), 'the listener that stopped reading is suspected')
+  // (the reader may be caught writing once too, while it catches up; it is not passed on here)
+  const second = await repo.cutStuckListeners(0, [stuckPid])
+  t.equal(second.cut, 1, 'a second look: the suspect still blocked is cut')
   await waitUntil('its backend gone', async () => (await watcher`select 1 from pg_stat_activity where pid = ${stuckPid}`).length === 0, { timeoutMs: 5000 })
   t.same(await listenPids(), readerPids, 'the instance that reads still listens, on the same connection')
   const before = reader.heard.length

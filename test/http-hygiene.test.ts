@@ -93,7 +93,7 @@ t.test('behind a load balancer: the client\'s address in the logs, from X-Forwar
   t.equal(await loggedAddress(named, '198.51.100.9', 'stranger'), '198.51.100.9', 'from anyone else: the peer (a forged header is not believed)')
   const hops = await loggedApp(t, { TRUST_PROXY: '1' })
   t.equal(await loggedAddress(hops, '172.18.0.5', 'hop'), '203.0.113.7', 'one hop: the address the balancer saw')
-  for (const bad of ['0', '11', 'nginx', '10.0.0.0/33', '1.2.3.4/8/9', 'true']) {
+  for (const bad of ['0', '11', 'nginx', '10.0.0.0/33', '0.0.0.0/0', '1.2.3.4/8/9', 'true', ',', 'fe80::1%eth0', '::ffff:10.0.0.0/104']) {
     t.throws(() => loadConfig({ TRUST_PROXY: bad }), /TRUST_PROXY/, `${bad}: refused, naming the variable`)
   }
   t.same(loadConfig({ TRUST_PROXY: '::1,fd00::/8' }).trustProxy, ['::1', 'fd00::/8'])

@@ -48,13 +48,18 @@ export function createInstanceRepository (db: Database) {
 
   // A listener that stopped reading (its process frozen, or its host gone while the connection
   // stays open) holds the server's notice queue, which every notifying commit then fills. Once
-  // the queue is filling, such connections (blocked writing to their client) are cut: a live
+  // the queue is filling, such connections of this service's role (blocked writing to their
+  // client at two looks in a row: a busy listener catching up may be caught once) are cut: a live
   // instance reconnects, and catches up from the tables.
   const cutStuckListenersStmt = prepareSql(db, 'instance_cut_stuck_listeners', sql`
-    with q as (select pg_notification_queue_usage() as usage)
-    select q.usage, (select count(pg_terminate_backend(a.pid)) from pg_stat_activity a
-      where a.application_name = 'mobvibe-listen' and a.datname = current_database()
-        and a.wait_event = 'ClientWrite' and q.usage >= ${p('above')}::float8)::int as cut
+    with q as (select pg_notification_queue_usage() as usage), stuck as (
+      select a.pid from pg_stat_activity a, q
+      where a.application_name = 'mobvibe-listen' and a.datname = current_database() and a.usename = current_user
+        and a.wait_event = 'ClientWrite' and q.usage >= ${p('above')}::float8
+    )
+    select q.usage,
+      (select count(*) filter (where pg_terminate_backend(s.pid)) from stuck s where s.pid = any(${p('suspects')}::int[]))::int as cut,
+      (select coalesce(array_agg(s.pid), '{}') from stuck s where not (s.pid = any(${p('suspects')}::int[]))) as suspects
     from q`)
 
   return {
@@ -84,12 +89,13 @@ export function createInstanceRepository (db: Database) {
       await pruneStmt.execute({})
     },
     /**
-     * The share of the server's notice queue in use (0–1) and, when it is at least `above`, the
-     * listen connections cut because they stopped reading.
+     * The share of the server's notice queue in use (0–1); when it is at least `above`, the listen
+     * connections among `suspects` (the last look's) still blocked writing are cut, and the ones
+     * blocked for the first time are the next look's suspects.
      */
-    async cutStuckListeners (above: number): Promise<{ usage: number, cut: number }> {
-      const [row] = await cutStuckListenersStmt.execute({ above })
-      return { usage: Number(row?.usage ?? 0), cut: Number(row?.cut ?? 0) }
+    async cutStuckListeners (above: number, suspects: number[]): Promise<{ usage: number, cut: number, suspects: number[] }> {
+      const [row] = await cutStuckListenersStmt.execute({ above, suspects })
+      return { usage: Number(row?.usage ?? 0), cut: Number(row?.cut ?? 0), suspects: ((row?.suspects ?? []) as unknown[]).map(Number) }
     },
     /**
      * Every other instance is stopped (the embedded database has one instance by construction,

@@ -95,6 +95,7 @@ export class EventLog {
   readonly #onStored: ((runs: StoredRun[]) => void) | undefined
   readonly #framesMaxBytes: number
   readonly #noticeFrom: () => string | null
+  #noticeRefusedWarnedAt = -Infinity
 
   constructor (opts: {
     db: Database
@@ -491,8 +492,13 @@ export class EventLog {
     const rows = await this.#once(() => this.#appendStmt.execute(batch)).catch(async (err: unknown) => {
       const code = databaseErrorCode(err)
       if (!announced || code === undefined || !NOTICE_REFUSED.has(code)) throw err
-      // a notice is a hint: the events are stored without it, and rung after the drain
-      this.#log.warn({ err: (err as { cause?: unknown }).cause ?? err, code }, 'event notice refused by the database: the events are stored without it')
+      // a notice is a hint: the events are stored without it, and rung after the drain. One
+      // warning a minute: a full queue refuses every append's
+      const now = Date.now()
+      if (now - this.#noticeRefusedWarnedAt >= 60_000) {
+        this.#noticeRefusedWarnedAt = now
+        this.#log.warn({ err: (err as { cause?: unknown }).cause ?? err, code }, 'event notice refused by the database: the events are stored without it')
+      }
       announced = false
       return await this.#once(() => this.#appendStmt.execute({ ...batch, from: null }))
     })
