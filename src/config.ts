@@ -126,6 +126,12 @@ export const EnvSchema = Type.Object({
     maximum: 600,
     description: "how long an instance's lease lasts without renewal (4–600). Each instance renews its row every quarter of it; one that cannot renew for three quarters stops its own agents (and its watchdog kills them at half, if the instance itself is frozen), so that after a crash another instance may take its sessions over once the lease has run out. With several instances on one PostgreSQL this is the failover time"
   }),
+  NOTICE_QUEUE_CUT_AT: Type.Number({
+    default: 0.1,
+    minimum: 0,
+    maximum: 1,
+    description: "the share of PostgreSQL's notice queue in use (0–1; `pg_notification_queue_usage()`) from which each instance warns, and cuts this service's listen connections that stopped reading (a frozen instance's) at two looks in a row, ten sweeps apart; 1 = never. PostgreSQL only"
+  }),
   REDIS_URL: Type.Optional(Type.String({
     pattern: '^rediss?://',
     description: '`redis://` or `rediss://` URL: the per-user request rates (`RATE_LIMIT_PER_MINUTE`, `HEARTBEAT_RATE_LIMIT_PER_MINUTE`) are then counted in Redis, shared by every instance; unset = each instance counts on its own'
@@ -337,7 +343,7 @@ export interface Config {
   heartbeatCoalesceFraction: number
   sweepIntervalMs: number
   /** this process as one of several instances on one database */
-  instance: { leaseSeconds: number }
+  instance: { leaseSeconds: number, noticeQueueCutAt: number }
   redisUrl: string | undefined
   limits: { bodyBytes: number, messageBytes: number, wsFrameBytes: number, wsPingIntervalMs: number }
   /** origins allowed to call the API from a browser; empty: none */
@@ -435,7 +441,7 @@ export function loadConfig (env: NodeJS.ProcessEnv = process.env): Config {
     ttl: { defaultSeconds: e.SESSION_TTL_SECONDS, minSeconds: e.SESSION_TTL_MIN_SECONDS, maxSeconds: e.SESSION_TTL_MAX_SECONDS },
     heartbeatCoalesceFraction: e.HEARTBEAT_COALESCE_FRACTION,
     sweepIntervalMs: e.SWEEP_INTERVAL_MS,
-    instance: { leaseSeconds: e.INSTANCE_LEASE_SECONDS },
+    instance: { leaseSeconds: e.INSTANCE_LEASE_SECONDS, noticeQueueCutAt: e.NOTICE_QUEUE_CUT_AT },
     redisUrl: e.REDIS_URL,
     limits: { bodyBytes: e.BODY_LIMIT_BYTES, messageBytes: e.MESSAGE_MAX_BYTES, wsFrameBytes: e.WS_MAX_FRAME_BYTES, wsPingIntervalMs: e.WS_PING_INTERVAL_MS },
     corsOrigins: parseOrigins(e.CORS_ORIGINS),

@@ -19,7 +19,7 @@ import type { StoredRun } from '../src/cluster/event-notice.js'
 import { createInstanceRepository } from '../src/cluster/instance-repository.js'
 import { openDatabase } from '../src/db/database.js'
 import { waitUntil } from './helpers/agents.js'
-import { freshDatabaseUrl } from './helpers/build.js'
+import { build, freshDatabaseUrl } from './helpers/build.js'
 import { seedPglite } from './helpers/pglite-template.js'
 
 const silent = pino({ level: 'silent' })
@@ -94,6 +94,34 @@ t.test('what one instance rings, another hears: every run once, in order, frames
   t.same(y.controls, [{ to: y.id, op: 'interrupt', sid, deliverQueued: true }], 'only what is addressed to it')
 })
 
+/**
+ * A listener that stops reading: psql LISTENs on `url`'s database under the service's listener
+ * name, is frozen, and is sent notices until its backend is blocked writing to it. Its backend pid.
+ */
+async function stuckListener (t: Test, url: string, watcher: postgres.Sql, others: number[]): Promise<number> {
+  const psql = spawn('psql', [url, '-X', '-q'], { env: { ...process.env, PGAPPNAME: 'mobvibe-listen' }, stdio: ['pipe', 'ignore', 'ignore'] })
+  const spawnFailed = new Promise<Error>((resolve) => psql.once('error', resolve))
+  t.teardown(() => { psql.kill('SIGCONT'); psql.kill('SIGKILL') })
+  psql.stdin.write('LISTEN mv_events;\n')
+  const stuckPid = await Promise.race([spawnFailed.then((err) => { throw new Error(`psql (PostgreSQL's client) did not start: ${err.message}`) }), waitUntil('psql listening', async () => {
+    const [row] = await watcher`select pid from pg_stat_activity where datname = current_database()
+      and application_name = 'mobvibe-listen' and query ilike 'listen%' and not (pid = any(${others}::int[]))`
+    return row?.pid as number | undefined
+  }, { timeoutMs: 10_000 })])
+  psql.kill('SIGSTOP')
+  let sent = 0
+  let seen = ''
+  await waitUntil('its backend blocked writing to it', async () => {
+    // distinct payloads: a transaction's identical notices are sent once
+    await watcher`select count(pg_notify('mv_events', g::text || repeat('x', 7000))) from generate_series(1, 200) g`
+    sent += 200
+    const [row] = await watcher`select state, wait_event from pg_stat_activity where pid = ${stuckPid}`
+    seen = JSON.stringify(row)
+    return row?.wait_event === 'ClientWrite'
+  }, { timeoutMs: 20_000, intervalMs: 0, describe: () => `${sent} notices sent; its backend: ${seen}` })
+  return stuckPid
+}
+
 t.test('a listener that stopped reading is cut off once the notice queue fills, at the second look; one that reads is not', async (t) => {
   const url = await freshDatabaseUrl(t, 'mobvibe_doorbell')
   if (!url) {
@@ -109,29 +137,7 @@ t.test('a listener that stopped reading is cut off once the notice queue fills, 
     and application_name = 'mobvibe-listen'`).map((r) => r.pid as number)
   const readerPids = await listenPids()
   t.equal(readerPids.length, 1, 'the instance that reads listens')
-  // a listener that stops reading: psql LISTENs under the service's listener name, then is frozen
-  const psql = spawn('psql', [url, '-X', '-q'], { env: { ...process.env, PGAPPNAME: 'mobvibe-listen' }, stdio: ['pipe', 'ignore', 'ignore'] })
-  const spawnFailed = new Promise<Error>((resolve) => psql.once('error', resolve))
-  t.teardown(() => { psql.kill('SIGCONT'); psql.kill('SIGKILL') })
-  psql.stdin.write('LISTEN mv_events;\n')
-  const stuckPid = await Promise.race([spawnFailed.then((err) => { throw new Error(`psql (PostgreSQL's client) did not start: ${err.message}`) }), waitUntil('psql listening', async () => {
-    const [row] = await watcher`select pid from pg_stat_activity where datname = current_database()
-      and application_name = 'mobvibe-listen' and query ilike 'listen%' and not (pid = any(${readerPids}::int[]))`
-    return row?.pid as number | undefined
-  }, { timeoutMs: 10_000 })])
-  psql.kill('SIGSTOP')
-  // notices until its connection's buffers are full and its backend waits to write
-  let sent = 0
-  let seen = ''
-  await waitUntil('its backend blocked writing to it', async () => {
-    // distinct payloads: a transaction's identical notices are sent once
-    await watcher`select count(pg_notify('mv_events', g::text || repeat('x', 7000))) from generate_series(1, 200) g`
-    sent += 200
-    const [row] = await watcher`select state, wait_event from pg_stat_activity where pid = ${stuckPid}`
-    seen = JSON.stringify(row)
-    return row?.wait_event === 'ClientWrite'
-  }, { timeoutMs: 20_000, intervalMs: 0, describe: () => `${sent} notices sent; its backend: ${seen}` })
-
+  const stuckPid = await stuckListener(t, url, watcher, readerPids)
   const notFilling = await repo.cutStuckListeners(0.5, [stuckPid])
   t.same([notFilling.cut, notFilling.suspects], [0, []], `below the threshold (the queue ${(notFilling.usage * 100).toFixed(4)} % used): nothing cut, nobody suspected`)
   const first = await repo.cutStuckListeners(0, [])
@@ -147,4 +153,24 @@ t.test('a listener that stopped reading is cut off once the notice queue fills, 
   sender.doorbell.ringEvents([run(1, 1)])
   await waitUntil('the next notice heard', () => reader.heard.length > before, { timeoutMs: 5000 })
   t.pass('and hears what comes next')
+})
+
+t.test('the service looks at the notice queue every ten sweeps and cuts its stuck listeners (NOTICE_QUEUE_CUT_AT)', async (t) => {
+  const { app, config } = await build(t, { env: { SWEEP_INTERVAL_MS: '20', NOTICE_QUEUE_CUT_AT: '0' } })
+  if (!config.databaseUrl) {
+    t.equal(app.database.driver, 'pglite', 'PGlite: no listener, nothing to look at')
+    return
+  }
+  const watcher = postgres(config.databaseUrl, { max: 1, onnotice: () => {} })
+  t.teardown(() => watcher.end({ timeout: 1 }))
+  const own = (await watcher`select pid from pg_stat_activity where datname = current_database()
+    and application_name = 'mobvibe-listen'`).map((r) => r.pid as number)
+  t.equal(own.length, 1, 'the service listens')
+  const stuckPid = await stuckListener(t, config.databaseUrl, watcher, own)
+  await waitUntil('the service to cut it', async () => (await watcher`select 1 from pg_stat_activity where pid = ${stuckPid}`).length === 0,
+    { timeoutMs: 10_000 })
+  t.pass('cut by the service\'s own sweeps')
+  const [listening] = await watcher`select count(*)::int as n from pg_stat_activity
+    where datname = current_database() and application_name = 'mobvibe-listen'`
+  t.equal(listening!.n, 1, 'and the service still listens')
 })

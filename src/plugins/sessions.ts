@@ -22,8 +22,6 @@ declare module 'fastify' {
 const PRUNE_EVERY_SWEEPS = 600
 /** The notice queue is looked at every this many sweeps (10 s at the default interval) */
 const NOTICE_QUEUE_EVERY_SWEEPS = 10
-/** The share of the notice queue in use from which listeners that stopped reading are cut off */
-const NOTICE_QUEUE_CUT_AT = 0.1
 
 export default fp(async function sessionsPlugin (app: FastifyInstance, opts: { config: Config, clock?: () => Date }) {
   let sweeps = 0
@@ -43,9 +41,11 @@ export default fp(async function sessionsPlugin (app: FastifyInstance, opts: { c
   // never fails the sweep: the queue is a concern of its own
   const watchNoticeQueue = async () => {
     try {
-      const queue = await app.instances.cutStuckListeners(NOTICE_QUEUE_CUT_AT, suspects)
+      const cutAt = opts.config.instance.noticeQueueCutAt
+      if (cutAt >= 1) return // never
+      const queue = await app.instances.cutStuckListeners(cutAt, suspects)
       suspects = queue.suspects
-      if (queue.usage < NOTICE_QUEUE_CUT_AT) return
+      if (queue.cut === 0 && (queue.usage < cutAt || queue.usage === 0)) return
       app.log.warn({ usage: queue.usage, cut: queue.cut, suspects: suspects.length },
         queue.cut > 0
           ? 'the PostgreSQL notice queue is filling: listen connections that stopped reading were cut'
