@@ -119,6 +119,9 @@ async function stuckListener (t: Test, url: string, watcher: postgres.Sql, other
     seen = JSON.stringify(row)
     return row?.wait_event === 'ClientWrite'
   }, { timeoutMs: 20_000, intervalMs: 0, describe: () => `${sent} notices sent; its backend: ${seen}` })
+  // and more than the connection's buffers can grow to (TCP autotuning would otherwise let the
+  // backend finish and go idle): it stays blocked, as with a queue that keeps filling
+  await watcher`select count(pg_notify('mv_events', g::text || repeat('x', 7000))) from generate_series(1, 5000) g`
   return stuckPid
 }
 
@@ -156,21 +159,27 @@ t.test('a listener that stopped reading is cut off once the notice queue fills, 
 })
 
 t.test('the service looks at the notice queue every ten sweeps and cuts its stuck listeners (NOTICE_QUEUE_CUT_AT)', async (t) => {
-  const { app, config } = await build(t, { env: { SWEEP_INTERVAL_MS: '20', NOTICE_QUEUE_CUT_AT: '0' } })
+  // the test runs the sweeps itself: ten of them make one look
+  const { app, config } = await build(t, { startWorker: false, env: { NOTICE_QUEUE_CUT_AT: '0' } })
   if (!config.databaseUrl) {
     t.equal(app.database.driver, 'pglite', 'PGlite: no listener, nothing to look at')
     return
   }
   const watcher = postgres(config.databaseUrl, { max: 1, onnotice: () => {} })
   t.teardown(() => watcher.end({ timeout: 1 }))
-  const own = (await watcher`select pid from pg_stat_activity where datname = current_database()
-    and application_name = 'mobvibe-listen'`).map((r) => r.pid as number)
+  const listening = async () => (await watcher`select pid, wait_event from pg_stat_activity where datname = current_database()
+    and application_name = 'mobvibe-listen'`) as unknown as { pid: number, wait_event: string | null }[]
+  const own = (await listening()).map((r) => r.pid)
   t.equal(own.length, 1, 'the service listens')
   const stuckPid = await stuckListener(t, config.databaseUrl, watcher, own)
-  await waitUntil('the service to cut it', async () => (await watcher`select 1 from pg_stat_activity where pid = ${stuckPid}`).length === 0,
-    { timeoutMs: 10_000 })
-  t.pass('cut by the service\'s own sweeps')
-  const [listening] = await watcher`select count(*)::int as n from pg_stat_activity
-    where datname = current_database() and application_name = 'mobvibe-listen'`
-  t.equal(listening!.n, 1, 'and the service still listens')
+  const sweeps = async (n: number) => { for (let i = 0; i < n; i++) await app.timeoutWorker.sweep() }
+  await sweeps(10)
+  t.ok((await listening()).some((r) => r.pid === stuckPid), `a first look: not cut yet (${JSON.stringify(await listening())})`)
+  await sweeps(10)
+  await waitUntil('its backend gone', async () => !(await listening()).some((r) => r.pid === stuckPid),
+    { timeoutMs: 5000, describe: async () => JSON.stringify(await listening()) })
+  t.pass('a second look, still blocked: cut')
+  // (had its own listener been caught writing at two looks in a row, it would be listening again)
+  await waitUntil('the service listening', async () => (await listening()).length === 1, { timeoutMs: 5000 })
+  t.pass('and the service listens')
 })
