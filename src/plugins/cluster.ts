@@ -3,6 +3,7 @@ import fp from 'fastify-plugin'
 import { Doorbell } from '../cluster/doorbell.js'
 import { InstanceLease } from '../cluster/instance-lease.js'
 import { createInstanceRepository, type InstanceRepository } from '../cluster/instance-repository.js'
+import { NoticeQueueWatch } from '../cluster/notice-queue-watch.js'
 import type { Config } from '../config.js'
 
 declare module 'fastify' {
@@ -10,6 +11,8 @@ declare module 'fastify' {
     instances: InstanceRepository
     instanceLease: InstanceLease
     doorbell: Doorbell
+    /** PostgreSQL's notice queue, looked at by the sweeps; absent on PGlite (nobody listens) */
+    noticeQueue: NoticeQueueWatch | undefined
     /** the instances whose sessions this one takes over at start-up (its previous run) */
     previousInstances: string[]
   }
@@ -42,6 +45,9 @@ export default fp(async function clusterPlugin (app: FastifyInstance, opts: { co
   app.decorate('instances', instances)
   app.decorate('instanceLease', lease)
   app.decorate('doorbell', doorbell)
+  app.decorate('noticeQueue', doorbell.shared
+    ? new NoticeQueueWatch({ repo: instances, cutAt: opts.config.instance.noticeQueueCutAt, logger: app.log.child({ component: 'notice-queue' }) })
+    : undefined)
   app.decorate('previousInstances', previousInstances)
   app.addHook('onClose', async () => { await lease.close() })
 }, { name: 'cluster', dependencies: ['database'] })

@@ -37,31 +37,14 @@ export default fp(async function sessionsPlugin (app: FastifyInstance, opts: { c
     logger: app.log.child({ component: 'lifecycle' }),
     ...(opts.clock ? { clock: opts.clock } : {})
   })
-  let suspects: number[] = []
-  // never fails the sweep: the queue is a concern of its own
-  const watchNoticeQueue = async () => {
-    try {
-      const cutAt = opts.config.instance.noticeQueueCutAt
-      if (cutAt >= 1) return // never
-      const queue = await app.instances.cutStuckListeners(cutAt, suspects)
-      suspects = queue.suspects
-      if (queue.cut === 0 && (queue.usage < cutAt || queue.usage === 0)) return
-      app.log.warn({ usage: queue.usage, cut: queue.cut, suspects: suspects.length },
-        queue.cut > 0
-          ? 'the PostgreSQL notice queue is filling: listen connections that stopped reading were cut'
-          : 'the PostgreSQL notice queue is filling: no listen connection of this service is stuck at two looks in a row (another database\'s or application\'s listener may hold it)')
-    } catch (err) {
-      app.log.warn({ err }, 'looking at the notice queue failed')
-    }
-  }
   const worker = new SessionTimeoutWorker({
     manager,
     // the rows of instances whose lease ran out are stopped (one that comes back finds it so);
-    // now and then those dead for a while go
+    // now and then those dead for a while go, and the notice queue is looked at
     housekeeping: async () => {
       await app.instances.markDead()
       if (++sweeps % PRUNE_EVERY_SWEEPS === 0) await app.instances.prune()
-      if (postgres && sweeps % NOTICE_QUEUE_EVERY_SWEEPS === 0) await watchNoticeQueue()
+      if (sweeps % NOTICE_QUEUE_EVERY_SWEEPS === 0) await app.noticeQueue?.look()
     },
     intervalMs: opts.config.sweepIntervalMs,
     logger: app.log.child({ component: 'timeout-worker' })
